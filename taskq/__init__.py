@@ -1,0 +1,40 @@
+"""taskq: a priority job queue over a pool of worker processes.
+
+``taskq.Pool`` is a drop-in ``concurrent.futures.Executor`` that adds
+priorities (smaller number first), a bounded queue, per-job timeouts, retries,
+crash isolation, a lazy ``map`` and exact shared counters. See ``_pool.py`` for
+how a job flows through it.
+"""
+
+from taskq._counters import Counter, PoolStats, counter
+from taskq._errors import (
+    Full,
+    InitializerError,
+    JobTimeout,
+    PoolBroken,
+    RemoteError,
+    SerializationError,
+    TaskqError,
+    WorkerCrashed,
+)
+from taskq._job import JobFuture
+from taskq._pool import Pool
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Counter",
+    "Full",
+    "InitializerError",
+    "JobFuture",
+    "JobTimeout",
+    "Pool",
+    "PoolBroken",
+    "PoolStats",
+    "RemoteError",
+    "SerializationError",
+    "TaskqError",
+    "WorkerCrashed",
+    "__version__",
+    "counter",
+]

@@ -1,0 +1,113 @@
+"""taskq's exceptions: one root, one "Raised when..." line each.
+
+A job's own exception is not wrapped: ``Future.result()`` re-raises it as its
+own type, with the worker-side traceback chained as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+from concurrent.futures.process import BrokenProcessPool
+
+__all__ = [
+    "Full",
+    "InitializerError",
+    "JobTimeout",
+    "PoolBroken",
+    "RemoteError",
+    "RemoteTraceback",
+    "SerializationError",
+    "TaskqError",
+    "WorkerCrashed",
+]
+
+
+class TaskqError(Exception):
+    """Root of every error taskq raises itself."""
+
+
+class Full(TaskqError, queue.Full):
+    """Raised by ``schedule(..., block=False)`` when ``maxsize`` jobs are already queued."""
+
+
+class WorkerCrashed(TaskqError, BrokenProcessPool):
+    """Raised on a job whose worker process died while holding it.
+
+    ``pid`` and ``exitcode`` describe the dead worker (``exitcode`` is the
+    negative signal number when a signal killed it). Only this job fails: the
+    pool starts a replacement worker and keeps serving.
+    """
+
+    def __init__(self, message: str, *, pid: int | None, exitcode: int | None, job_id: int):
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.job_id = job_id
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_crash, (str(self), self.pid, self.exitcode, self.job_id))
+
+
+def _rebuild_crash(message: str, pid: int | None, exitcode: int | None, job_id: int) -> WorkerCrashed:
+    return WorkerCrashed(message, pid=pid, exitcode=exitcode, job_id=job_id)
+
+
+_TIMEOUT_BASES: tuple[type[BaseException], ...] = (TimeoutError,)
+if concurrent.futures.TimeoutError is not TimeoutError:  # Python 3.10 has a separate class
+    _TIMEOUT_BASES += (concurrent.futures.TimeoutError,)
+
+
+class JobTimeout(TaskqError, *_TIMEOUT_BASES):  # type: ignore[misc]
+    """Raised on a job that ran longer than its ``timeout``; its worker was stopped and replaced."""
+
+    def __init__(self, message: str, *, timeout: float | None = None):
+        super().__init__(message)
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_timeout, (str(self), self.timeout))
+
+
+def _rebuild_timeout(message: str, timeout: float | None) -> JobTimeout:
+    return JobTimeout(message, timeout=timeout)
+
+
+class SerializationError(TaskqError):
+    """Raised on a job whose call or result could not be pickled or unpickled."""
+
+
+class RemoteError(TaskqError):
+    """Raised for a job exception that could not cross the process boundary as itself.
+
+    Carries what could be saved: the original ``type_name``, ``message`` and
+    the worker-side ``traceback_text``.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback_text: str):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (RemoteError, (self.type_name, self.message, self.traceback_text))
+
+
+class InitializerError(TaskqError):
+    """Raised on jobs sent to a worker whose ``initializer`` raised; the text holds its traceback."""
+
+
+class PoolBroken(TaskqError, BrokenProcessPool):
+    """Raised when the pool can no longer run jobs (its workers keep failing to start)."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback text of a job's exception, chained as ``__cause__`` in the caller."""
+
+    def __init__(self, traceback_text: str):
+        super().__init__(traceback_text)
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.traceback_text}"""'

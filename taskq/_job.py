@@ -1,0 +1,95 @@
+"""The unit of work in the parent: a ``WorkItem`` owns the caller's ``JobFuture``.
+
+A job has one name per stage: ``WorkItem`` in the parent (queue, dispatch,
+collect), a CALL frame on its way to a worker, an OK/ERROR frame on its way
+back (see ``_protocol``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+
+class JobFuture(Future[Any]):
+    """A ``concurrent.futures.Future`` for a taskq job.
+
+    ``cancel()`` on a queued job removes it from the queue at once (its
+    ``maxsize`` slot is freed). Once a worker holds the job, ``cancel()``
+    returns False as ``Executor`` requires; use ``pool.kill(future)`` to stop it.
+    ``attempts`` counts how many times the job was started.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts = 0
+        self.job_id = 0
+        self._on_cancel: Callable[[WorkItem], None] | None = None
+        self._work: WorkItem | None = None
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        hook, work = self._on_cancel, self._work
+        if cancelled and hook is not None and work is not None:
+            self._on_cancel = None
+            hook(work)  # withdraw the job from the queue, freeing its slot
+        return cancelled
+
+
+class State(enum.Enum):
+    QUEUED = "queued"  # in the JobQueue
+    WAITING = "waiting"  # waiting out a retry backoff
+    SENT = "sent"  # handed to a worker (prefetched or running)
+    REMOVED = "removed"  # cancelled while queued or waiting
+    DONE = "done"
+
+
+class WorkItem:
+    """A job as the parent tracks it, from ``schedule()`` to its final outcome."""
+
+    __slots__ = (
+        "attempts",
+        "call",
+        "claimed",
+        "future",
+        "job_id",
+        "name",
+        "priority",
+        "retries",
+        "retry_delay",
+        "retry_on",
+        "seq",
+        "state",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        job_id: int,
+        future: JobFuture,
+        call: bytes,
+        name: str,
+        priority: float,
+        timeout: float | None,
+        retries: int,
+        retry_delay: float,
+        retry_on: tuple[type[BaseException], ...] | None,
+    ):
+        self.job_id = job_id
+        self.future = future
+        self.call = call  # pickle((fn, args, kwargs)), made once at schedule() time
+        self.name = name  # the function's name, for error messages
+        self.priority = priority
+        self.seq = 0  # set by the queue: submission order, the tie-breaker
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.retry_on = retry_on
+        self.attempts = 0
+        self.claimed = False  # its future was moved to RUNNING (first dispatch)
+        self.state = State.QUEUED
+
+    def __repr__(self) -> str:
+        return f"<job {self.job_id} {self.name} priority={self.priority} {self.state.value}>"

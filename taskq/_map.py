@@ -1,0 +1,162 @@
+"""Lazy ``map`` and ``imap_unordered``: input is pulled only as chunks are needed.
+
+A map keeps at most ``window`` chunks in flight; a new chunk is read from the
+input and queued only when the caller takes the results of an old one. So
+``pool.map(f, itertools.count())`` streams with bounded memory, and a map is
+its own backpressure on a bounded queue.
+
+With the default ``chunksize=1`` the chunk size adapts: it starts at one item
+and grows until a chunk takes about ``CHUNK_TARGET`` seconds in a worker, so
+tiny items are not paid for one round trip each. Results, their order and the
+exceptions raised are the same whatever the chunk size; an explicit
+``chunksize > 1`` is used as given.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import TimeoutError as FuturesTimeout
+from typing import TYPE_CHECKING, Any
+
+from taskq._protocol import unpack_exception
+from taskq._worker import run_chunk
+
+if TYPE_CHECKING:
+    from taskq._job import JobFuture
+
+# A chunk of about 1 ms keeps the worker's pipeline two jobs deep (see _dispatch)
+# while per-chunk costs stay far below the work inside it.
+CHUNK_TARGET = 0.001
+MAX_AUTO_CHUNK = 20_000
+WINDOW_PER_WORKER = 4
+
+ChunkSubmitter = Callable[[list[Any]], "JobFuture"]
+
+
+class ChunkFeeder:
+    """Cuts the input into chunks, sized adaptively unless the caller fixed the size."""
+
+    def __init__(self, items: Iterator[Any], chunksize: int):
+        self._items = items
+        self._adaptive = chunksize == 1
+        self.size = chunksize
+        self.exhausted = False
+
+    def next_chunk(self) -> list[Any] | None:
+        if self.exhausted:
+            return None
+        chunk = list(itertools.islice(self._items, self.size))
+        if len(chunk) < self.size:
+            self.exhausted = True
+        return chunk or None
+
+    def observe(self, items: int, seconds: float) -> None:
+        """Resize the next chunks after a chunk of ``items`` took ``seconds`` in a worker."""
+        if not self._adaptive or items == 0:
+            return
+        per_item = max(seconds / items, 1e-9)
+        wanted = int(CHUNK_TARGET / per_item)
+        # grow at most 4x per step (a lucky fast chunk must not make a giant one)
+        self.size = max(1, min(wanted, self.size * 4, MAX_AUTO_CHUNK))
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+def _chunk_outcome(
+    future: JobFuture, feeder: ChunkFeeder, deadline: float | None
+) -> tuple[list[Any], bytes | None]:
+    """A finished chunk's values and the packed exception of the item that stopped it."""
+    values, error, seconds = future.result(timeout=_remaining(deadline))
+    feeder.observe(len(values) + (error is not None), seconds)
+    return values, error
+
+
+def ordered_results(
+    submit: ChunkSubmitter, feeder: ChunkFeeder, window: int, deadline: float | None
+) -> Iterator[Any]:
+    """Start ``window`` chunks now; the returned iterator yields results in input order."""
+    pending: deque[JobFuture] = deque()
+
+    def top_up() -> None:
+        while len(pending) < window:
+            chunk = feeder.next_chunk()
+            if chunk is None:
+                return
+            pending.append(submit(chunk))
+
+    top_up()
+
+    def results() -> Iterator[Any]:
+        try:
+            while pending:
+                future = pending.popleft()
+                values, error = _chunk_outcome(future, feeder, deadline)
+                top_up()
+                yield from values
+                if error is not None:
+                    raise unpack_exception(error)
+        except FuturesTimeout:
+            raise FuturesTimeout("map() results were not ready within its timeout") from None
+        finally:
+            for future in pending:
+                future.cancel()
+
+    return results()
+
+
+def unordered_results(submit: ChunkSubmitter, feeder: ChunkFeeder, window: int) -> Iterator[Any]:
+    """Like ``ordered_results`` but yields each chunk's results as soon as it is done."""
+    done: queue.SimpleQueue[JobFuture] = queue.SimpleQueue()
+    pending: set[JobFuture] = set()
+
+    def top_up() -> None:
+        while len(pending) < window:
+            chunk = feeder.next_chunk()
+            if chunk is None:
+                return
+            future = submit(chunk)
+            pending.add(future)
+            future.add_done_callback(done.put)
+
+    top_up()
+
+    def results() -> Iterator[Any]:
+        try:
+            while pending:
+                future = done.get()
+                pending.discard(future)
+                values, error = _chunk_outcome(future, feeder, None)
+                top_up()
+                yield from values
+                if error is not None:
+                    raise unpack_exception(error)
+        finally:
+            for future in pending:
+                future.cancel()
+
+    return results()
+
+
+def chunk_call(fn: Callable[..., Any], star: bool) -> Callable[[list[Any]], tuple[Any, ...]]:
+    """The (function, args) of the job that runs one chunk."""
+
+    def call(chunk: list[Any]) -> tuple[Any, ...]:
+        return (run_chunk, (fn, chunk, star))
+
+    return call
+
+
+def length_hint(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    """How many items a map will produce, when the inputs know their length."""
+    try:
+        return min(len(it) for it in iterables)  # type: ignore[arg-type]
+    except TypeError:
+        return None

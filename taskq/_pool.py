@@ -1,0 +1,480 @@
+"""``taskq.Pool``: a priority job queue over a pool of worker processes.
+
+How a job flows::
+
+    caller thread                    manager thread (one)                worker processes
+    ─────────────                    ────────────────────                ────────────────
+    submit()/schedule()/map()
+      │ pickle the call
+      ▼
+    JobQueue  ── what runs next ──▶  dispatch: most urgent first   ──CALL──▶  run_worker
+    (_queue.py, priority/FIFO/LIFO,  to workers with room          pipe     (_worker.py)
+     maxsize backpressure)           (_dispatch.py: batch policy)             │ fn(*args)
+                                                                              ▼
+    JobFuture  ◀── resolve ────────  collect: OK / ERROR frames    ◀─OK/ERR─  one reply per
+    (_job.py)                        sentinels: crash, timeout,       pipe    job, in order
+                                     kill → fail that job only,
+                                     start a replacement
+                                     (_manager.py, _process.py)
+
+    shared memory beside it: the pool's stats and the user's counters (_counters.py),
+    and one slot per worker saying which job it is on, since when (_worker.py).
+
+Bytes move through ``_channel.py`` (framing over OS pipes); what the frames
+mean is in ``_protocol.py``.
+
+* ``schedule()`` pickles the call in the caller's thread (an unpicklable call
+  fails its own future at once), puts a ``WorkItem`` in the ``JobQueue`` and
+  wakes the manager.
+* The manager hands jobs to idle workers at once, and tops up a busy worker
+  only when it replies, with as many jobs as fit its time budget: jobs queued
+  meanwhile keep their priority order.
+* A worker replies to each job before starting the next, so when one dies the
+  manager knows exactly which job it was running: that job fails (or is
+  retried), the jobs it had not started go back to the queue in their place.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import math
+import multiprocessing
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor
+from multiprocessing.context import BaseContext
+from typing import Any
+
+from taskq import _map
+from taskq._counters import STAT_FIELDS, Counter, CounterBlock, PoolStats
+from taskq._errors import SerializationError
+from taskq._job import JobFuture, State, WorkItem
+from taskq._manager import CANCELLED, FAILED, QUEUED, SUBMITTED, Manager, log
+from taskq._protocol import dump_call
+from taskq._queue import ORDERS, JobQueue, QueueClosed
+
+RetryOn = tuple[type[BaseException], ...] | type[BaseException] | None
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class Pool(Executor):
+    """A pool of worker processes fed by a priority queue; a drop-in ``Executor``.
+
+    The first five parameters mean what they mean for
+    ``concurrent.futures.ProcessPoolExecutor``; ``max_tasks_per_child`` works
+    under every start method, ``fork`` included. The keyword-only options:
+
+    maxsize:     at most this many jobs wait in the queue (0: no bound); running
+                 jobs don't count. ``schedule(block=False)`` raises ``Full`` when
+                 it is reached, ``submit`` and ``map`` wait for room.
+    counters:    names of shared integer counters, see ``counter()``.
+    order:       "priority" (default: smaller number first, ties in submission
+                 order), "fifo" or "lifo".
+    job_timeout: default run-time limit of each job, in seconds.
+    retry_delay: base delay of the exponential retry backoff, in seconds.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: BaseContext | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Sequence[Any] = (),
+        max_tasks_per_child: int | None = None,
+        *,
+        maxsize: int = 0,
+        counters: Iterable[str] = (),
+        order: str = "priority",
+        job_timeout: float | None = None,
+        retry_delay: float = 0.1,
+    ):
+        max_workers = _default_workers() if max_workers is None else max_workers
+        counter_names = _check_options(
+            max_workers, initializer, max_tasks_per_child, maxsize, counters, order
+        )
+        self._job_timeout = _check_timeout(job_timeout, "job_timeout")
+        self._retry_delay = _check_delay(retry_delay)
+        ctx = mp_context if mp_context is not None else multiprocessing.get_context()
+        self._max_workers = max_workers
+        self._queue = JobQueue(order, maxsize)
+        self._stats = CounterBlock(STAT_FIELDS, ctx)
+        self._counters = CounterBlock(counter_names, ctx)
+        self._manager = Manager(
+            ctx=ctx,
+            max_workers=max_workers,
+            queue=self._queue,
+            stats=self._stats,
+            counters=self._counters,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks=max_tasks_per_child,
+        )
+        self._job_ids = itertools.count(1)
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._manager.start()
+        _running.add(self._manager)
+        # A pool dropped without shutdown() still stops its workers once jobs are done.
+        weakref.finalize(self, self._manager.post, self._manager.request_stop)
+        log.debug("pool started: %d workers (%s)", max_workers, ctx.get_start_method())
+
+    # -- submitting -----------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
+        """Queue ``fn(*args, **kwargs)`` at priority 0; wait for room if the queue is full."""
+        return self.schedule(fn, args, kwargs)
+
+    def schedule(
+        self,
+        fn: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        priority: float = 0,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_delay: float | None = None,
+        retry_on: RetryOn = None,
+        block: bool = True,
+    ) -> JobFuture:
+        """Queue ``fn(*args, **kwargs)``; return its future.
+
+        priority:    **the smaller number runs first** (any int or float; equal
+                     priorities run in submission order), as in ``queue.PriorityQueue``.
+        timeout:     stop the job if it runs longer (seconds; queueing time does
+                     not count): its worker is terminated and replaced, and the
+                     future raises ``JobTimeout``. Default: the pool's ``job_timeout``.
+        retries:     run it again up to this many times after an exception, a
+                     crash or a timeout, with exponential backoff and jitter.
+        retry_delay: base of that backoff (default: the pool's ``retry_delay``).
+        retry_on:    exception types that are retried (default: every Exception,
+                     which includes ``WorkerCrashed`` and ``JobTimeout``).
+        block:       with a full queue (``maxsize``), wait for room (True) or
+                     raise ``Full`` at once (False).
+        """
+        if not callable(fn):
+            raise TypeError(f"schedule() needs a callable; got {fn!r}")
+        args = tuple(args)
+        kwargs = {} if kwargs is None else dict(kwargs)
+        _check_priority(priority)
+        timeout = _check_timeout(timeout, "timeout")
+        try:
+            call = dump_call(fn, args, kwargs)
+        except SerializationError as exc:
+            return self._failed_job(exc)
+        return self._enqueue(
+            call,
+            getattr(fn, "__qualname__", repr(fn)),
+            priority=priority,
+            timeout=self._job_timeout if timeout is None else timeout,
+            retries=_check_retries(retries),
+            retry_delay=self._retry_delay if retry_delay is None else _check_delay(retry_delay),
+            retry_on=_check_retry_on(retry_on),
+            block=block,
+        )
+
+    def _enqueue(
+        self,
+        call: bytes,
+        name: str,
+        *,
+        priority: float,
+        timeout: float | None,
+        retries: int = 0,
+        retry_delay: float = 0.1,
+        retry_on: tuple[type[BaseException], ...] | None = None,
+        block: bool = True,
+    ) -> JobFuture:
+        self._check_open()
+        future = JobFuture()
+        item = WorkItem(
+            next(self._job_ids), future, call, name, priority, timeout, retries, retry_delay, retry_on
+        )
+        future.job_id = item.job_id
+        future._work = item
+        future._on_cancel = self._withdraw
+        # A done-callback runs on the manager thread, which is what frees room:
+        # waiting there would deadlock, so a job queued from a callback skips maxsize.
+        force = self._manager.is_manager_thread()
+        try:
+            self._queue.put(item, block=block, force=force)
+        except QueueClosed:
+            raise RuntimeError("cannot schedule new jobs after shutdown") from None
+        if self._manager.broken is not None:  # the queue closed while we waited for room
+            raise self._manager.broken
+        self._stats.add_many([(SUBMITTED, 1), (QUEUED, 1)])
+        self._manager.wake()
+        return future
+
+    def _failed_job(self, error: BaseException) -> JobFuture:
+        """A job that fails before it is queued still gets a future, like any other job."""
+        self._check_open()
+        future = JobFuture()
+        future.set_running_or_notify_cancel()
+        future.set_exception(error)
+        self._stats.add_many([(SUBMITTED, 1), (FAILED, 1)])
+        return future
+
+    def _withdraw(self, item: WorkItem) -> None:
+        """``JobFuture.cancel()`` hook: free the queue slot of a cancelled job."""
+        if self._queue.remove(item):
+            item.state = State.DONE
+            self._stats.add_many([(QUEUED, -1), (CANCELLED, 1)])
+
+    def _check_open(self) -> None:
+        if self._manager.broken is not None:
+            raise self._manager.broken
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new jobs after shutdown")
+
+    # -- map --------------------------------------------------------------------
+
+    def map(  # type: ignore[override]
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        priority: float = 0,
+        progress: bool = False,
+    ) -> Iterator[Any]:
+        """Like ``map(fn, *iterables)``, run on the pool; results in input order.
+
+        Lazy: input is read only as results are taken (a bounded number of
+        chunks is in flight), so endless iterables work. ``timeout`` counts from
+        this call; the first exception is raised when its result is reached.
+        ``chunksize=1`` lets taskq group short items adaptively (results are the
+        same); a larger value is used as given. ``priority`` applies to every
+        chunk. ``progress=True`` shows a progress bar on stderr.
+        """
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        star = len(iterables) > 1
+        items = zip(*iterables) if star else iter(iterables[0])
+        feeder = _map.ChunkFeeder(items, _check_chunksize(chunksize))
+        results = _map.ordered_results(
+            self._chunk_submitter(fn, star, priority), feeder, self._window(), deadline
+        )
+        return self._with_progress(results, progress, _map.length_hint(iterables))
+
+    def imap_unordered(
+        self,
+        fn: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int = 1,
+        *,
+        priority: float = 0,
+        progress: bool = False,
+    ) -> Iterator[Any]:
+        """Like ``map(fn, iterable)`` but yields results as they complete (lazy too)."""
+        feeder = _map.ChunkFeeder(iter(iterable), _check_chunksize(chunksize))
+        results = _map.unordered_results(
+            self._chunk_submitter(fn, False, priority), feeder, self._window()
+        )
+        return self._with_progress(results, progress, _map.length_hint((iterable,)))
+
+    def _chunk_submitter(
+        self, fn: Callable[..., Any], star: bool, priority: float
+    ) -> Callable[[list[Any]], JobFuture]:
+        if not callable(fn):
+            raise TypeError(f"map() needs a callable; got {fn!r}")
+        _check_priority(priority)
+        make_call = _map.chunk_call(fn, star)
+        name = getattr(fn, "__qualname__", repr(fn))
+
+        def submit_chunk(chunk: list[Any]) -> JobFuture:
+            runner, args = make_call(chunk)
+            try:
+                call = dump_call(runner, args, {})
+            except SerializationError as exc:
+                return self._failed_job(exc)
+            return self._enqueue(call, name, priority=priority, timeout=self._job_timeout)
+
+        return submit_chunk
+
+    def _window(self) -> int:
+        return _map.WINDOW_PER_WORKER * self._max_workers
+
+    @staticmethod
+    def _with_progress(results: Iterator[Any], progress: bool, total: int | None) -> Iterator[Any]:
+        if not progress:
+            return results
+        from taskq._progress import track
+
+        return track(results, total)
+
+    # -- control ----------------------------------------------------------------
+
+    def kill(self, future: JobFuture) -> bool:
+        """Stop one job wherever it is; True if it had not finished.
+
+        A queued job is cancelled. A running job's worker is terminated
+        (SIGTERM, then SIGKILL) and replaced; the future raises ``CancelledError``
+        unless the job finished first.
+        """
+        item = future._work
+        if item is None:
+            return False
+        if future.cancel():
+            return True
+        answer: bool = self._manager.call(lambda: self._manager.kill(item))
+        return answer
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting jobs; run what is queued (unless ``cancel_futures``), then stop
+        the workers. With ``wait=True``, return once every worker has exited."""
+        with self._shutdown_lock:
+            first = not self._shutdown
+            self._shutdown = True
+        self._queue.close()
+        if cancel_futures:
+            self._manager.call(self._manager.cancel_queued)
+        if first:
+            log.debug("pool shutting down (wait=%s, cancel_futures=%s)", wait, cancel_futures)
+            self._manager.post(self._manager.request_stop)
+        if wait:
+            self._manager.join()
+
+    def terminate(self) -> None:
+        """Stop now: cancel queued jobs, kill running ones (their futures raise
+        ``CancelledError``) and wait for every worker to exit."""
+        with self._shutdown_lock:
+            self._shutdown = True
+        self._queue.close()
+        self._manager.call(self._manager.terminate)
+        self._manager.join()
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        # Ctrl-C inside the block must not wait for long jobs: stop them.
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.terminate()
+        else:
+            self.shutdown(wait=True)
+
+    # -- observing ----------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        """A consistent snapshot of the pool's statistics (see ``PoolStats``)."""
+        return PoolStats(*self._stats.snapshot())
+
+    def counter(self, name: str) -> Counter:
+        """The shared counter ``name`` declared with ``Pool(counters=...)``."""
+        return Counter(self._counters, name)
+
+    def counters(self) -> dict[str, int]:
+        """A consistent snapshot of every user counter."""
+        return dict(zip(self._counters.names, self._counters.snapshot()))
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        return (
+            f"<taskq.Pool workers={s.workers} queued={s.queued} running={s.running} "
+            f"done={s.succeeded + s.failed + s.cancelled}{' shut down' if self._shutdown else ''}>"
+        )
+
+
+# -- argument checks (clear errors for bad input) ------------------------------------
+
+
+def _check_options(
+    max_workers: int,
+    initializer: Callable[..., object] | None,
+    max_tasks_per_child: int | None,
+    maxsize: int,
+    counters: Iterable[str],
+    order: str,
+) -> tuple[str, ...]:
+    if not isinstance(max_workers, int) or max_workers <= 0:
+        raise ValueError(f"max_workers must be a positive int; got {max_workers!r}")
+    if initializer is not None and not callable(initializer):
+        raise TypeError(f"initializer must be callable; got {initializer!r}")
+    if max_tasks_per_child is not None and (
+        not isinstance(max_tasks_per_child, int) or max_tasks_per_child <= 0
+    ):
+        raise ValueError(
+            f"max_tasks_per_child must be a positive int or None; got {max_tasks_per_child!r}"
+        )
+    if not isinstance(maxsize, int) or maxsize < 0:
+        raise ValueError(f"maxsize must be an int >= 0 (0: unbounded); got {maxsize!r}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(map(repr, ORDERS))}; got {order!r}")
+    if isinstance(counters, str):
+        raise TypeError(f"counters takes a sequence of names, e.g. ({counters!r},)")
+    names = tuple(counters)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"counter names must be non-empty strings; got {name!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"counter names must be unique; got {names!r}")
+    return names
+
+
+def _check_priority(priority: object) -> None:
+    if not isinstance(priority, (int, float)) or (
+        isinstance(priority, float) and math.isnan(priority)
+    ):
+        raise TypeError(f"priority must be an int or float (not NaN); got {priority!r}")
+
+
+def _check_timeout(timeout: float | None, name: str) -> float | None:
+    if timeout is None:
+        return None
+    if not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"{name} must be a positive number of seconds or None; got {timeout!r}")
+    return float(timeout)
+
+
+def _check_retries(retries: int) -> int:
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an int >= 0; got {retries!r}")
+    return retries
+
+
+def _check_delay(delay: float) -> float:
+    if not isinstance(delay, (int, float)) or delay < 0:
+        raise ValueError(f"retry_delay must be a number of seconds >= 0; got {delay!r}")
+    return float(delay)
+
+
+def _check_retry_on(retry_on: RetryOn) -> tuple[type[BaseException], ...] | None:
+    if retry_on is None:
+        return None
+    types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    for t in types:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise TypeError(f"retry_on takes exception types; got {t!r}")
+    return types
+
+
+def _check_chunksize(chunksize: int) -> int:
+    if not isinstance(chunksize, int) or chunksize < 1:
+        raise ValueError(f"chunksize must be an int >= 1; got {chunksize!r}")
+    return chunksize
+
+
+# -- process exit --------------------------------------------------------------------
+
+_running: weakref.WeakSet[Manager] = weakref.WeakSet()
+
+
+@atexit.register
+def _terminate_at_exit() -> None:
+    """At interpreter exit (Ctrl-C included), stop every pool still running: no orphans.
+
+    Registered after ``multiprocessing``'s own exit hook, so it runs first.
+    """
+    for manager in list(_running):
+        if manager.alive:
+            manager.post(manager.terminate)
+            manager.join(timeout=5)

@@ -1,0 +1,157 @@
+"""What crosses a pipe between the parent and a worker: every message, in one file.
+
+A message is a *frame*: a fixed binary header followed by a pickled payload.
+
+    header = length (u64) | kind (u8) | job_id (i64) | seconds (f64)
+
+Parent -> worker
+    CALL         job_id, payload = pickle((fn, args, kwargs))
+    STOP         finish what you hold, then exit
+
+Worker -> parent
+    READY        the initializer ran; jobs may follow
+    OK           job_id finished; payload = pickle(result); seconds = time spent on it
+    ERROR        job_id raised; payload = pack_exception(...)
+    INIT_FAILED  the initializer raised; payload = pickle(traceback text)
+
+Calls and results are pickled one job at a time, so that a payload which cannot
+be pickled or unpickled fails only its own job.
+"""
+
+from __future__ import annotations
+
+import enum
+import pickle
+import struct
+import traceback
+from typing import Any, NamedTuple
+
+from taskq._errors import RemoteError, RemoteTraceback, SerializationError
+
+HEADER = struct.Struct("<QBqd")
+
+
+class Kind(enum.IntEnum):
+    CALL = 1
+    STOP = 2
+    READY = 3
+    OK = 4
+    ERROR = 5
+    INIT_FAILED = 6
+
+
+class Frame(NamedTuple):
+    kind: int
+    job_id: int
+    seconds: float
+    payload: bytes
+
+
+def encode(kind: Kind, job_id: int = 0, payload: bytes = b"", seconds: float = 0.0) -> bytes:
+    """One frame as bytes (small frames: header and payload joined in one buffer)."""
+    return HEADER.pack(len(payload), kind, job_id, seconds) + payload
+
+
+def encode_parts(kind: Kind, job_id: int, payload: bytes, seconds: float = 0.0) -> list[bytes]:
+    """One frame as two buffers, so a large payload is never copied to prepend its header."""
+    return [HEADER.pack(len(payload), kind, job_id, seconds), payload]
+
+
+def dumps(obj: object) -> bytes:
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+# -- exceptions ---------------------------------------------------------------
+
+
+class PackedError(NamedTuple):
+    """A job's exception on its way to the parent, with enough to rebuild it if unpickling fails."""
+
+    exc_bytes: bytes | None
+    type_name: str
+    message: str
+    traceback_text: str
+
+
+def pack_exception(exc: BaseException) -> bytes:
+    """Pickle ``exc`` for the parent; if it cannot make the round trip, keep its text only."""
+    tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not lose the error
+        message = repr(type(exc))
+    exc_bytes: bytes | None
+    try:
+        exc_bytes = dumps(exc)
+        pickle.loads(exc_bytes)  # catches exceptions whose __init__ breaks unpickling
+    except Exception:
+        exc_bytes = None
+    return dumps(PackedError(exc_bytes, type_name, message, tb_text))
+
+
+def unpack_exception(payload: bytes) -> BaseException:
+    """The exception as the caller should see it, with the worker traceback as ``__cause__``."""
+    packed: PackedError = pickle.loads(payload)
+    exc: BaseException | None = None
+    if packed.exc_bytes is not None:
+        try:
+            exc = pickle.loads(packed.exc_bytes)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(packed.type_name, packed.message, packed.traceback_text)
+    exc.__cause__ = RemoteTraceback(packed.traceback_text)
+    return exc
+
+
+def load(payload: bytes) -> Any:
+    return pickle.loads(payload)
+
+
+# -- calls ------------------------------------------------------------------------
+
+_cloudpickle: Any = None
+
+
+def _load_cloudpickle() -> Any:
+    global _cloudpickle
+    if _cloudpickle is None:
+        try:
+            import cloudpickle
+        except ImportError:
+            _cloudpickle = False
+        else:
+            _cloudpickle = cloudpickle
+    return _cloudpickle
+
+
+def dump_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """pickle((fn, args, kwargs)) for a CALL frame.
+
+    Functions pickle by reference (module and name). When that cannot work in a
+    worker (lambdas, closures, functions defined in ``__main__``) and the
+    optional ``cloudpickle`` is installed, the call is pickled by value instead.
+    Raises ``SerializationError`` naming the problem otherwise.
+    """
+    call = (fn, args, kwargs)
+    by_value = getattr(fn, "__module__", None) == "__main__" and _load_cloudpickle()
+    if not by_value:
+        try:
+            return dumps(call)
+        except Exception as exc:
+            error: Exception = exc
+    cloudpickle = _load_cloudpickle()
+    if cloudpickle:
+        try:
+            return bytes(cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception as exc:
+            error = exc
+    name = getattr(fn, "__qualname__", repr(fn))
+    hint = "" if cloudpickle else (
+        "; functions must be defined at module level (install 'taskq[cloudpickle]' "
+        "for lambdas and closures)"
+    )
+    raise SerializationError(
+        f"cannot send {name}(...) to a worker: the call could not be pickled ({error!r}){hint}"
+    ) from error

@@ -1,0 +1,179 @@
+"""The worker process: run the calls it is sent, one at a time, and reply to each.
+
+    CALL frame --> unpickle --> fn(*args, **kwargs) --> pickle --> OK / ERROR frame
+
+Each reply is written before the next call starts, so if the worker dies, every
+job it finished has been reported and the parent knows exactly which job it
+held. For the same reason the worker notes the job it is on, and since when,
+in a shared slot (``slots``): the parent reads it to blame the right job for a
+crash and to enforce timeouts from the moment a job really started.
+
+A worker exits when it is sent STOP, after ``max_tasks`` jobs, or when the
+parent dies (its lifeline pipe reaches end of file).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import select
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import Any, NamedTuple
+
+from taskq import _counters
+from taskq._channel import FrameReader, enlarge_pipe, write_all
+from taskq._errors import SerializationError
+from taskq._protocol import Kind, dumps, encode, encode_parts, pack_exception
+
+SLOT_WIDTH = 2  # per worker: (job id, start time in ns of time.monotonic_ns)
+
+
+class WorkerSpec(NamedTuple):
+    """Everything a worker process receives when it starts."""
+
+    index: int
+    calls: Connection
+    results: Connection
+    lifeline: Connection
+    fds_to_close: tuple[int, ...]  # parent-only descriptors inherited through fork
+    slots: Any  # RawArray("q"): SLOT_WIDTH values per worker index
+    counters: _counters.CounterBlock
+    initializer: Callable[..., object] | None
+    initargs: Sequence[Any]
+    max_tasks: int | None
+
+
+def run_worker(spec: WorkerSpec) -> None:
+    """Entry point of a worker process."""
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for fd in spec.fds_to_close:
+        _close_quietly(fd)
+    _watch_parent(spec.lifeline.fileno())
+    _counters.install_worker_counters(spec.counters)
+    out_fd = spec.results.fileno()
+    enlarge_pipe(out_fd)
+    if not _initialize(spec, out_fd):
+        return
+    write_all(out_fd, [encode(Kind.READY)])
+    _serve(spec, FrameReader(spec.calls.fileno()), out_fd)
+
+
+def _initialize(spec: WorkerSpec, out_fd: int) -> bool:
+    if spec.initializer is None:
+        return True
+    try:
+        spec.initializer(*spec.initargs)
+    except BaseException:
+        write_all(out_fd, [encode(Kind.INIT_FAILED, payload=dumps(traceback.format_exc()))])
+        return False
+    return True
+
+
+def _serve(spec: WorkerSpec, reader: FrameReader, out_fd: int) -> None:
+    done = 0
+    while True:
+        try:
+            frames = reader.read()
+        except EOFError:
+            return
+        for frame in frames:
+            if frame.kind == Kind.STOP:
+                return
+            _run_call(spec, frame.job_id, frame.payload, out_fd)
+            done += 1
+            if spec.max_tasks is not None and done >= spec.max_tasks:
+                return
+
+
+def _run_call(spec: WorkerSpec, job_id: int, payload: bytes, out_fd: int) -> None:
+    slot = spec.index * SLOT_WIDTH
+    spec.slots[slot + 1] = time.monotonic_ns()
+    spec.slots[slot] = job_id
+    started = time.perf_counter()
+    kind, reply = _call(job_id, payload)
+    write_all(out_fd, encode_parts(kind, job_id, reply, time.perf_counter() - started))
+    spec.slots[slot] = 0
+
+
+def _call(job_id: int, payload: bytes) -> tuple[Kind, bytes]:
+    try:
+        fn, args, kwargs = pickle.loads(payload)
+    except BaseException as exc:
+        return Kind.ERROR, _serialization_error(
+            f"job {job_id}: its call could not be unpickled in the worker ({exc!r}); "
+            "check that the function and arguments are importable and picklable",
+            exc,
+        )
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        return Kind.ERROR, pack_exception(exc)
+    try:
+        return Kind.OK, dumps(result)
+    except BaseException as exc:
+        name = getattr(fn, "__qualname__", repr(fn))
+        return Kind.ERROR, _serialization_error(
+            f"job {job_id} ({name}): its result of type {type(result).__qualname__} "
+            f"could not be pickled ({exc!r}); return picklable data",
+            exc,
+        )
+
+
+def _serialization_error(message: str, cause: BaseException) -> bytes:
+    error = SerializationError(message)
+    error.__cause__ = cause
+    return pack_exception(error)
+
+
+def _watch_parent(lifeline_fd: int) -> None:
+    """Exit when the parent dies, even by SIGKILL, so no worker is ever orphaned."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            readable, _, _ = select.select([lifeline_fd], [], [], 1.0)
+            # Readable means end of file: only the parent writes, and it never writes.
+            # The ppid check is a fallback for a lifeline held open by a stray fork.
+            if readable or os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="taskq-lifeline", daemon=True).start()
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+# -- map chunks -----------------------------------------------------------------
+
+
+def run_chunk(
+    fn: Callable[..., Any], items: Sequence[Any], star: bool
+) -> tuple[list[Any], bytes | None, float]:
+    """Run ``fn`` over a chunk of ``map`` inputs, stopping at the first exception.
+
+    Returns the results so far, the packed exception of the item that raised
+    (if one did) and the seconds spent:
+    ``map`` re-raises it when the caller reaches that item, and never looks
+    past it, so the rest of the chunk would be wasted work.
+    """
+    results: list[Any] = []
+    started = time.perf_counter()
+    try:
+        if star:
+            results.extend(itertools.starmap(fn, items))
+        else:
+            results.extend(map(fn, items))
+    except Exception as exc:
+        return results, pack_exception(exc), time.perf_counter() - started
+    return results, None, time.perf_counter() - started
