@@ -33,7 +33,7 @@ class JobFuture(Future[Any]):
         cancelled = super().cancel()
         hook, work = self._on_cancel, self._work
         if cancelled and hook is not None and work is not None:
-            self._on_cancel = None
+            self._on_cancel = self._work = None
             hook(work)  # withdraw the job from the queue, freeing its slot
         return cancelled
 

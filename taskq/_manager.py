@@ -49,6 +49,7 @@ from taskq._queue import JobQueue
 from taskq._worker import SLOT_WIDTH
 
 log = logging.getLogger("taskq")
+log.addHandler(logging.NullHandler())  # silent unless the application configures logging
 
 (SUBMITTED, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, RETRIED, TIMED_OUT, CRASHED,
  RESTARTS, WORKERS) = (STAT_FIELDS.index(name) for name in (
@@ -102,6 +103,10 @@ class Manager:
         os.set_blocking(self._wake_read, False)
         self._wake_pending = False
         self._selector.register(self._wake_read, selectors.EVENT_READ, self._on_wake)
+        # Guards the workers' state. The manager holds it while it works (not while it
+        # sleeps in select); a submitting thread takes it to hand a job straight to an
+        # idle worker, which saves the hand-off to this thread on the way out.
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="taskq-manager", daemon=True)
 
     # -- called from other threads ------------------------------------------------
@@ -119,6 +124,21 @@ class Manager:
                 os.write(self._wake_write, b"!")
             except OSError:  # closed: the manager has finished
                 pass
+
+    def dispatch_now(self) -> None:
+        """Called right after a job is queued: give it to an idle worker from this thread."""
+        if not self._lock.acquire(blocking=False):
+            self.wake()  # the manager is busy; make sure it looks again before sleeping
+            return
+        try:
+            if self._stopping:
+                self.wake()
+                return
+            self._dispatch(idle_only=True)
+            if any(worker.outbox for worker in self._workers.values()):
+                self.wake()  # a large call is still being written: the manager finishes it
+        finally:
+            self._lock.release()
 
     def call(self, command: Callable[[], Any]) -> Any:
         """Run ``command`` on the manager thread and return its result."""
@@ -165,13 +185,18 @@ class Manager:
             self._close()
 
     def _step(self) -> None:
-        for key, mask in self._selector.select(self._next_timeout()):
-            key.data(mask)
-        self._run_commands()
-        self._run_timers()
-        self._dispatch()
-        if self._stopping:
-            self._wind_down()
+        events = self._selector.select(self._next_timeout())
+        with self._lock:
+            for key, mask in events:
+                key.data(mask)
+            self._run_commands()
+            self._run_timers()
+            self._dispatch()
+            for worker in self._workers.values():
+                if worker.outbox:
+                    self._flush(worker)
+            if self._stopping:
+                self._wind_down()
 
     def _on_wake(self, mask: int) -> None:
         try:
@@ -188,6 +213,8 @@ class Manager:
 
     def _at(self, when: float, action: Callable[..., None], *args: Any) -> None:
         heapq.heappush(self._timers, (when, next(self._timer_seq), action, args))
+        if not self.is_manager_thread():
+            self.wake()  # its select timeout was computed without this timer
 
     def _next_timeout(self) -> float | None:
         if self._commands:
@@ -255,7 +282,7 @@ class Manager:
 
     # -- dispatch ---------------------------------------------------------------------
 
-    def _dispatch(self) -> None:
+    def _dispatch(self, idle_only: bool = False) -> None:
         """Hand queued jobs to workers with room, most urgent first.
 
         A worker busy with jobs is topped up only right after it replies, never
@@ -267,6 +294,8 @@ class Manager:
             return
         limit = self._policy.limit()
         for worker in self._workers.values():
+            if idle_only and worker.outstanding:
+                continue
             room = self._room(worker, limit)
             if room <= 0:
                 continue
@@ -314,16 +343,18 @@ class Manager:
         for item in live:
             buffers += encode_parts(Kind.CALL, item.job_id, item.call)
         worker.outbox.push(buffers)
-        self._flush(worker)
+        self._flush(worker, register=self.is_manager_thread())
         if was_idle:
             self._watch_head(worker)
 
-    def _flush(self, worker: WorkerHandle) -> None:
+    def _flush(self, worker: WorkerHandle, register: bool = True) -> None:
         try:
             done = worker.outbox.flush()
         except OSError:  # the worker is gone; its sentinel will tell
             done = True
             worker.outbox = type(worker.outbox)(worker.calls_fd)
+        if not register:
+            return
         key = self._selector.get_map().get(worker.calls_fd)
         if not done and key is None:
             self._selector.register(
@@ -654,6 +685,7 @@ def _decode(item: WorkItem, frame: Frame) -> tuple[bool, Any]:
 def _resolve(item: WorkItem, ok: bool, value: Any) -> None:
     item.state = State.DONE
     future = item.future
+    future._work = future._on_cancel = None  # no reference cycle left for the GC
     try:
         if ok:
             future.set_result(value)

@@ -213,7 +213,7 @@ class Pool(Executor):
         if self._manager.broken is not None:  # the queue closed while we waited for room
             raise self._manager.broken
         self._stats.add_many([(SUBMITTED, 1), (QUEUED, 1)])
-        self._manager.wake()
+        self._manager.dispatch_now()
         return future
 
     def _failed_job(self, error: BaseException) -> JobFuture:

@@ -24,6 +24,7 @@ import enum
 import pickle
 import struct
 import traceback
+import weakref
 from typing import Any, NamedTuple
 
 from taskq._errors import RemoteError, RemoteTraceback, SerializationError
@@ -126,25 +127,65 @@ def _load_cloudpickle() -> Any:
     return _cloudpickle
 
 
+class _ByValue:
+    """A function pickled by value (cloudpickle), pickled once and loaded once per worker.
+
+    Pickling it costs a copy of the cached bytes; a worker rebuilds the
+    function only the first time it sees those bytes.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return (_load_by_value, (self.data,))
+
+
+_sent_by_value: weakref.WeakKeyDictionary[Any, _ByValue] = weakref.WeakKeyDictionary()
+_loaded_by_value: dict[bytes, Any] = {}
+
+
+def _load_by_value(data: bytes) -> Any:
+    fn = _loaded_by_value.get(data)
+    if fn is None:
+        fn = _loaded_by_value[data] = pickle.loads(data)
+    return fn
+
+
+def _by_value(fn: Any, cloudpickle: Any) -> Any:
+    try:
+        return _sent_by_value[fn]
+    except (KeyError, TypeError):
+        pass
+    wrapped = _ByValue(cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL))
+    try:
+        _sent_by_value[fn] = wrapped
+    except TypeError:  # not weakly referenceable: just don't cache it
+        pass
+    return wrapped
+
+
 def dump_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """pickle((fn, args, kwargs)) for a CALL frame.
 
     Functions pickle by reference (module and name). When that cannot work in a
     worker (lambdas, closures, functions defined in ``__main__``) and the
-    optional ``cloudpickle`` is installed, the call is pickled by value instead.
+    optional ``cloudpickle`` is installed, the function goes by value instead
+    (pickled once and cached), and so do arguments plain pickle refuses.
     Raises ``SerializationError`` naming the problem otherwise.
     """
-    call = (fn, args, kwargs)
-    by_value = getattr(fn, "__module__", None) == "__main__" and _load_cloudpickle()
-    if not by_value:
-        try:
-            return dumps(call)
-        except Exception as exc:
-            error: Exception = exc
     cloudpickle = _load_cloudpickle()
+    if cloudpickle and getattr(fn, "__module__", None) == "__main__":
+        fn = _by_value(fn, cloudpickle)
+    try:
+        return dumps((fn, args, kwargs))
+    except Exception as exc:
+        error: Exception = exc
     if cloudpickle:
         try:
-            return bytes(cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL))
+            return bytes(cloudpickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
         except Exception as exc:
             error = exc
     name = getattr(fn, "__qualname__", repr(fn))
