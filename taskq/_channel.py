@@ -102,13 +102,13 @@ class Outbox:
 
     def __init__(self, fd: int):
         self._fd = fd
-        self._pending: collections.deque[memoryview] = collections.deque()
+        self._pending: collections.deque[bytes | memoryview] = collections.deque()
 
     def __bool__(self) -> bool:
         return bool(self._pending)
 
     def push(self, buffers: Iterable[bytes]) -> None:
-        self._pending.extend(memoryview(b) for b in buffers)
+        self._pending.extend(buffers)
 
     def flush(self) -> bool:
         """Write as much as the pipe takes now; True when nothing is left.
@@ -126,14 +126,14 @@ class Outbox:
 
 def write_all(fd: int, buffers: list[bytes]) -> None:
     """Blocking write of every buffer (the worker side)."""
-    pending = collections.deque(memoryview(b) for b in buffers)
+    pending: collections.deque[bytes | memoryview] = collections.deque(buffers)
     while pending:
         written = os.writev(fd, [pending[i] for i in range(min(len(pending), IOV_MAX))])
         _consume(pending, written)
 
 
-def _consume(pending: collections.deque[memoryview], written: int) -> None:
+def _consume(pending: collections.deque[bytes | memoryview], written: int) -> None:
     while pending and written >= len(pending[0]):  # also drops empty buffers
         written -= len(pending.popleft())
     if written:
-        pending[0] = pending[0][written:]
+        pending[0] = memoryview(pending[0])[written:]  # no copy of a large remainder

@@ -49,13 +49,16 @@ class WorkerCrashed(TaskqError, BrokenProcessPool):
         return (_rebuild_crash, (str(self), self.pid, self.exitcode, self.job_id))
 
 
-def _rebuild_crash(message: str, pid: int | None, exitcode: int | None, job_id: int) -> WorkerCrashed:
+def _rebuild_crash(
+    message: str, pid: int | None, exitcode: int | None, job_id: int
+) -> WorkerCrashed:
     return WorkerCrashed(message, pid=pid, exitcode=exitcode, job_id=job_id)
 
 
 _TIMEOUT_BASES: tuple[type[BaseException], ...] = (TimeoutError,)
-if concurrent.futures.TimeoutError is not TimeoutError:  # Python 3.10 has a separate class
-    _TIMEOUT_BASES += (concurrent.futures.TimeoutError,)
+_FUTURES_TIMEOUT: type[BaseException] = concurrent.futures.TimeoutError
+if _FUTURES_TIMEOUT is not TimeoutError:  # Python 3.10 has a separate class
+    _TIMEOUT_BASES += (_FUTURES_TIMEOUT,)
 
 
 class JobTimeout(TaskqError, *_TIMEOUT_BASES):  # type: ignore[misc]
@@ -95,7 +98,7 @@ class RemoteError(TaskqError):
 
 
 class InitializerError(TaskqError):
-    """Raised on jobs sent to a worker whose ``initializer`` raised; the text holds its traceback."""
+    """Raised on jobs sent to a worker whose ``initializer`` raised (text: its traceback)."""
 
 
 class PoolBroken(TaskqError, BrokenProcessPool):

@@ -166,7 +166,7 @@ class Manager:
             self._thread.join(timeout)
 
     def is_manager_thread(self) -> bool:
-        return threading.current_thread() is self._thread
+        return threading.get_ident() == self._thread.ident
 
     @property
     def alive(self) -> bool:
@@ -497,7 +497,9 @@ class Manager:
                 return
             self._handle_frames(worker, frames)
 
-    def _blame(self, worker: WorkerHandle, held: list[WorkItem], running_id: int) -> WorkItem | None:
+    def _blame(
+        self, worker: WorkerHandle, held: list[WorkItem], running_id: int
+    ) -> WorkItem | None:
         """The job that was running when the worker died, if any."""
         reason, target = worker.stop_reason, worker.stop_job
         if reason == "terminate":

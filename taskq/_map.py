@@ -124,7 +124,7 @@ def unordered_results(submit: ChunkSubmitter, feeder: ChunkFeeder, window: int) 
                 return
             future = submit(chunk)
             pending.add(future)
-            future.add_done_callback(done.put)
+            future.add_done_callback(lambda f: done.put(f))  # type: ignore[arg-type]
 
     top_up()
 

@@ -132,7 +132,19 @@ class Pool(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
         """Queue ``fn(*args, **kwargs)`` at priority 0; wait for room if the queue is full."""
-        return self.schedule(fn, args, kwargs)
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable; got {fn!r}")
+        try:
+            call = dump_call(fn, args, kwargs)
+        except SerializationError as exc:
+            return self._failed_job(exc)
+        return self._enqueue(
+            call,
+            getattr(fn, "__qualname__", "?"),
+            priority=0,
+            timeout=self._job_timeout,
+            retry_delay=self._retry_delay,
+        )
 
     def schedule(
         self,
@@ -197,10 +209,10 @@ class Pool(Executor):
     ) -> JobFuture:
         self._check_open()
         future = JobFuture()
+        job_id = future.job_id = next(self._job_ids)
         item = WorkItem(
-            next(self._job_ids), future, call, name, priority, timeout, retries, retry_delay, retry_on
+            job_id, future, call, name, priority, timeout, retries, retry_delay, retry_on
         )
-        future.job_id = item.job_id
         future._work = item
         future._on_cancel = self._withdraw
         # A done-callback runs on the manager thread, which is what frees room:
@@ -239,7 +251,7 @@ class Pool(Executor):
 
     # -- map --------------------------------------------------------------------
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         fn: Callable[..., Any],
         *iterables: Iterable[Any],
@@ -261,7 +273,7 @@ class Pool(Executor):
             raise TypeError("map() needs at least one iterable")
         deadline = None if timeout is None else time.monotonic() + timeout
         star = len(iterables) > 1
-        items = zip(*iterables) if star else iter(iterables[0])
+        items = zip(*iterables, strict=False) if star else iter(iterables[0])
         feeder = _map.ChunkFeeder(items, _check_chunksize(chunksize))
         results = _map.ordered_results(
             self._chunk_submitter(fn, star, priority), feeder, self._window(), deadline
@@ -374,7 +386,7 @@ class Pool(Executor):
 
     def counters(self) -> dict[str, int]:
         """A consistent snapshot of every user counter."""
-        return dict(zip(self._counters.names, self._counters.snapshot()))
+        return dict(zip(self._counters.names, self._counters.snapshot(), strict=True))
 
     def __repr__(self) -> str:
         s = self.stats()

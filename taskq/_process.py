@@ -95,7 +95,7 @@ def spawn_worker(
     enlarge_pipe(calls_write.fileno())
     inherited = (lifeline_write_fd,) if ctx.get_start_method() == "fork" else ()
     spec = WorkerSpec(
-        index=index,
+        slot=index,
         calls=calls_read,
         results=results_write,
         lifeline=lifeline,

@@ -119,7 +119,7 @@ def _load_cloudpickle() -> Any:
     global _cloudpickle
     if _cloudpickle is None:
         try:
-            import cloudpickle
+            import cloudpickle  # type: ignore[import-untyped,unused-ignore]
         except ImportError:
             _cloudpickle = False
         else:

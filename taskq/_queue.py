@@ -47,7 +47,12 @@ class JobQueue:
         return self._live
 
     def put(
-        self, item: WorkItem, *, block: bool = True, timeout: float | None = None, force: bool = False
+        self,
+        item: WorkItem,
+        *,
+        block: bool = True,
+        timeout: float | None = None,
+        force: bool = False,
     ) -> None:
         """Queue a new job. Raises ``Full`` (``block=False`` or after ``timeout``) and
         ``QueueClosed`` after ``close()``. ``force`` ignores ``maxsize``."""

@@ -37,7 +37,7 @@ SLOT_WIDTH = 2  # per worker: (job id, start time in ns of time.monotonic_ns)
 class WorkerSpec(NamedTuple):
     """Everything a worker process receives when it starts."""
 
-    index: int
+    slot: int  # this worker's index: its place in ``slots``
     calls: Connection
     results: Connection
     lifeline: Connection
@@ -93,7 +93,7 @@ def _serve(spec: WorkerSpec, reader: FrameReader, out_fd: int) -> None:
 
 
 def _run_call(spec: WorkerSpec, job_id: int, payload: bytes, out_fd: int) -> None:
-    slot = spec.index * SLOT_WIDTH
+    slot = spec.slot * SLOT_WIDTH
     spec.slots[slot + 1] = time.monotonic_ns()
     spec.slots[slot] = job_id
     started = time.perf_counter()

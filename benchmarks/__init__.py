@@ -1,0 +1,1 @@
+"""taskq's benchmark suite: ``python -m benchmarks`` (see benchmarks/README.md)."""

@@ -1,0 +1,97 @@
+"""Shared fixtures for taskq's core tests.
+
+- ``start_method`` / ``ctx``: parametrized over fork, spawn and forkserver; used only where the
+  promise is about start methods (spawn is slow: keep those pools at 1-2 workers).
+- ``pool_factory``: builds ``taskq.Pool`` objects and always shuts them down at teardown.
+- ``make_gate`` / ``gate``: file-based gates for jobs that block until the test releases them;
+  every gate is opened at teardown (before the pools are shut down) so nothing stays blocked.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+import pytest
+
+from tests.jobs import Gate
+
+START_METHODS = ["fork", "spawn", "forkserver"]
+
+
+@pytest.fixture(params=START_METHODS)
+def start_method(request):
+    return request.param
+
+
+@pytest.fixture
+def ctx(start_method):
+    return multiprocessing.get_context(start_method)
+
+
+class _PoolRegistry:
+    def __init__(self):
+        self.pools = []
+        self.gates = []
+
+    def shutdown_all(self):
+        for g in self.gates:
+            g.open()
+        problems = []
+        for pool in self.pools:
+            t = threading.Thread(
+                target=_quiet_shutdown, args=(pool, problems), name="test-teardown", daemon=True
+            )
+            t.start()
+            t.join(60)
+            if t.is_alive():
+                problems.append(f"{pool!r}.shutdown(wait=True, cancel_futures=True) hung > 60s")
+        if problems:
+            pytest.fail("pool teardown problems: " + "; ".join(problems), pytrace=False)
+
+
+def _quiet_shutdown(pool, problems):
+    try:
+        pool.shutdown(wait=True, cancel_futures=True)
+    except Exception as exc:  # a broken pool must still shut down quietly
+        problems.append(f"shutdown raised {type(exc).__name__}: {exc}")
+
+
+@pytest.fixture
+def _registry():
+    reg = _PoolRegistry()
+    yield reg
+    reg.shutdown_all()
+
+
+@pytest.fixture
+def pool_factory(_registry):
+    """``pool_factory(*args, **kwargs)`` -> a ``taskq.Pool`` that is shut down at teardown."""
+    import taskq
+
+    def make(*args, **kwargs):
+        pool = taskq.Pool(*args, **kwargs)
+        _registry.pools.append(pool)
+        return pool
+
+    return make
+
+
+@pytest.fixture
+def make_gate(_registry, tmp_path):
+    def make():
+        g = Gate(tmp_path / "gates")
+        _registry.gates.append(g)
+        return g
+
+    return make
+
+
+@pytest.fixture
+def gate(make_gate):
+    return make_gate()
+
+
+@pytest.fixture
+def pid_file(tmp_path):
+    return str(tmp_path / "worker-pids.txt")
