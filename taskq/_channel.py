@@ -22,6 +22,7 @@ READ_SIZE = 256 * 1024
 LARGE_FRAME = 1024 * 1024
 PIPE_SIZE = 1024 * 1024  # Linux's default cap for unprivileged processes
 IOV_MAX = 512
+new_tuple = tuple.__new__
 
 
 def enlarge_pipe(fd: int) -> None:
@@ -85,7 +86,8 @@ class FrameReader:
                         self._start_large(view[start:end_of_data], length, (kind, job_id, seconds))
                         pos = end_of_data
                     break
-                frames.append(Frame(kind, job_id, seconds, bytes(view[start:end])))
+                # tuple.__new__ skips NamedTuple's Python-level __new__ (hot path)
+                frames.append(new_tuple(Frame, (kind, job_id, seconds, bytes(view[start:end]))))
                 pos = end
         del buf[:pos]
         return frames

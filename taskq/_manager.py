@@ -95,6 +95,9 @@ class Manager:
         self._timer_seq = itertools.count()
         self._waiting: set[WorkItem] = set()  # retries waiting out their backoff
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
+        # Outcomes decided under the lock, delivered to futures after it is released:
+        # user callbacks never run while the manager's lock is held.
+        self._outcomes: list[tuple[WorkItem, bool, Any]] = []
         self._stopping = False
         self._terminating = False
         self.broken: PoolBroken | None = None
@@ -138,12 +141,20 @@ class Manager:
             if any(worker.outbox for worker in self._workers.values()):
                 self.wake()  # a large call is still being written: the manager finishes it
         finally:
+            outcomes = self._take_outcomes()
             self._lock.release()
+        _deliver(outcomes)
 
     def call(self, command: Callable[[], Any]) -> Any:
         """Run ``command`` on the manager thread and return its result."""
-        if threading.current_thread() is self._thread or not self._thread.is_alive():
+        if threading.current_thread() is self._thread:
             return command()
+        if not self._thread.is_alive():
+            with self._lock:
+                result = command()
+                outcomes = self._take_outcomes()
+            _deliver(outcomes)
+            return result
         answer: Future[Any] = Future()
 
         def run() -> None:
@@ -183,20 +194,26 @@ class Manager:
             self._give_up(PoolBroken(f"taskq's manager thread failed: {exc!r}"))
         finally:
             self._close()
+            _deliver(self._take_outcomes())
 
     def _step(self) -> None:
         events = self._selector.select(self._next_timeout())
         with self._lock:
-            for key, mask in events:
-                key.data(mask)
-            self._run_commands()
-            self._run_timers()
-            self._dispatch()
-            for worker in self._workers.values():
-                if worker.outbox:
-                    self._flush(worker)
-            if self._stopping:
-                self._wind_down()
+            self._work(events)
+            outcomes = self._take_outcomes()
+        _deliver(outcomes)  # last: the callers woken here find this thread back in select
+
+    def _work(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        for key, mask in events:
+            key.data(mask)
+        self._run_commands()
+        self._run_timers()
+        self._dispatch()
+        for worker in self._workers.values():
+            if worker.outbox:
+                self._flush(worker)
+        if self._stopping:
+            self._wind_down()
 
     def _on_wake(self, mask: int) -> None:
         try:
@@ -279,6 +296,15 @@ class Manager:
     def _force_kill(self, worker: WorkerHandle) -> None:
         if self._workers.get(worker.index) is worker:
             worker.signal(signal.SIGKILL)
+
+    def _finish(self, item: WorkItem, ok: bool, value: Any) -> None:
+        """Decide a job's outcome; its future is resolved once the lock is released."""
+        item.state = State.DONE
+        self._outcomes.append((item, ok, value))
+
+    def _take_outcomes(self) -> list[tuple[WorkItem, bool, Any]]:
+        outcomes, self._outcomes = self._outcomes, []
+        return outcomes
 
     # -- dispatch ---------------------------------------------------------------------
 
@@ -408,7 +434,7 @@ class Manager:
             (FAILED, len(finals) - succeeded), (RETRIED, retried), (QUEUED, retried),
         ])  # fmt: skip
         for item, ok, value in finals:
-            _resolve(item, ok, value)
+            self._finish(item, ok, value)
 
     def _watch_head(self, worker: WorkerHandle) -> None:
         """Arm the timeout of the job the worker starts next, if it has one."""
@@ -521,7 +547,7 @@ class Manager:
                 item.state = State.DONE
             self._stats.add_many([(RUNNING, -len(items)), (CANCELLED, len(items))])
             for item in items:
-                _resolve(item, False, CancelledError("the pool was terminated"))
+                self._finish(item, False, CancelledError("the pool was terminated"))
             return
         for item in items:
             item.attempts -= 1
@@ -533,7 +559,7 @@ class Manager:
         if worker.stop_reason == "kill" and worker.stop_job is item:
             item.state = State.DONE
             self._stats.add_many([(RUNNING, -1), (CANCELLED, 1)])
-            _resolve(item, False, CancelledError(f"job {item.job_id} was stopped by pool.kill()"))
+            self._finish(item, False, CancelledError(f"job {item.job_id} was stopped by pool.kill()"))
             return
         if worker.stop_reason == "timeout" and worker.stop_job is item:
             self._stats.add_many([(TIMED_OUT, 1)])
@@ -559,7 +585,7 @@ class Manager:
         error = InitializerError(f"the worker initializer raised; its traceback:\n{text}")
         self._stats.add_many([(RUNNING, -len(held)), (FAILED, len(held))])
         for item in held:
-            _resolve(item, False, error)
+            self._finish(item, False, error)
         if self._init_failures >= MAX_INIT_FAILURES:
             self._give_up(PoolBroken(
                 f"the worker initializer failed {self._init_failures} times in a row; "
@@ -601,7 +627,7 @@ class Manager:
         queued = self._queue.drain()
         self._stats.add_many([(QUEUED, -len(queued)), (FAILED, len(queued))])
         for item in queued:
-            _resolve(item, False, error)
+            self._finish(item, False, error)
         self._cancel_waiting(error)
 
     def _cancel_waiting(self, error: BaseException) -> None:
@@ -612,7 +638,7 @@ class Manager:
             (QUEUED, -len(waiting)), (CANCELLED if cancelled else FAILED, len(waiting))
         ])  # fmt: skip
         for item in waiting:
-            _resolve(item, False, error)
+            self._finish(item, False, error)
 
     def _unregister(self, fd: int) -> None:
         if fd in self._selector.get_map():
@@ -639,12 +665,12 @@ class Manager:
                 return False
             self._stats.add_many([(QUEUED, -1), (CANCELLED, 1)])
             item.state = State.DONE
-            _resolve(item, False, CancelledError(f"job {item.job_id} was cancelled by pool.kill()"))
+            self._finish(item, False, CancelledError(f"job {item.job_id} was cancelled by pool.kill()"))
             return True
         if item.state is State.WAITING:
             self._waiting.discard(item)
             self._stats.add_many([(QUEUED, -1), (CANCELLED, 1)])
-            _resolve(item, False, CancelledError(f"job {item.job_id} was cancelled by pool.kill()"))
+            self._finish(item, False, CancelledError(f"job {item.job_id} was cancelled by pool.kill()"))
             return True
         if item.state is State.SENT:
             for worker in self._workers.values():
@@ -661,7 +687,7 @@ class Manager:
         self._stats.add_many([(QUEUED, -len(queued)), (CANCELLED, len(queued))])
         for item in queued:
             if not item.future.cancel():
-                _resolve(item, False, CancelledError("cancelled by shutdown(cancel_futures=True)"))
+                self._finish(item, False, CancelledError("cancelled by shutdown(cancel_futures=True)"))
             item.state = State.DONE
         self._cancel_waiting(CancelledError("cancelled by shutdown(cancel_futures=True)"))
 
@@ -684,19 +710,19 @@ def _decode(item: WorkItem, frame: Frame) -> tuple[bool, Any]:
         return False, RemoteError("unknown", f"the job's error could not be decoded: {exc!r}", "")
 
 
-def _resolve(item: WorkItem, ok: bool, value: Any) -> None:
-    item.state = State.DONE
-    future = item.future
-    future._work = future._on_cancel = None  # no reference cycle left for the GC
-    try:
-        if ok:
-            future.set_result(value)
-        else:
-            if item.attempts > 1:
-                _note_attempts(value, item.attempts)
-            future.set_exception(value)
-    except InvalidStateError:  # already resolved (a cancel won a race); nothing to report
-        pass
+def _deliver(outcomes: list[tuple[WorkItem, bool, Any]]) -> None:
+    for item, ok, value in outcomes:
+        future = item.future
+        future._work = future._on_cancel = None  # no reference cycle left for the GC
+        try:
+            if ok:
+                future.set_result(value)
+            else:
+                if item.attempts > 1:
+                    _note_attempts(value, item.attempts)
+                future.set_exception(value)
+        except InvalidStateError:  # already resolved (a cancel won a race)
+            pass
 
 
 def _note_attempts(error: BaseException, attempts: int) -> None:

@@ -176,6 +176,7 @@ def dump_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     (pickled once and cached), and so do arguments plain pickle refuses.
     Raises ``SerializationError`` naming the problem otherwise.
     """
+    name = getattr(fn, "__qualname__", repr(fn))
     cloudpickle = _load_cloudpickle()
     if cloudpickle and getattr(fn, "__module__", None) == "__main__":
         fn = _by_value(fn, cloudpickle)
@@ -188,7 +189,6 @@ def dump_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
             return bytes(cloudpickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
         except Exception as exc:
             error = exc
-    name = getattr(fn, "__qualname__", repr(fn))
     hint = "" if cloudpickle else (
         "; functions must be defined at module level (install 'taskq[cloudpickle]' "
         "for lambdas and closures)"

@@ -15,10 +15,12 @@ names start with ``_`` are only called with it held.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import threading
 import time
+from collections import deque
 
 from taskq._errors import Full
 from taskq._job import State, WorkItem
@@ -31,13 +33,23 @@ class QueueClosed(RuntimeError):
 
 
 class JobQueue:
+    """Jobs waiting for a worker, in the order they must run.
+
+    Jobs are kept in one FIFO bucket per distinct priority, and a heap holds
+    the priorities that have jobs: most jobs share a few priorities, so taking
+    the next job costs O(1) instead of a heap operation per job. (With every
+    priority distinct it degrades gracefully to a plain heap.)
+    """
+
     def __init__(self, order: str = "priority", maxsize: int = 0):
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
         self.order = order
         self.maxsize = maxsize
-        self._heap: list[tuple[float, int, WorkItem]] = []
-        self._live = 0  # entries in the heap that are not REMOVED
+        self._buckets: dict[float, deque[WorkItem]] = {}
+        self._levels: list[float] = []  # heap of the priorities that have a bucket
+        self._live = 0  # queued jobs, not counting REMOVED ones still in a bucket
+        self._removed = 0
         self._seq = itertools.count(1)
         self._closed = False
         self._lock = threading.Lock()
@@ -62,7 +74,9 @@ class JobQueue:
             if self._closed:
                 raise QueueClosed("cannot schedule new jobs after shutdown")
             item.seq = next(self._seq)
-            self._push(item)
+            item.state = State.QUEUED
+            self._bucket(item).append(item)
+            self._live += 1
 
     def requeue(self, item: WorkItem, *, keep_place: bool) -> None:
         """Put back a job that left the queue, ignoring ``maxsize`` (it was admitted once).
@@ -71,20 +85,34 @@ class JobQueue:
         never started); otherwise it queues behind its equals (a retry).
         """
         with self._lock:
-            if not keep_place:
-                item.seq = next(self._seq)
-            self._push(item)
+            item.state = State.QUEUED
+            bucket = self._bucket(item)
+            if keep_place and self.order != "lifo":
+                _insert_in_order(bucket, item)
+            else:
+                if not keep_place:
+                    item.seq = next(self._seq)
+                bucket.append(item)
+            self._live += 1
 
     def take(self, limit: int) -> list[WorkItem]:
         """Up to ``limit`` jobs in the order they must run, removed from the queue."""
         taken: list[WorkItem] = []
         with self._lock:
-            heap = self._heap
-            while heap and len(taken) < limit:
-                item = heapq.heappop(heap)[2]
-                if item.state is State.QUEUED:
-                    item.state = State.SENT
-                    taken.append(item)
+            while self._levels and len(taken) < limit:
+                level = self._levels[0]
+                bucket = self._buckets[level]
+                pop = bucket.pop if self.order == "lifo" else bucket.popleft
+                while bucket and len(taken) < limit:
+                    item = pop()
+                    if item.state is State.QUEUED:
+                        item.state = State.SENT
+                        taken.append(item)
+                    else:
+                        self._removed -= 1
+                if not bucket:
+                    heapq.heappop(self._levels)
+                    del self._buckets[level]
             if taken:
                 self._live -= len(taken)
                 self._not_full.notify(len(taken))
@@ -95,21 +123,27 @@ class JobQueue:
         with self._lock:
             if item.state is not State.QUEUED:
                 return False
-            item.state = State.REMOVED
+            item.state = State.REMOVED  # left in its bucket; take() skips it
             self._live -= 1
+            self._removed += 1
             self._not_full.notify()
-            if len(self._heap) > 64 and self._live < len(self._heap) // 2:
+            if self._removed > 64 and self._removed > self._live:
                 self._compact()
             return True
 
     def drain(self) -> list[WorkItem]:
-        """Remove and return every waiting job (shutdown with cancel_futures, broken pool)."""
+        """Remove and return every waiting job, in order (shutdown, broken pool)."""
         with self._lock:
-            items = [entry[2] for entry in sorted(self._heap) if entry[2].state is State.QUEUED]
+            items: list[WorkItem] = []
+            for level in sorted(self._levels):
+                bucket = self._buckets[level]
+                ordered = reversed(bucket) if self.order == "lifo" else bucket
+                items.extend(item for item in ordered if item.state is State.QUEUED)
             for item in items:
                 item.state = State.REMOVED
-            self._heap.clear()
-            self._live = 0
+            self._buckets.clear()
+            self._levels.clear()
+            self._live = self._removed = 0
             self._not_full.notify_all()
             return items
 
@@ -121,15 +155,13 @@ class JobQueue:
 
     # -- helpers, called with the lock held -----------------------------------
 
-    def _key(self, item: WorkItem) -> tuple[float, int]:
-        if self.order == "priority":
-            return (item.priority, item.seq)
-        return (0, item.seq if self.order == "fifo" else -item.seq)
-
-    def _push(self, item: WorkItem) -> None:
-        item.state = State.QUEUED
-        heapq.heappush(self._heap, (*self._key(item), item))
-        self._live += 1
+    def _bucket(self, item: WorkItem) -> deque[WorkItem]:
+        level = item.priority if self.order == "priority" else 0
+        bucket = self._buckets.get(level)
+        if bucket is None:
+            bucket = self._buckets[level] = deque()
+            heapq.heappush(self._levels, level)
+        return bucket
 
     def _wait_for_room(self, block: bool, timeout: float | None) -> None:
         if self._live < self.maxsize or self._closed:
@@ -144,5 +176,15 @@ class JobQueue:
             self._not_full.wait(remaining)
 
     def _compact(self) -> None:
-        self._heap = [entry for entry in self._heap if entry[2].state is State.QUEUED]
-        heapq.heapify(self._heap)
+        for level, bucket in self._buckets.items():
+            self._buckets[level] = deque(item for item in bucket if item.state is State.QUEUED)
+        self._removed = 0
+
+
+def _insert_in_order(bucket: deque[WorkItem], item: WorkItem) -> None:
+    """Insert by submission order; usually at the front, where a requeued job was taken."""
+    if not bucket or bucket[0].seq > item.seq:
+        bucket.appendleft(item)
+        return
+    index = bisect.bisect_left(bucket, item.seq, key=lambda queued: queued.seq)
+    bucket.insert(index, item)
