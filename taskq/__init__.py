@@ -35,6 +35,5 @@ __all__ = [
     "SerializationError",
     "TaskqError",
     "WorkerCrashed",
-    "__version__",
     "counter",
 ]

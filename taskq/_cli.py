@@ -755,7 +755,7 @@ class Runner:
         if self.ordered:
             self._in_order.append(flight)
             self._write_in_order()
-        elif flight.ready:
+        elif flight.record is not None:  # rejected; a finished job's own event writes it
             self._write(flight)
 
     def _submit(self, pool: taskq.Pool, number: int, raw: bytes) -> Flight:

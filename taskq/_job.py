@@ -63,6 +63,7 @@ class WorkItem:
         "seq",
         "state",
         "timeout",
+        "wseq",
     )
 
     def __init__(
@@ -89,6 +90,7 @@ class WorkItem:
         self.retry_on = retry_on
         self.attempts = 0
         self.claimed = False  # its future was moved to RUNNING (first dispatch)
+        self.wseq = 0  # its number at the worker holding it (see _slot)
         self.state = State.QUEUED
 
     def __repr__(self) -> str:

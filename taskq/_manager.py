@@ -32,6 +32,7 @@ from concurrent.futures import CancelledError, Future, InvalidStateError
 from multiprocessing.context import BaseContext
 from typing import Any
 
+from taskq import _slot
 from taskq._counters import STAT_FIELDS, CounterBlock
 from taskq._dispatch import BatchPolicy
 from taskq._errors import (
@@ -46,7 +47,6 @@ from taskq._job import State, WorkItem
 from taskq._process import WorkerHandle, spawn_worker
 from taskq._protocol import Frame, Kind, encode, encode_parts, load, unpack_exception
 from taskq._queue import JobQueue
-from taskq._worker import SLOT_WIDTH
 
 log = logging.getLogger("taskq")
 log.addHandler(logging.NullHandler())  # silent unless the application configures logging
@@ -61,6 +61,11 @@ RETRY_DELAY_CAP = 30.0
 MAX_INIT_FAILURES = 5  # initializer failures in a row before the pool gives up
 INIT_BACKOFF = 0.1  # first delay before restarting a worker whose initializer failed
 NOT_STARTED_RECHECK = 0.005  # timeout check of a job the worker has not begun yet
+# A worker is "stuck" when its job has run this long (and at least STALL_FACTOR times
+# the recent average): the jobs queued behind it move to an idle worker. Lower values
+# rebalance sooner at the cost of more take-backs of jobs that would have run soon.
+STALL_MIN = 0.005
+STALL_FACTOR = 4.0
 
 
 class Manager:
@@ -89,7 +94,7 @@ class Manager:
         self._policy = BatchPolicy()
         self._selector = selectors.DefaultSelector()
         self._workers: dict[int, WorkerHandle] = {}
-        self._slots: Any = ctx.RawArray("q", SLOT_WIDTH * max_workers)
+        self._slots: Any = ctx.RawArray("q", _slot.WIDTH * max_workers)
         self._lifeline_read, self._lifeline_write = ctx.Pipe(duplex=False)
         self._timers: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._timer_seq = itertools.count()
@@ -102,6 +107,7 @@ class Manager:
         self._terminating = False
         self.broken: PoolBroken | None = None
         self._init_failures = 0
+        self._rebalance_armed = False
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         self._wake_pending = False
@@ -214,6 +220,7 @@ class Manager:
                 self._flush(worker)
         if self._stopping:
             self._wind_down()
+        self._rebalance()
 
     def _on_wake(self, mask: int) -> None:
         try:
@@ -342,7 +349,7 @@ class Manager:
             return 0
         room = cap - held
         if self._max_tasks is not None:
-            room = min(room, self._max_tasks - worker.sent)
+            room = min(room, self._max_tasks - (worker.sent - worker.revoked))
         return room
 
     def _send(self, worker: WorkerHandle, items: list[WorkItem]) -> None:
@@ -362,8 +369,10 @@ class Manager:
         if not live:
             return
         was_idle = not worker.outstanding
+        for item in live:
+            worker.sent += 1
+            item.wseq = worker.sent
         worker.outstanding.extend(live)
-        worker.sent += len(live)
         worker.reported = False
         buffers: list[bytes] = []
         for item in live:
@@ -462,6 +471,49 @@ class Manager:
                     item.job_id, item.name, item.timeout, worker.pid)  # fmt: skip
         self._stop_worker(worker, "timeout", item)
 
+    # -- rebalancing ----------------------------------------------------------------------
+
+    def _rebalance(self) -> None:
+        """Take jobs back from a worker stuck on a long job when another worker sits idle.
+
+        Batching hands a worker jobs that then wait behind the one it runs; if that
+        one turns out long, they would wait for it while another worker has nothing
+        to do. Such jobs return to the queue (in their place) for the idle worker.
+        """
+        if len(self._queue) or not any(
+            w.accepting and w.ready and not w.outstanding for w in self._workers.values()
+        ):
+            return
+        now = time.monotonic()
+        patience = max(STALL_MIN, STALL_FACTOR * (self._policy.average or 0.0))
+        for worker in self._workers.values():
+            if len(worker.outstanding) < 2 or not worker.accepting:
+                continue
+            job_id, started_ns = worker.running_job()
+            if job_id != worker.outstanding[0].job_id:
+                continue  # between jobs: it will reply soon
+            stuck_at = started_ns / 1e9 + patience
+            if now >= stuck_at:
+                self._revoke(worker)
+            elif not self._rebalance_armed:
+                self._rebalance_armed = True
+                self._at(stuck_at, self._rearm_rebalance)
+
+    def _rearm_rebalance(self) -> None:
+        self._rebalance_armed = False
+        self._rebalance()
+
+    def _revoke(self, worker: WorkerHandle) -> None:
+        started = worker.slot.revoke(worker.sent)
+        if started is None:
+            return
+        taken: list[WorkItem] = []
+        while worker.outstanding and worker.outstanding[-1].wseq > started:
+            taken.append(worker.outstanding.pop())
+        worker.revoked += len(taken)
+        log.debug("took %d unstarted jobs back from busy worker %d", len(taken), worker.pid)
+        self._requeue(taken[::-1])
+
     # -- retries ------------------------------------------------------------------------
 
     def _retry(self, item: WorkItem, error: BaseException) -> bool:
@@ -496,7 +548,6 @@ class Manager:
         self._unregister(worker.process.sentinel)
         worker.close()
         running_id, _ = worker.running_job()
-        worker.clear_slot()
         del self._workers[worker.index]
         self._stats.add_many([(WORKERS, -1)])
         held = list(worker.outstanding)
@@ -559,7 +610,8 @@ class Manager:
         if worker.stop_reason == "kill" and worker.stop_job is item:
             item.state = State.DONE
             self._stats.add_many([(RUNNING, -1), (CANCELLED, 1)])
-            self._finish(item, False, CancelledError(f"job {item.job_id} was stopped by pool.kill()"))
+            stopped = CancelledError(f"job {item.job_id} was stopped by pool.kill()")
+            self._finish(item, False, stopped)
             return
         if worker.stop_reason == "timeout" and worker.stop_job is item:
             self._stats.add_many([(TIMED_OUT, 1)])
@@ -660,17 +712,17 @@ class Manager:
 
     def kill(self, item: WorkItem) -> bool:
         """Stop one job wherever it is (runs on the manager)."""
+        cancelled = CancelledError(f"job {item.job_id} was cancelled by pool.kill()")
         if item.state is State.QUEUED:
             if not self._queue.remove(item):
                 return False
             self._stats.add_many([(QUEUED, -1), (CANCELLED, 1)])
-            item.state = State.DONE
-            self._finish(item, False, CancelledError(f"job {item.job_id} was cancelled by pool.kill()"))
+            self._finish(item, False, cancelled)
             return True
         if item.state is State.WAITING:
             self._waiting.discard(item)
             self._stats.add_many([(QUEUED, -1), (CANCELLED, 1)])
-            self._finish(item, False, CancelledError(f"job {item.job_id} was cancelled by pool.kill()"))
+            self._finish(item, False, cancelled)
             return True
         if item.state is State.SENT:
             for worker in self._workers.values():
@@ -685,11 +737,12 @@ class Manager:
         """Cancel every job not yet handed to a worker (runs on the manager)."""
         queued = self._queue.drain()
         self._stats.add_many([(QUEUED, -len(queued)), (CANCELLED, len(queued))])
+        error = CancelledError("cancelled by shutdown(cancel_futures=True)")
         for item in queued:
             if not item.future.cancel():
-                self._finish(item, False, CancelledError("cancelled by shutdown(cancel_futures=True)"))
+                self._finish(item, False, error)
             item.state = State.DONE
-        self._cancel_waiting(CancelledError("cancelled by shutdown(cancel_futures=True)"))
+        self._cancel_waiting(error)
 
 
 def _decode(item: WorkItem, frame: Frame) -> tuple[bool, Any]:

@@ -13,7 +13,8 @@ from typing import Any
 from taskq._channel import FrameReader, Outbox, enlarge_pipe
 from taskq._counters import CounterBlock
 from taskq._job import WorkItem
-from taskq._worker import SLOT_WIDTH, WorkerSpec, run_worker
+from taskq._slot import WorkerSlot
+from taskq._worker import WorkerSpec, run_worker
 
 
 class WorkerHandle:
@@ -24,7 +25,7 @@ class WorkerHandle:
     """
 
     def __init__(
-        self, index: int, process: Any, calls: Connection, results: Connection, slots: Any
+        self, index: int, process: Any, calls: Connection, results: Connection, slot: WorkerSlot
     ):
         self.index = index
         self.process = process
@@ -35,10 +36,11 @@ class WorkerHandle:
         self.reader = FrameReader(self.results_fd)
         self.outbox = Outbox(self.calls_fd)
         self.outstanding: collections.deque[WorkItem] = collections.deque()
-        self.slots = slots
+        self.slot = slot
         self.ready = False  # the worker ran its initializer and said READY
         self.reported = False  # replied since the last dispatch: may be topped up
-        self.sent = 0  # jobs handed over in its lifetime (for max_tasks_per_child)
+        self.sent = 0  # jobs handed over in its lifetime: the last one's number (see _slot)
+        self.revoked = 0  # of those, jobs taken back before they started
         self.stop_reason: str | None = None  # "timeout" | "kill" | "stop"
         self.stop_job: WorkItem | None = None
         self.doomed: set[WorkItem] = set()  # pool.kill() asked for these; stop when they start
@@ -50,17 +52,7 @@ class WorkerHandle:
 
     def running_job(self) -> tuple[int, int]:
         """(job id, start time in monotonic ns) the worker says it is on; job id 0 if none."""
-        base = self.index * SLOT_WIDTH
-        for _ in range(3):  # the worker writes the time first, then the id
-            job_id, started = self.slots[base], self.slots[base + 1]
-            if self.slots[base] == job_id:
-                return job_id, started
-        return job_id, started
-
-    def clear_slot(self) -> None:
-        base = self.index * SLOT_WIDTH
-        self.slots[base] = 0
-        self.slots[base + 1] = 0
+        return self.slot.running()
 
     def signal(self, signum: int) -> None:
         try:
@@ -94,19 +86,18 @@ def spawn_worker(
     results_read, results_write = Pipe(duplex=False)
     enlarge_pipe(calls_write.fileno())
     inherited = (lifeline_write_fd,) if ctx.get_start_method() == "fork" else ()
+    slot = WorkerSlot(slots, index, ctx)
     spec = WorkerSpec(
-        slot=index,
         calls=calls_read,
         results=results_write,
         lifeline=lifeline,
         fds_to_close=inherited,
-        slots=slots,
+        slot=slot,
         counters=counters,
         initializer=initializer,
         initargs=tuple(initargs),
         max_tasks=max_tasks,
     )
-    slots[index * SLOT_WIDTH] = 0
     process = ctx.Process(  # type: ignore[attr-defined]
         target=run_worker, args=(spec,), name=f"taskq-worker-{index}"
     )
@@ -118,4 +109,4 @@ def spawn_worker(
         results_write.close()
     os.set_blocking(calls_write.fileno(), False)
     os.set_blocking(results_read.fileno(), False)
-    return WorkerHandle(index, process, calls_write, results_read, slots)
+    return WorkerHandle(index, process, calls_write, results_read, slot)

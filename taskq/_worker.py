@@ -3,10 +3,10 @@
     CALL frame --> unpickle --> fn(*args, **kwargs) --> pickle --> OK / ERROR frame
 
 Each reply is written before the next call starts, so if the worker dies, every
-job it finished has been reported and the parent knows exactly which job it
-held. For the same reason the worker notes the job it is on, and since when,
-in a shared slot (``slots``): the parent reads it to blame the right job for a
-crash and to enforce timeouts from the moment a job really started.
+job it finished has been reported. Before starting a job the worker claims it
+in its shared slot (``_slot.py``): the parent reads the slot to blame the right
+job for a crash and to time a job from the moment it really started, and may
+take back jobs the worker has not started yet.
 
 A worker exits when it is sent STOP, after ``max_tasks`` jobs, or when the
 parent dies (its lifeline pipe reaches end of file).
@@ -30,19 +30,17 @@ from taskq import _counters
 from taskq._channel import FrameReader, enlarge_pipe, write_all
 from taskq._errors import SerializationError
 from taskq._protocol import Kind, dumps, encode, encode_parts, pack_exception
-
-SLOT_WIDTH = 2  # per worker: (job id, start time in ns of time.monotonic_ns)
+from taskq._slot import WorkerSlot
 
 
 class WorkerSpec(NamedTuple):
     """Everything a worker process receives when it starts."""
 
-    slot: int  # this worker's index: its place in ``slots``
     calls: Connection
     results: Connection
     lifeline: Connection
     fds_to_close: tuple[int, ...]  # parent-only descriptors inherited through fork
-    slots: Any  # RawArray("q"): SLOT_WIDTH values per worker index
+    slot: WorkerSlot
     counters: _counters.CounterBlock
     initializer: Callable[..., object] | None
     initargs: Sequence[Any]
@@ -77,7 +75,7 @@ def _initialize(spec: WorkerSpec, out_fd: int) -> bool:
 
 
 def _serve(spec: WorkerSpec, reader: FrameReader, out_fd: int) -> None:
-    done = 0
+    received = done = 0
     while True:
         try:
             frames = reader.read()
@@ -86,6 +84,9 @@ def _serve(spec: WorkerSpec, reader: FrameReader, out_fd: int) -> None:
         for frame in frames:
             if frame.kind == Kind.STOP:
                 return
+            received += 1
+            if not spec.slot.begin(received, frame.job_id):
+                continue  # taken back by the parent: another worker runs it
             _run_call(spec, frame.job_id, frame.payload, out_fd)
             done += 1
             if spec.max_tasks is not None and done >= spec.max_tasks:
@@ -93,13 +94,10 @@ def _serve(spec: WorkerSpec, reader: FrameReader, out_fd: int) -> None:
 
 
 def _run_call(spec: WorkerSpec, job_id: int, payload: bytes, out_fd: int) -> None:
-    slot = spec.slot * SLOT_WIDTH
-    spec.slots[slot + 1] = time.monotonic_ns()
-    spec.slots[slot] = job_id
     started = time.perf_counter()
     kind, reply = _call(job_id, payload)
     write_all(out_fd, encode_parts(kind, job_id, reply, time.perf_counter() - started))
-    spec.slots[slot] = 0
+    spec.slot.end()
 
 
 def _call(job_id: int, payload: bytes) -> tuple[Kind, bytes]:

@@ -1,0 +1,72 @@
+"""Each worker's slot in shared memory: the job it is on, since when, and the jobs it must skip.
+
+The worker writes its slot as it starts each job; the parent reads it to know
+which job a dead worker was running (only that job is to blame) and when a job
+really started (timeouts count from there, not from when it was queued).
+
+The parent may also *revoke* jobs it handed to a worker that has not started
+them yet: when a worker is stuck on a long job while another sits idle, the
+jobs waiting behind the long one are taken back and given to the idle worker.
+Starting a job and revoking it are decided under the slot's lock, so a job is
+either started by the worker or taken back by the parent, never both.
+
+Jobs are numbered per worker in the order it receives them (``seq``).
+"""
+
+from __future__ import annotations
+
+import time
+from multiprocessing.context import BaseContext
+from typing import Any
+
+JOB, STARTED_NS, STARTED_SEQ, REVOKED_UPTO = range(4)
+WIDTH = 4
+LOCK_PATIENCE = 0.05  # the parent never waits long on a lock a dying worker may hold
+
+
+class WorkerSlot:
+    def __init__(self, array: Any, index: int, ctx: BaseContext):
+        self._array = array
+        self._base = index * WIDTH
+        self._lock = ctx.Lock()  # new for every worker: a dead one may have held the old
+        for field in range(WIDTH):
+            array[self._base + field] = 0
+
+    # -- worker side -----------------------------------------------------------------
+
+    def begin(self, seq: int, job_id: int) -> bool:
+        """Claim job number ``seq`` before running it; False if the parent took it back."""
+        array, base = self._array, self._base
+        with self._lock:
+            if seq <= array[base + REVOKED_UPTO]:
+                return False
+            array[base + STARTED_SEQ] = seq
+            array[base + STARTED_NS] = time.monotonic_ns()
+            array[base + JOB] = job_id
+        return True
+
+    def end(self) -> None:
+        self._array[self._base + JOB] = 0
+
+    # -- parent side -----------------------------------------------------------------
+
+    def running(self) -> tuple[int, int]:
+        """(job id, start time in monotonic ns) of the job the worker is on; id 0 if none."""
+        locked = self._lock.acquire(timeout=LOCK_PATIENCE)
+        try:
+            return self._array[self._base + JOB], self._array[self._base + STARTED_NS]
+        finally:
+            if locked:
+                self._lock.release()
+
+    def revoke(self, sent: int) -> int | None:
+        """Take back every job numbered up to ``sent`` not yet started; return the number
+        of the last started job, or None if the slot could not be locked (dying worker)."""
+        if not self._lock.acquire(timeout=LOCK_PATIENCE):
+            return None
+        try:
+            self._array[self._base + REVOKED_UPTO] = sent
+            started: int = self._array[self._base + STARTED_SEQ]
+            return started
+        finally:
+            self._lock.release()
