@@ -325,14 +325,19 @@ class Manager:
         queue = self._queue
         if not len(queue):
             return
-        limit = self._policy.limit()
+        # With several priorities waiting, workers take one job at a time, when idle:
+        # jobs a worker held would otherwise start after more urgent ones taken by
+        # other workers. Batching is for a backlog of equals.
+        mixed = queue.mixed()
+        limit = 1 if mixed else self._policy.limit()
+        idle_only = idle_only or mixed
         for worker in self._workers.values():
             if idle_only and worker.outstanding:
                 continue
             room = self._room(worker, limit)
             if room <= 0:
                 continue
-            items = queue.take(room)
+            items = queue.take(room, len(self._workers))
             if items:
                 self._send(worker, items)
             if not len(queue):
@@ -490,10 +495,11 @@ class Manager:
             if len(worker.outstanding) < 2 or not worker.accepting:
                 continue
             job_id, started_ns = worker.running_job()
-            if job_id != worker.outstanding[0].job_id:
-                continue  # between jobs: it will reply soon
-            stuck_at = started_ns / 1e9 + patience
-            if now >= stuck_at:
+            if job_id == worker.outstanding[0].job_id:
+                stuck_at = started_ns / 1e9 + patience
+            else:  # between two jobs: look again in a moment
+                stuck_at = now + NOT_STARTED_RECHECK
+            if now >= stuck_at and job_id:
                 self._revoke(worker)
             elif not self._rebalance_armed:
                 self._rebalance_armed = True

@@ -58,6 +58,10 @@ class JobQueue:
     def __len__(self) -> int:
         return self._live
 
+    def mixed(self) -> bool:
+        """More than one priority is waiting (so the order between them matters)."""
+        return len(self._levels) > 1
+
     def put(
         self,
         item: WorkItem,
@@ -95,14 +99,21 @@ class JobQueue:
                 bucket.append(item)
             self._live += 1
 
-    def take(self, limit: int) -> list[WorkItem]:
-        """Up to ``limit`` jobs in the order they must run, removed from the queue."""
+    def take(self, limit: int, share: int = 1) -> list[WorkItem]:
+        """Up to ``limit`` jobs in the order they must run, removed from the queue.
+
+        A worker handed several jobs runs them in a row, so jobs handed to
+        different workers start interleaved. To keep that close to the queue's
+        order, only jobs of one priority are taken together, and at most a
+        ``1/share`` part of them (``share``: the number of workers).
+        """
         taken: list[WorkItem] = []
         with self._lock:
-            while self._levels and len(taken) < limit:
+            while self._levels and not taken:
                 level = self._levels[0]
                 bucket = self._buckets[level]
                 pop = bucket.pop if self.order == "lifo" else bucket.popleft
+                limit = min(limit, -(-len(bucket) // share))
                 while bucket and len(taken) < limit:
                     item = pop()
                     if item.state is State.QUEUED:
