@@ -2,18 +2,26 @@
 
 Handing a worker several jobs at once saves a round trip per job, but a job
 handed over can no longer be overtaken: a more urgent job submitted later waits
-behind everything the workers already hold. So the policy bounds the *time*
-a worker holds, not the number of jobs:
+behind everything the workers already hold. So:
 
-    limit = HOLD_BUDGET / (recent average seconds per job), between 1 and MAX_BATCH
+* Batches are bounded in *time*, not count: a worker holds at most about
+  ``HOLD_BUDGET`` seconds of work, judged by the recent average time per job,
 
-With 100 µs jobs a worker holds about 20 of them (2 ms of work); with jobs of
-a second or more it holds just the one it runs. An urgent job therefore starts
-within about ``HOLD_BUDGET`` (plus one round trip) once a worker frees a slot,
-unless a job runs much longer than the recent average.
+      limit = HOLD_BUDGET / average seconds per job, between 1 and MAX_BATCH
 
-The limit only grows after jobs have been measured: a fresh pool hands out one
-job at a time.
+  With 100 µs jobs a worker holds about 20 (2 ms of work); with jobs of a
+  second or more, just the one it runs. A fresh pool hands out one job at a time.
+* Only a backlog of *equal* priorities is batched. While jobs of several
+  priorities wait, workers take one job at a time, when idle, so jobs start
+  in queue order across all workers (give or take one per worker).
+* A busy worker is topped up only when it replies, never merely because a job
+  was queued: jobs queued while every worker is busy wait in the queue, in
+  order, until a worker frees up.
+* If a worker is stuck on a job far longer than the average while another
+  worker is idle, the jobs waiting behind it are taken back (``_slot.py``).
+
+So an urgent job starts within about ``HOLD_BUDGET`` plus a round trip of a
+worker freeing up.
 """
 
 from __future__ import annotations

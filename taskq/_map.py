@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 # A chunk of about 1 ms keeps the worker's pipeline two jobs deep (see _dispatch)
 # while per-chunk costs stay far below the work inside it.
 CHUNK_TARGET = 0.001
-MAX_AUTO_CHUNK = 20_000
+MAX_AUTO_CHUNK = 1024  # bounds read-ahead: window x this many items
 WINDOW_PER_WORKER = 4
 
 ChunkSubmitter = Callable[[list[Any]], "JobFuture"]
@@ -74,7 +74,12 @@ def _chunk_outcome(
     future: JobFuture, feeder: ChunkFeeder, deadline: float | None
 ) -> tuple[list[Any], bytes | None]:
     """A finished chunk's values and the packed exception of the item that stopped it."""
-    values, error, seconds = future.result(timeout=_remaining(deadline))
+    try:
+        values, error, seconds = future.result(timeout=_remaining(deadline))
+    except FuturesTimeout:
+        if future.done():  # the chunk's own error (JobTimeout is a TimeoutError too)
+            raise
+        raise FuturesTimeout("map() results were not ready within its timeout") from None
     feeder.observe(len(values) + (error is not None), seconds)
     return values, error
 
@@ -103,8 +108,6 @@ def ordered_results(
                 yield from values
                 if error is not None:
                     raise unpack_exception(error)
-        except FuturesTimeout:
-            raise FuturesTimeout("map() results were not ready within its timeout") from None
         finally:
             for future in pending:
                 future.cancel()
