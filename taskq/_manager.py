@@ -454,9 +454,7 @@ class Manager:
         """Arm the timeout of the job the worker starts next, if it has one."""
         if worker.outstanding:
             head = worker.outstanding[0]
-            if head in worker.doomed:
-                self._stop_worker(worker, "kill", head)
-            elif head.timeout is not None:
+            if head.timeout is not None:
                 self._at(time.monotonic() + head.timeout, self._check_timeout, worker, head)
 
     def _check_timeout(self, worker: WorkerHandle, item: WorkItem) -> None:
@@ -733,8 +731,12 @@ class Manager:
         if item.state is State.SENT:
             for worker in self._workers.values():
                 if item in worker.outstanding:
-                    worker.doomed.add(item)
-                    if worker.outstanding[0] is item:
+                    if worker.outstanding[0] is not item:
+                        self._revoke(worker)  # not started: take it back, no worker lost
+                    if self._queue.remove(item):  # it was taken back
+                        self._stats.add_many([(QUEUED, -1), (CANCELLED, 1)])
+                        self._finish(item, False, cancelled)
+                    else:
                         self._stop_worker(worker, "kill", item)
                     return True
         return False

@@ -40,9 +40,9 @@ ChunkSubmitter = Callable[[list[Any]], "JobFuture"]
 class ChunkFeeder:
     """Cuts the input into chunks, sized adaptively unless the caller fixed the size."""
 
-    def __init__(self, items: Iterator[Any], chunksize: int):
+    def __init__(self, items: Iterator[Any], chunksize: int, *, adaptive: bool):
         self._items = items
-        self._adaptive = chunksize == 1
+        self._adaptive = adaptive
         self.size = chunksize
         self.exhausted = False
 

@@ -274,7 +274,7 @@ class Pool(Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         star = len(iterables) > 1
         items = zip(*iterables, strict=False) if star else iter(iterables[0])
-        feeder = _map.ChunkFeeder(items, _check_chunksize(chunksize))
+        feeder = self._feeder(items, chunksize)
         results = _map.ordered_results(
             self._chunk_submitter(fn, star, priority), feeder, self._window(), deadline
         )
@@ -290,7 +290,7 @@ class Pool(Executor):
         progress: bool = False,
     ) -> Iterator[Any]:
         """Like ``map(fn, iterable)`` but yields results as they complete (lazy too)."""
-        feeder = _map.ChunkFeeder(iter(iterable), _check_chunksize(chunksize))
+        feeder = self._feeder(iter(iterable), chunksize)
         results = _map.unordered_results(
             self._chunk_submitter(fn, False, priority), feeder, self._window()
         )
@@ -314,6 +314,12 @@ class Pool(Executor):
             return self._enqueue(call, name, priority=priority, timeout=self._job_timeout)
 
         return submit_chunk
+
+    def _feeder(self, items: Iterator[Any], chunksize: int) -> _map.ChunkFeeder:
+        # A pool-wide job_timeout is a limit per item: items are not grouped then,
+        # or several short items could add up past it.
+        adaptive = chunksize == 1 and self._job_timeout is None
+        return _map.ChunkFeeder(items, _check_chunksize(chunksize), adaptive=adaptive)
 
     def _window(self) -> int:
         return _map.WINDOW_PER_WORKER * self._max_workers

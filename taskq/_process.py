@@ -43,7 +43,6 @@ class WorkerHandle:
         self.revoked = 0  # of those, jobs taken back before they started
         self.stop_reason: str | None = None  # "timeout" | "kill" | "stop"
         self.stop_job: WorkItem | None = None
-        self.doomed: set[WorkItem] = set()  # pool.kill() asked for these; stop when they start
         self.init_error: str | None = None  # the initializer's traceback, if it raised
 
     @property
