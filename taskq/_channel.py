@@ -68,7 +68,7 @@ class FrameReader:
         if self._large_filled < len(self._large):
             return []
         kind, job_id, seconds = self._large_header
-        frame = Frame(kind, job_id, seconds, bytes(self._large))
+        frame = Frame(kind, job_id, seconds, self._large)  # no copy: pickle reads a bytearray
         self._large = None
         return [frame]
 

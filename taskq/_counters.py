@@ -135,7 +135,8 @@ class PoolStats:
     worker_restarts: int
     """Workers started to replace one that exited (crash, timeout, kill, recycling)."""
     workers: int
-    """Worker processes alive now."""
+    """Worker processes alive now (a successor started early for a worker retiring under
+    ``max_tasks_per_child`` counts too)."""
 
 
 STAT_FIELDS = tuple(f.name for f in dataclasses.fields(PoolStats))

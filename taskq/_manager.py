@@ -94,7 +94,9 @@ class Manager:
         self._policy = BatchPolicy()
         self._selector = selectors.DefaultSelector()
         self._workers: dict[int, WorkerHandle] = {}
-        self._slots: Any = ctx.RawArray("q", _slot.WIDTH * max_workers)
+        # Twice the workers: a retiring worker (max_tasks_per_child) keeps its slot
+        # until it exits, while its replacement already starts.
+        self._slots: Any = ctx.RawArray("q", _slot.WIDTH * 2 * max_workers)
         self._lifeline_read, self._lifeline_write = ctx.Pipe(duplex=False)
         self._timers: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._timer_seq = itertools.count()
@@ -197,7 +199,13 @@ class Manager:
                 self._step()
         except BaseException as exc:  # a bug here must not leave callers waiting forever
             log.exception("taskq manager thread failed")
-            self._give_up(PoolBroken(f"taskq's manager thread failed: {exc!r}"))
+            error = PoolBroken(f"taskq's manager thread failed: {exc!r}")
+            self._give_up(error)
+            for worker in self._workers.values():
+                self._stats.add_many([(RUNNING, -len(worker.outstanding))])
+                self._stats.add_many([(FAILED, len(worker.outstanding))])
+                for item in worker.outstanding:
+                    self._finish(item, False, error)
         finally:
             self._close()
             _deliver(self._take_outcomes())
@@ -280,12 +288,30 @@ class Manager:
         self._stats.add_many([(WORKERS, 1)])
         log.debug("worker %d started (pid %d)", index, worker.pid)
 
-    def _respawn(self, index: int) -> None:
-        if index in self._workers or not self._need_workers():
-            return
-        self._stats.add_many([(RESTARTS, 1)])
-        self._spawn(index)
-        log.info("worker %d replaced (new pid %d)", index, self._workers[index].pid)
+    def _replenish(self, predecessor: WorkerHandle | None = None) -> None:
+        """Start replacements until ``max_workers`` workers take jobs (if any are needed).
+
+        A successor of a retiring ``predecessor`` starts now but gets no job until the
+        predecessor has exited: never more than ``max_workers`` jobs run at once.
+        """
+        while self._need_workers():
+            taking = sum(1 for w in self._workers.values() if w.stop_reason != "retire")
+            if taking >= self._max_workers:
+                return
+            free = set(range(2 * self._max_workers)) - self._workers.keys()
+            if not free:  # all slots held by retiring workers: the next exit calls us again
+                return
+            index = min(free)
+            self._stats.add_many([(RESTARTS, 1)])
+            self._spawn(index)
+            self._workers[index].predecessor = predecessor
+            log.info("worker %d started as a replacement (pid %d)", index, self._workers[index].pid)
+
+    def _retire(self, worker: WorkerHandle) -> None:
+        """The worker was sent its last job (max_tasks_per_child): start its successor now,
+        so the successor's start-up overlaps that job instead of following it."""
+        worker.stop_reason = "retire"
+        self._replenish(predecessor=worker)
 
     def _need_workers(self) -> bool:
         if self.broken is not None or self._terminating:
@@ -331,7 +357,7 @@ class Manager:
         mixed = queue.mixed()
         limit = 1 if mixed else self._policy.limit()
         idle_only = idle_only or mixed
-        for worker in self._workers.values():
+        for worker in list(self._workers.values()):  # _send may start a successor
             if idle_only and worker.outstanding:
                 continue
             room = self._room(worker, limit)
@@ -344,7 +370,7 @@ class Manager:
                 return
 
     def _room(self, worker: WorkerHandle, limit: int) -> int:
-        if not worker.accepting:
+        if not worker.accepting or worker.predecessor is not None:
             return 0
         held = len(worker.outstanding)
         if held and not worker.reported:
@@ -379,6 +405,8 @@ class Manager:
             item.wseq = worker.sent
         worker.outstanding.extend(live)
         worker.reported = False
+        if self._max_tasks is not None and worker.sent - worker.revoked >= self._max_tasks:
+            self._retire(worker)
         buffers: list[bytes] = []
         for item in live:
             buffers += encode_parts(Kind.CALL, item.job_id, item.call)
@@ -515,6 +543,9 @@ class Manager:
         while worker.outstanding and worker.outstanding[-1].wseq > started:
             taken.append(worker.outstanding.pop())
         worker.revoked += len(taken)
+        if worker.stop_reason == "retire" and taken:  # it will not reach max_tasks now
+            worker.outbox.push([encode(Kind.STOP)])
+            self._flush(worker)
         log.debug("took %d unstarted jobs back from busy worker %d", len(taken), worker.pid)
         self._requeue(taken[::-1])
 
@@ -554,6 +585,9 @@ class Manager:
         running_id, _ = worker.running_job()
         del self._workers[worker.index]
         self._stats.add_many([(WORKERS, -1)])
+        for other in self._workers.values():
+            if other.predecessor is worker:
+                other.predecessor = None  # its turn: it may take jobs now
         held = list(worker.outstanding)
         worker.outstanding.clear()
         exitcode = worker.process.exitcode
@@ -567,7 +601,7 @@ class Manager:
         elif worker.stop_reason is None and exitcode != 0:
             log.warning("worker %d (pid %d) exited with %s between jobs",
                         worker.index, worker.pid, exitcode)  # fmt: skip
-        self._respawn(worker.index)
+        self._replenish()
 
     def _drain(self, worker: WorkerHandle) -> None:
         """Take in every reply the dead worker wrote before it died."""
@@ -649,7 +683,7 @@ class Manager:
             ))  # fmt: skip
             return
         delay = INIT_BACKOFF * 2 ** (self._init_failures - 1)
-        self._at(time.monotonic() + delay, self._respawn, worker.index)
+        self._at(time.monotonic() + delay, self._replenish)
 
     # -- shutdown ---------------------------------------------------------------------
 

@@ -44,6 +44,8 @@ class WorkerHandle:
         self.stop_reason: str | None = None  # "timeout" | "kill" | "stop"
         self.stop_job: WorkItem | None = None
         self.init_error: str | None = None  # the initializer's traceback, if it raised
+        # A retiring worker this one replaces: no job for this one until that one exits.
+        self.predecessor: WorkerHandle | None = None
 
     @property
     def accepting(self) -> bool:

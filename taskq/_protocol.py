@@ -45,7 +45,7 @@ class Frame(NamedTuple):
     kind: int
     job_id: int
     seconds: float
-    payload: bytes
+    payload: bytes | bytearray
 
 
 def encode(kind: Kind, job_id: int = 0, payload: bytes = b"", seconds: float = 0.0) -> bytes:
@@ -91,7 +91,7 @@ def pack_exception(exc: BaseException) -> bytes:
     return dumps(PackedError(exc_bytes, type_name, message, tb_text))
 
 
-def unpack_exception(payload: bytes) -> BaseException:
+def unpack_exception(payload: bytes | bytearray) -> BaseException:
     """The exception as the caller should see it, with the worker traceback as ``__cause__``."""
     packed: PackedError = pickle.loads(payload)
     exc: BaseException | None = None
@@ -106,7 +106,7 @@ def unpack_exception(payload: bytes) -> BaseException:
     return exc
 
 
-def load(payload: bytes) -> Any:
+def load(payload: bytes | bytearray) -> Any:
     return pickle.loads(payload)
 
 

@@ -93,14 +93,14 @@ def _serve(spec: WorkerSpec, reader: FrameReader, out_fd: int) -> None:
                 return
 
 
-def _run_call(spec: WorkerSpec, job_id: int, payload: bytes, out_fd: int) -> None:
+def _run_call(spec: WorkerSpec, job_id: int, payload: bytes | bytearray, out_fd: int) -> None:
     started = time.perf_counter()
     kind, reply = _call(job_id, payload)
     write_all(out_fd, encode_parts(kind, job_id, reply, time.perf_counter() - started))
     spec.slot.end()
 
 
-def _call(job_id: int, payload: bytes) -> tuple[Kind, bytes]:
+def _call(job_id: int, payload: bytes | bytearray) -> tuple[Kind, bytes]:
     try:
         fn, args, kwargs = pickle.loads(payload)
     except BaseException as exc:
