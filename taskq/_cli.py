@@ -29,7 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeAlias
@@ -49,10 +49,6 @@ JOB_FIELDS = ("id", "args", "kwargs", "priority", "timeout", "retries")
 DESCRIPTION = """\
 Run a Python function on a pool of worker processes, one job per input line,
 with priorities, timeouts and retries.
-
-commands:
-  run     run FUNCTION once per JSON line of input, write one JSON result line per job
-  bench   run taskq's benchmark suite (needs a source checkout of taskq)
 """
 
 EXAMPLE = """\
@@ -262,7 +258,11 @@ def run_bench(args: list[str]) -> int:
         status = suite.main(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    return status if isinstance(status, int) else EXIT_OK
+    except SystemExit as exc:  # the suite's own argparse: --help, usage errors
+        status = exc.code
+    if status is None:
+        return EXIT_OK
+    return status if isinstance(status, int) else EXIT_FAILED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,8 +362,11 @@ def iter_lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
 def parse_job(line: int, raw: bytes | str) -> Job:
     """Turn one input line into a :class:`Job`, or raise :class:`InvalidJob` saying why."""
     try:
-        value = json.loads(raw)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        value = json.loads(text.lstrip("\ufeff"))  # JSON Lines is UTF-8, maybe with a BOM
+    except UnicodeDecodeError as exc:
+        raise InvalidJob(line, f"not UTF-8 text: {exc}") from None
+    except ValueError as exc:
         raise InvalidJob(line, f"not valid JSON: {exc}") from None
     if isinstance(value, dict):
         return _job_from_object(line, value)
@@ -372,7 +375,7 @@ def parse_job(line: int, raw: bytes | str) -> Job:
 
 
 def _job_from_object(line: int, obj: dict[str, Any]) -> Job:
-    job_id = obj.get("id", line)
+    job_id = line if obj.get("id") is None else obj["id"]
     if isinstance(job_id, (dict, list)):
         raise InvalidJob(line, f"'id' must be a string or a number, not {_json_type(job_id)}")
     unknown = [key for key in obj if key not in JOB_FIELDS]
@@ -642,7 +645,7 @@ class Flight:
     id: JobId
     line: int
     submitted: float
-    future: Future[Any] | None = None
+    future: taskq.JobFuture | None = None
     finished: float | None = None
     record: Record | None = None  # set at once for a line rejected before running
 
@@ -655,9 +658,9 @@ class Flight:
             return self.record
         assert self.future is not None and self.finished is not None
         seconds = self.finished - self.submitted
-        attempts: int = getattr(self.future, "attempts", 1)
+        attempts = self.future.attempts
         if self.future.cancelled():
-            cancelled = taskq.TaskqError("the job was cancelled")
+            cancelled = CancelledError("the job was cancelled")
             return error_record(self.id, self.line, cancelled, attempts, seconds)
         error = self.future.exception()
         if error is not None:

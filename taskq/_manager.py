@@ -113,6 +113,8 @@ class Manager:
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         self._wake_pending = False
+        self._wake_lock = threading.Lock()
+        self._closed = False
         self._selector.register(self._wake_read, selectors.EVENT_READ, self._on_wake)
         # Guards the workers' state. The manager holds it while it works (not while it
         # sleeps in select); a submitting thread takes it to hand a job straight to an
@@ -131,10 +133,11 @@ class Manager:
         """Make the manager look at the queue. At most one byte waits in the pipe."""
         if not self._wake_pending:
             self._wake_pending = True
-            try:
-                os.write(self._wake_write, b"!")
-            except OSError:  # closed: the manager has finished
-                pass
+            # Under the lock, so a late wake-up (a pool collected after it finished)
+            # can never write to a descriptor number that is closed and reused.
+            with self._wake_lock:
+                if not self._closed:
+                    os.write(self._wake_write, b"!")
 
     def dispatch_now(self) -> None:
         """Called right after a job is queued: give it to an idle worker from this thread."""
@@ -740,8 +743,10 @@ class Manager:
             worker.close()
         self._workers.clear()
         self._selector.close()
-        for fd in (self._wake_read, self._wake_write):
-            os.close(fd)
+        with self._wake_lock:
+            self._closed = True
+            os.close(self._wake_read)
+            os.close(self._wake_write)
         self._lifeline_write.close()
         self._lifeline_read.close()
         log.debug("taskq manager stopped")

@@ -128,6 +128,7 @@ class ProgressLine:
         :meth:`refresh` draws it again at once."""
         if self._width:
             self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
             self._width = 0
         self._last_draw = -math.inf
 

@@ -137,9 +137,10 @@ def _watch_parent(lifeline_fd: int) -> None:
     def watch() -> None:
         while True:
             readable, _, _ = select.select([lifeline_fd], [], [], 1.0)
-            # Readable means end of file: only the parent writes, and it never writes.
-            # The ppid check is a fallback for a lifeline held open by a stray fork.
-            if readable or os.getppid() != parent:
+            # Nobody writes to the lifeline: it turns readable at end of file, when the
+            # parent's end closes. The ppid check is a fallback for a lifeline held open
+            # by a stray fork.
+            if (readable and not os.read(lifeline_fd, 64)) or os.getppid() != parent:
                 os._exit(0)
 
     threading.Thread(target=watch, name="taskq-lifeline", daemon=True).start()
