@@ -16,7 +16,7 @@ from benchmarks.peers import ALL_ADAPTERS, PEER_KEYS, Adapter, TaskqAdapter, ada
 from benchmarks.report import describe_machine, write_all
 from benchmarks.runner import Runner, log_to_stderr
 from benchmarks.scenarios import SCENARIO_KEYS, SCENARIOS, ScenarioResult
-from benchmarks.targets import evaluate
+from benchmarks.targets import Verdict, evaluate
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results"
 SMOKE_PEERS = ("ppe",)
@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=DEFAULT_OUTPUT,
         help=f"output dir (default: {DEFAULT_OUTPUT})",
+    )
+    parser.add_argument(
+        "--shared-pools",
+        action="store_true",
+        help="keep every pool open for a whole scenario instead of one fresh, warmed-up pool "
+        "per measurement (faster; idle pools' threads then share the parent's GIL)",
     )
     parser.add_argument("--seed", type=int, default=12345, help="seed of the random probe moments")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
@@ -105,7 +111,9 @@ def _taskq_problem() -> str | None:
     return None
 
 
-def _summarise(results: list[ScenarioResult], paths: dict[str, Path], verdicts: list) -> int:
+def _summarise(
+    results: list[ScenarioResult], paths: dict[str, Path], verdicts: list[Verdict]
+) -> int:
     errors = [
         f"{r.key}: {row.label}: {row.error}"
         for r in results
@@ -144,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         adapters=adapters,
         missing=missing,
         seed=args.seed,
+        shared_pools=args.shared_pools,
     )
     machine = describe_machine(cfg)
     runner = Runner(cfg.repeat, sizes.trial_budget_s, log_to_stderr)

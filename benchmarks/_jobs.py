@@ -79,12 +79,14 @@ def pipe_sink_child(reader: Connection, total: int, done: Connection) -> None:
     a plain ``os.pipe()``; reading its file descriptor directly bypasses any framing.
     """
     fd = reader.fileno()
+    buffer = bytearray(1 << 20)  # reused: no allocation per read
+    done.send(0)  # ready: the parent starts its clock only now
     got = 0
     while got < total:
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
+        n = os.readv(fd, [buffer])
+        if not n:
             break
-        got += len(chunk)
+        got += n
     reader.close()
     done.send(got)
     done.close()

@@ -103,8 +103,10 @@ class Config:
     adapters: list[type[Adapter]]  # available ones, taskq first
     missing: dict[str, str] = field(default_factory=dict)  # peer key -> why it is skipped
     seed: int = 12345
+    shared_pools: bool = False  # keep every pool open for a whole scenario (faster, noisier)
 
-    def context(self) -> multiprocessing.context.BaseContext:
+    def context(self) -> Any:
+        """The multiprocessing context (typed Any: BaseContext lacks Process/Pipe in typeshed)."""
         return multiprocessing.get_context(self.start_method)
 
     def new(self, cls: type[Adapter], workers: int | None = None) -> Adapter:
@@ -119,5 +121,6 @@ class Config:
             "peers": [a.key for a in self.adapters],
             "skipped_peers": dict(self.missing),
             "seed": self.seed,
+            "shared_pools": self.shared_pools,
             "sizes": asdict(self.sizes),
         }

@@ -67,8 +67,12 @@ class Adapter:
         raise NotImplementedError
 
     def abort(self) -> None:
-        """Shut the pool down now, dropping queued jobs."""
+        """Shut the pool down now, dropping queued jobs (running ones may finish)."""
         self.close()
+
+    def terminate(self) -> None:
+        """Stop the pool after a failure or a hang: running jobs are killed too."""
+        self.abort()
 
     # -- single jobs ------------------------------------------------------------------------
     def submit(self, fn: Fn, *args: Any) -> Any:
@@ -147,6 +151,10 @@ class TaskqAdapter(Adapter):
     def abort(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
+    def terminate(self) -> None:
+        # The documented way to stop running jobs: leaving the block on KeyboardInterrupt.
+        self.pool.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
+
     def submit(self, fn: Fn, *args: Any) -> Any:
         return self.pool.submit(fn, *args)
 
@@ -185,6 +193,12 @@ class ExecutorAdapter(Adapter):
 
     def abort(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def terminate(self) -> None:
+        processes = list(getattr(self.pool, "_processes", {}).values())  # no public API
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
 
     def submit(self, fn: Fn, *args: Any) -> Any:
         return self.pool.submit(fn, *args)
@@ -242,7 +256,7 @@ class LokyAdapter(Adapter):
     honours_start_method = False
 
     def open(self) -> None:
-        import loky
+        import loky  # type: ignore[import-untyped]
 
         self._loky = loky
         self.pool = loky.ProcessPoolExecutor(self.workers)
@@ -253,13 +267,15 @@ class LokyAdapter(Adapter):
     def abort(self) -> None:
         self.pool.shutdown(wait=True, kill_workers=True)
 
+    def terminate(self) -> None:
+        self.pool.shutdown(wait=False, kill_workers=True)
+
     def submit(self, fn: Fn, *args: Any) -> Any:
         return self.pool.submit(fn, *args)
 
     def map(self, fn: Fn, items: Sequence[Any], chunksize: int | None) -> Iterable[Any]:
-        if chunksize is None:
-            return self.pool.map(fn, items)
-        return self.pool.map(fn, items, chunksize=chunksize)
+        results: Iterable[Any] = self.pool.map(fn, items, chunksize=chunksize or 1)
+        return results
 
 
 class PebbleAdapter(Adapter):
@@ -276,11 +292,11 @@ class PebbleAdapter(Adapter):
         self.pool = pebble.ProcessPool(max_workers=self.workers, context=self.context())
 
     def close(self) -> None:
-        self.pool.close()
+        self.pool.close()  # type: ignore[no-untyped-call]
         self.pool.join()
 
     def abort(self) -> None:
-        self.pool.stop()
+        self.pool.stop()  # type: ignore[no-untyped-call]
         self.pool.join()
 
     def submit(self, fn: Fn, *args: Any) -> Any:
@@ -297,7 +313,8 @@ class PebbleAdapter(Adapter):
 
     def map(self, fn: Fn, items: Sequence[Any], chunksize: int | None) -> Iterable[Any]:
         future = self.pool.map(fn, items, chunksize=chunksize or 1)
-        return future.result()  # type: ignore[no-any-return]
+        results: Iterable[Any] = future.result()
+        return results
 
 
 class MpireAdapter(Adapter):
@@ -308,11 +325,9 @@ class MpireAdapter(Adapter):
     distribution = "mpire"
 
     def open(self) -> None:
-        import mpire
+        from mpire.pool import WorkerPool
 
-        self.pool = mpire.WorkerPool(
-            n_jobs=self.workers, start_method=self.start_method, keep_alive=True
-        )
+        self.pool = WorkerPool(n_jobs=self.workers, start_method=self.start_method, keep_alive=True)
         self._applied = False
 
     def _before_map(self) -> None:
@@ -346,7 +361,8 @@ class MpireAdapter(Adapter):
     def map(self, fn: Fn, items: Sequence[Any], chunksize: int | None) -> Iterable[Any]:
         # mpire unpacks tuple/dict items into arguments; the benchmark items are ints/bytes.
         self._before_map()
-        return self.pool.map(fn, items, chunk_size=chunksize)
+        results: Iterable[Any] = self.pool.map(fn, items, chunk_size=chunksize)
+        return results
 
     def stream(self, fn: Fn, items: Iterator[Any]) -> Iterator[Any]:
         self._before_map()
@@ -362,7 +378,7 @@ class JoblibAdapter(Adapter):
     honours_start_method = False
 
     def open(self) -> None:
-        import joblib
+        import joblib  # type: ignore[import-untyped]
 
         self._joblib = joblib
         self.parallel = joblib.Parallel(n_jobs=self.workers, backend="loky")
@@ -370,7 +386,7 @@ class JoblibAdapter(Adapter):
 
     def close(self) -> None:
         self.parallel.__exit__(None, None, None)
-        from joblib.externals.loky import reusable_executor
+        from joblib.externals.loky import reusable_executor  # type: ignore[import-untyped]
 
         executor = reusable_executor._executor
         if executor is not None:

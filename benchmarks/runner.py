@@ -126,6 +126,7 @@ class Runner:
         except Exception as exc:
             row.status = "error"
             row.error = f"{what}: {_describe(exc)}"
+            row.samples.clear()  # an error is never reported as a number, not even partly
             self.log(f"    {row.label}: {row.error}")
             if not isinstance(exc, (VerificationError, TrialTimeout)):
                 self.log(traceback.format_exc(limit=6))

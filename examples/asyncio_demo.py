@@ -31,7 +31,7 @@ async def heartbeat(stop: asyncio.Event) -> int:
     while not stop.is_set():
         beats += 1
         print(f"  heartbeat {beats}: the event loop is free")
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.1)
     return beats
 
 

@@ -13,6 +13,7 @@ Run it:  python examples/pipeline.py
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import queue
 import random
@@ -57,9 +58,7 @@ def main() -> None:
             stage2.put(pool.submit(count_words, doc, fetched.result(), shared))
 
         for doc in range(DOCS):
-            pool.submit(fetch, doc).add_done_callback(
-                lambda fetched, doc=doc: feed_stage2(doc, fetched)
-            )
+            pool.submit(fetch, doc).add_done_callback(functools.partial(feed_stage2, doc))
         total = sum(stage2.get(timeout=30).result(timeout=30) for _ in range(DOCS))
         counts = dict(shared)
 

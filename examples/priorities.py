@@ -46,13 +46,13 @@ def main() -> None:
 
     print("timeline ('=' backlog job, priority 10; '#' urgent job, priority 0):")
     timeline(spans, origin)
-    last_urgent_start = max(start for name, start, _ in spans if name.startswith("urgent"))
-    overtaken = sum(
-        1 for name, start, _ in spans if name.startswith("backlog") and start > last_urgent_start
-    )
+    first_urgent = min(start for name, start, _ in spans if name.startswith("urgent"))
+    overtaken = [
+        name for name, start, _ in spans if name.startswith("backlog") and start > first_urgent
+    ]
     print(
-        f"the urgent jobs, submitted last, all started before {overtaken} backlog jobs "
-        "that were queued before them"
+        f"the urgent jobs, submitted last, overtook {len(overtaken)} queued backlog jobs: "
+        f"{', '.join(overtaken)} started after them"
     )
 
 

@@ -44,6 +44,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 JobId: TypeAlias = "str | int | float | bool | None"
 Record: TypeAlias = "dict[str, Any]"
 
+WAKE_UP_EVERY = 0.2  # seconds; how late Ctrl-C may be noticed while nothing else happens
+
 JOB_FIELDS = ("id", "args", "kwargs", "priority", "timeout", "retries")
 
 DESCRIPTION = """\
@@ -594,10 +596,14 @@ def run_jobs(target: Callable[..., Any], source: IO[bytes], ns: argparse.Namespa
         with make_pool(ns) as pool:
             try:
                 runner.run(pool, source)
+            except KeyboardInterrupt:
+                # Leaving the `with` on KeyboardInterrupt cancels the queued jobs and
+                # terminates the running ones. Not shutdown(wait=False, cancel_futures=True)
+                # first: terminate() right after it can wait forever on the pool's stopping
+                # manager thread (a race in Manager.call).
+                raise
             except BaseException:
-                # Drop the queued jobs; on KeyboardInterrupt, leaving the `with` also
-                # terminates the running ones.
-                pool.shutdown(wait=False, cancel_futures=True)
+                pool.shutdown(wait=False, cancel_futures=True)  # drop the queued jobs
                 raise
     except KeyboardInterrupt:
         _finish(progress, tally.summary(interrupted=True, unfinished=runner.unfinished), ns)
@@ -739,12 +745,14 @@ class Runner:
             self._events.put(InputEnd())
 
     def _next_event(self) -> Event | None:
-        if self.progress is None:
-            return self._events.get()
+        # Never block without a timeout: the kernel may deliver Ctrl-C's SIGINT to another
+        # thread, and Python runs the handler (KeyboardInterrupt) only when the main thread
+        # wakes up.
         try:
-            return self._events.get(timeout=1.0)
+            return self._events.get(timeout=WAKE_UP_EVERY)
         except queue.Empty:
-            self.progress.refresh()  # keep the rate and ETA moving while nothing happens
+            if self.progress is not None:
+                self.progress.refresh()  # keep the rate and ETA moving while nothing happens
             return None
 
     def _input_ended(self, end: InputEnd) -> None:

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures import TimeoutError as FuturesTimeout
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -160,12 +161,6 @@ class Manager:
         """Run ``command`` on the manager thread and return its result."""
         if threading.current_thread() is self._thread:
             return command()
-        if not self._thread.is_alive():
-            with self._lock:
-                result = command()
-                outcomes = self._take_outcomes()
-            _deliver(outcomes)
-            return result
         answer: Future[Any] = Future()
 
         def run() -> None:
@@ -176,7 +171,20 @@ class Manager:
 
         self._commands.append(run)
         self.wake()
-        return answer.result()
+        while True:
+            try:
+                return answer.result(timeout=0.1)
+            except FuturesTimeout:
+                pass
+            if not self._thread.is_alive():  # finished before it saw the command
+                try:
+                    self._commands.remove(run)
+                except ValueError:
+                    continue  # it did take it: the answer is coming
+                with self._lock:
+                    run()
+                    outcomes = self._take_outcomes()
+                _deliver(outcomes)
 
     def post(self, command: Callable[[], None]) -> None:
         """Run ``command`` on the manager thread soon, without waiting."""
@@ -184,8 +192,22 @@ class Manager:
         self.wake()
 
     def join(self, timeout: float | None = None) -> None:
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        if threading.current_thread() is self._thread:
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Short waits: a Ctrl-C delivered to another thread is then seen at once.
+        while self._thread.is_alive():
+            wait = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+            if wait <= 0:
+                return
+            self._thread.join(wait)
+
+    def kill_workers(self) -> None:
+        """Last resort at interpreter exit: SIGKILL and reap every worker still alive."""
+        for worker in list(self._workers.values()):
+            if worker.process.is_alive():
+                worker.signal(signal.SIGKILL)
+                worker.process.join(timeout=1)
 
     def is_manager_thread(self) -> bool:
         return threading.get_ident() == self._thread.ident
@@ -221,8 +243,12 @@ class Manager:
         _deliver(outcomes)  # last: the callers woken here find this thread back in select
 
     def _work(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        registered = self._selector.get_map()
         for key, mask in events:
-            key.data(mask)
+            # An earlier event of this batch may have closed this descriptor (a worker
+            # exited) and its number may already belong to a new worker's pipe.
+            if registered.get(key.fd) is key:
+                key.data(mask)
         self._run_commands()
         self._run_timers()
         self._dispatch()

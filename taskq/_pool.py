@@ -496,3 +496,4 @@ def _terminate_at_exit() -> None:
         if manager.alive:
             manager.post(manager.terminate)
             manager.join(timeout=5)
+        manager.kill_workers()  # if the manager did not finish in time

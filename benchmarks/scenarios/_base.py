@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from benchmarks import _jobs
 from benchmarks.config import Config
-from benchmarks.peers import Adapter
-from benchmarks.runner import Contestant, Metrics, Row, Runner, VerificationError
+from benchmarks.peers import Adapter, adapter_class
+from benchmarks.runner import (
+    Contestant,
+    Metrics,
+    Row,
+    Runner,
+    VerificationError,
+    log_to_stderr,
+    time_budget,
+)
 
+ABORT_BUDGET_S = 30.0
 Body = Callable[[Adapter, bool], Metrics]  # body(adapter, warmup) -> metrics
 
 
@@ -80,8 +90,6 @@ class Scenario:
             for a in cfg.adapters
             if a.key in self.not_run
         ]
-        from benchmarks.peers import adapter_class
-
         rows += [
             Row(adapter_class(k).label, "skipped", k, reason) for k, reason in cfg.missing.items()
         ]
@@ -100,10 +108,50 @@ def warm_workers(adapter: Adapter) -> None:
     check_equal(adapter.warm(count), list(range(count)), "warm-up")
 
 
+@contextlib.contextmanager
+def abort_on_error(adapter: Adapter) -> Iterator[None]:
+    """On any failure (a hang caught by the time budget included), stop the pool hard.
+
+    The abort gets its own short budget: a pool wedged by the failure must not hang the run.
+    """
+    try:
+        yield
+    except BaseException:
+        try:
+            with time_budget(ABORT_BUDGET_S):
+                adapter.terminate()
+        except Exception as exc:  # the original failure is what gets reported
+            log_to_stderr(f"    {adapter.label}: could not stop the pool: {exc!r}")
+        raise
+
+
 def pooled(
     scenario: Scenario, cls: type[Adapter], cfg: Config, body: Body, workers: int | None = None
 ) -> Contestant:
-    """A contestant whose pool lives for the whole scenario (opened once, warmed once)."""
+    """A contestant measured on a warmed-up pool.
+
+    By default (``cfg.shared_pools`` false) each repetition opens its own pool, warms it
+    (workers started, one small run of the scenario so adaptive policies have learnt),
+    measures, and closes it: only the measured pool is alive, so the background threads
+    of the other libraries' pools cannot disturb it. With shared pools, each pool is opened
+    and warmed once and lives for the whole scenario.
+    """
+    if not cfg.shared_pools:
+
+        def run(warm: bool) -> Metrics:
+            adapter = cfg.new(cls, workers)
+            adapter.open()
+            with abort_on_error(adapter):
+                warm_workers(adapter)
+                body(adapter, True)
+                metrics = body(adapter, False)
+            adapter.close()
+            return metrics
+
+        return Contestant(
+            cls.label, run, adapter_key=cls.key, note=scenario.note(cls, cfg), warmup=False
+        )
+
     adapter = cfg.new(cls, workers)
 
     def setup() -> None:
@@ -120,33 +168,6 @@ def pooled(
     )
 
 
-def open_pools(
-    scenario: Scenario, cfg: Config, runner: Runner
-) -> tuple[dict[str, Adapter], list[Row]]:
-    """Open and warm one pool per adapter; the ones that fail come back as error rows."""
-    pools: dict[str, Adapter] = {}
-    failed: list[Row] = []
-    for cls in scenario.adapters(cfg):
-        adapter = cfg.new(cls)
-        row = Row(cls.label, "ok", cls.key, scenario.note(cls, cfg))
-
-        def start(adapter: Adapter = adapter) -> None:
-            adapter.open()
-            warm_workers(adapter)
-
-        runner.attempt(row, start, "setup")
-        if row.status == "ok":
-            pools[cls.key] = adapter
-        else:
-            failed.append(row)
-    return pools, failed
-
-
-def close_pools(pools: dict[str, Adapter], runner: Runner) -> None:
-    for key, adapter in pools.items():
-        runner.attempt(Row(key, "ok", key), adapter.close, "shutdown")
-
-
 def fresh(
     scenario: Scenario, cls: type[Adapter], cfg: Config, body: Body, note: str = ""
 ) -> Contestant:
@@ -155,11 +176,11 @@ def fresh(
     def run(warm: bool) -> Metrics:
         adapter = cfg.new(cls)
         adapter.open()
-        try:
+        with abort_on_error(adapter):
             warm_workers(adapter)
-            return body(adapter, warm)
-        finally:
-            adapter.abort()
+            metrics = body(adapter, warm)
+        adapter.abort()
+        return metrics
 
     extra = "; ".join(p for p in (scenario.note(cls, cfg), note) if p)
     # No unmeasured warm-up run: its pool would be thrown away anyway.

@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 from benchmarks import _jobs
 from benchmarks.config import Config
 from benchmarks.peers import Adapter
-from benchmarks.runner import Contestant, Metrics, VerificationError, check
-from benchmarks.scenarios._base import Metric, Scenario, pooled
+from benchmarks.runner import Contestant, Metrics, Runner, VerificationError, check
+from benchmarks.scenarios._base import Metric, Scenario, ScenarioResult, abort_on_error, pooled
 
 
 class Startup(Scenario):
@@ -29,7 +29,8 @@ class Startup(Scenario):
                 adapter = cfg.new(cls)
                 start = time.perf_counter()
                 adapter.open()
-                result = adapter.call(_jobs.noop, 7)
+                with abort_on_error(adapter):
+                    result = adapter.call(_jobs.noop, 7)
                 adapter.close()
                 elapsed = time.perf_counter() - start
                 check(result == 7, f"job returned {result!r}")
@@ -53,12 +54,18 @@ class KilledWorker(Scenario):
         "ppe": "pool broken: BrokenProcessPool, every later submit fails",
         "mp_pool": "hangs: the killed job's result never arrives (not run)",
         "loky": "pool broken: TerminatedWorkerError for the running jobs",
-        "mpire": "not measured: no documented recovery from a killed worker",
+        "mpire": "pool broken: RuntimeError 'Worker-0 died unexpectedly', then the next job "
+        "hangs (seen in a trial; not run)",
         "joblib": "pool broken: TerminatedWorkerError aborts the Parallel call",
     }
 
+    def run(self, cfg: Config, runner: Runner) -> ScenarioResult:
+        with tempfile.TemporaryDirectory(prefix="taskq-bench-") as stamp_dir:
+            self.stamp_dir = stamp_dir
+            return super().run(cfg, runner)
+
     def contestants(self, cfg: Config) -> list[Contestant]:
-        stamp_dir = tempfile.mkdtemp(prefix="taskq-bench-")
+        stamp_dir = self.stamp_dir
         out = []
         for cls in self.adapters(cfg):
             c = pooled(self, cls, cfg, self._body(os.path.join(stamp_dir, cls.key)), workers=1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any, ClassVar
 
@@ -15,8 +14,6 @@ from benchmarks.scenarios._base import (
     Scenario,
     ScenarioResult,
     check_equal,
-    close_pools,
-    open_pools,
     pooled,
 )
 
@@ -74,40 +71,29 @@ class MapBestChunksize(Scenario):
     def params(self, cfg: Config) -> dict[str, Any]:
         return {"items": cfg.sizes.map_items, "chunksizes": list(cfg.sizes.map_chunksizes)}
 
-    def _contestants(
-        self, cfg: Config, pools: dict[str, Adapter], pick: dict[str, int] | None
-    ) -> list[Contestant]:
+    def _contestants(self, cfg: Config, pick: dict[str, int] | None) -> list[Contestant]:
         items = list(range(cfg.sizes.map_items))
         out = []
         for cls in self.adapters(cfg):
-            if cls.key not in pools or (pick is not None and cls.key not in pick):
-                continue  # its pool or every chunksize failed; reported from the first pass
+            if pick is not None and cls.key not in pick:
+                continue  # every chunksize failed: reported from the first pass
             for cs in [pick[cls.key]] if pick is not None else cfg.sizes.map_chunksizes:
-                body = _map_body(items, cs)
-                c = Contestant(
-                    label=cls.label if pick else f"{cls.label} (chunksize={cs})",
-                    run=functools.partial(body, pools[cls.key]),
-                    adapter_key=cls.key,
-                    note=self.note(cls, cfg),
-                    warmup=pick is None,  # the second pass reuses warm pools
-                    extra={"chunksize": cs},
-                )
-                if pick is not None:
+                c = pooled(self, cls, cfg, _map_body(items, cs))
+                c.extra["chunksize"] = cs
+                if pick is None:
+                    c.label = f"{cls.label} (chunksize={cs})"
+                else:
                     c.note = "; ".join(p for p in (f"chunksize={cs}", c.note) if p)
                 out.append(c)
         return out
 
     def run(self, cfg: Config, runner: Runner) -> ScenarioResult:
         start = time.perf_counter()
-        pools, failed = open_pools(self, cfg, runner)
-        try:
-            runner.log("    choosing each implementation's best chunksize (one pass)")
-            tried = Runner(1, runner.budget, runner.log).run(self._contestants(cfg, pools, None))
-            pick = self._best_chunksizes(tried)
-            rows = runner.run(self._contestants(cfg, pools, pick))
-        finally:
-            close_pools(pools, runner)
-        rows += failed + [r for r in tried if r.status != "ok" and r.adapter_key not in pick]
+        runner.log("    choosing each implementation's best chunksize (one pass)")
+        tried = Runner(1, runner.budget, runner.log).run(self._contestants(cfg, None))
+        pick = self._best_chunksizes(tried)
+        rows = runner.run(self._contestants(cfg, pick))
+        rows += [r for r in tried if r.status != "ok" and r.adapter_key not in pick]
         rows += self.static_rows(cfg)
         for row in rows:
             row.extra["tried"] = {

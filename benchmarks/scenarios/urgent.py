@@ -27,7 +27,8 @@ class UrgentJob(Scenario):
     metrics = (
         Metric("p50_ms", "p50 delay ms", False, 2),
         Metric("p99_ms", "p99 delay ms", False, 2),
-        Metric("backlog_left_pct", "backlog left %", True, 0, ratio=False, plot=False),
+        Metric("backlog_start_pct", "backlog left at 1st probe %", True, 0, False, False),
+        Metric("backlog_end_pct", "backlog left after last probe %", True, 0, False, False),
     )
     not_run: ClassVar[dict[str, str]] = {
         "joblib": "no asynchronous submit: a probe cannot be sent while a backlog runs",
@@ -60,8 +61,11 @@ class UrgentJob(Scenario):
         out = []
         for cls in self.adapters(cfg):
             size = self.backlog(cfg) if cls.key == "taskq" else self.peer_backlog(cfg)
-            note = "" if cls.key == "taskq" else f"FIFO; backlog {size:,}"
-            body = _UrgentBody(fn, arg, size, cfg, random.Random(cfg.seed))
+            # A smaller backlog gets a proportionally shorter probe window, so the probes
+            # land at the same relative moments of the backlog's life as taskq's do.
+            window = cfg.sizes.probe_window_s * size / self.backlog(cfg)
+            note = "" if cls.key == "taskq" else f"FIFO; backlog {size:,}, window {window:.2g} s"
+            body = _UrgentBody(fn, arg, size, cfg.sizes.urgent_probes, window, cfg.seed)
             out.append(fresh(self, cls, cfg, body, note))
         return out
 
@@ -69,17 +73,20 @@ class UrgentJob(Scenario):
 class _UrgentBody:
     """One repetition: queue the backlog, fire the probes, measure their start delay."""
 
-    def __init__(self, fn: Fn, arg: int, backlog: int, cfg: Config, rng: random.Random) -> None:
+    def __init__(
+        self, fn: Fn, arg: int, backlog: int, probes: int, window: float, seed: int
+    ) -> None:
         self.fn = fn
         self.arg = arg
         self.backlog = backlog
-        self.probes = cfg.sizes.urgent_probes
-        self.window = cfg.sizes.probe_window_s
-        self.rng = rng
+        self.probes = probes
+        self.window = window
+        self.rng = random.Random(seed)  # same moments (relative to the window) for everyone
 
     def __call__(self, adapter: Adapter, warm: bool) -> Metrics:
         size = min(self.backlog, 200) if warm else self.backlog
         queued = [adapter.schedule(self.fn, (self.arg,), BACKLOG_PRIORITY) for _ in range(size)]
+        left_at_start = sum(1 for h in queued if not adapter.done(h))
         fired = self._fire(adapter, 2 if warm else self.probes)
         delays = []
         for t_before, handle in fired:
@@ -87,11 +94,12 @@ class _UrgentBody:
             check(isinstance(started, float), f"probe returned {started!r}")
             delays.append(started - t_before)
             check(delays[-1] > -0.001, f"probe started {-delays[-1]:.6f} s before schedule()")
-        left = sum(1 for h in queued if not adapter.done(h))
+        left_at_end = sum(1 for h in queued if not adapter.done(h))
         return {
             "p50_ms": percentile(delays, 50) * 1000,
             "p99_ms": percentile(delays, 99) * 1000,
-            "backlog_left_pct": 100.0 * left / max(1, size),
+            "backlog_start_pct": 100.0 * left_at_start / max(1, size),
+            "backlog_end_pct": 100.0 * left_at_end / max(1, size),
         }
 
     def _fire(self, adapter: Adapter, count: int) -> list[tuple[float, Any]]:
@@ -113,7 +121,9 @@ class UrgentBehind100us(UrgentJob):
     description = (
         "A backlog of 100 µs busy-loop jobs at priority 10 on two workers; at random moments "
         "one job at priority 0. Delay = its start (time.monotonic() in the worker) minus the "
-        "parent's time.monotonic() just before schedule(). FIFO peers: same probe, capped backlog."
+        "parent's time.monotonic() just before schedule(). FIFO peers: the same probe behind a "
+        "smaller backlog, probed within a proportionally shorter window (so their delays are "
+        "roughly that factor smaller than they would be behind taskq's backlog)."
     )
     job_seconds = 0.0001
     size_field = "backlog_100us"

@@ -20,11 +20,13 @@ class CpuJobs(Scenario):
     title = "1 ms CPU jobs: useful work"
     description = (
         "Submit every 1 ms busy-loop job, then wait for all. Useful work is the CPU time the "
-        "jobs report (thread_time inside the job); efficiency = useful / (wall * workers)."
+        "jobs report (thread_time inside the job); efficiency = useful / (wall * workers). "
+        "Parent CPU: the benchmark process (the pools' parent) during the run, 100 = one core."
     )
     metrics = (
         Metric("efficiency_pct", "useful work %", True, 1),
         Metric("job_ms", "mean job CPU ms", True, 3, ratio=False, plot=False),
+        Metric("parent_cpu_pct", "parent CPU % of a core", False, 0, ratio=False, plot=False),
     )
     notes: ClassVar[dict[str, str]] = {"joblib": "Parallel over delayed calls"}
 
@@ -37,9 +39,11 @@ class CpuJobs(Scenario):
 
         def body(adapter: Adapter, warm: bool) -> Metrics:
             args = [loops] * (max(4, n // 10) if warm else n)
+            cpu_start = time.process_time()
             start = time.perf_counter()
             results = adapter.run_all(_jobs.spin, args)
             wall = time.perf_counter() - start
+            parent_cpu = time.process_time() - cpu_start
             check(len(results) == len(args), f"{len(results)} results for {len(args)} jobs")
             for i, (done, _) in enumerate(results):
                 check(done == loops, f"job #{i} ran {done} loops, expected {loops}")
@@ -47,6 +51,7 @@ class CpuJobs(Scenario):
             return {
                 "efficiency_pct": 100.0 * useful / (wall * adapter.workers),
                 "job_ms": 1000.0 * useful / len(results),
+                "parent_cpu_pct": 100.0 * parent_cpu / wall,
             }
 
         return [pooled(self, cls, cfg, body) for cls in self.adapters(cfg)]
@@ -83,6 +88,7 @@ class OsPipeSink:
         done_w.close()
         chunk = memoryview(os.urandom(MIB))
         fd = writer.fileno()
+        check(done_r.recv() == 0, "pipe sink did not start")
         start = time.perf_counter()
         sent = 0
         while sent < total:
