@@ -35,6 +35,9 @@ class JobFuture(Future[Any]):
         if cancelled and hook is not None and work is not None:
             self._on_cancel = self._work = None
             hook(work)  # withdraw the job from the queue, freeing its slot
+            # What an executor does when it drops a cancelled job: wait() and
+            # as_completed() count it as done only from here on.
+            self.set_running_or_notify_cancel()
         return cancelled
 
 

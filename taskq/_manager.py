@@ -380,6 +380,7 @@ class Manager:
         queue = self._queue
         if not len(queue):
             return
+        self._make_way(queue.head_priority())
         # With several priorities waiting, workers take one job at a time, when idle:
         # jobs a worker held would otherwise start after more urgent ones taken by
         # other workers. Batching is for a backlog of equals.
@@ -398,13 +399,23 @@ class Manager:
             if not len(queue):
                 return
 
+    def _make_way(self, urgent: float | None) -> None:
+        """Take back jobs a worker holds but has not started when a more urgent job waits."""
+        if urgent is None:
+            return
+        for worker in self._workers.values():
+            held = worker.outstanding
+            if len(held) > 1 and held[-1].priority > urgent and worker.accepting:
+                self._revoke(worker)
+
     def _room(self, worker: WorkerHandle, limit: int) -> int:
         if not worker.accepting or worker.predecessor is not None:
             return 0
         held = len(worker.outstanding)
         if held and not worker.reported:
             return 0
-        cap = limit if worker.ready else 1
+        # Two at least: the next job is already there when the worker finishes one.
+        cap = max(2, limit) if worker.ready else 1
         if held > cap // 2:
             return 0
         room = cap - held

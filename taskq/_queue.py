@@ -62,6 +62,11 @@ class JobQueue:
         """More than one priority is waiting (so the order between them matters)."""
         return len(self._levels) > 1
 
+    def head_priority(self) -> float | None:
+        """The priority of the next job to run, if any (priority order only)."""
+        levels = self._levels
+        return levels[0] if levels and self.order == "priority" else None
+
     def put(
         self,
         item: WorkItem,
