@@ -40,6 +40,15 @@ def test_submit_passes_positional_and_keyword_arguments(pool_factory):
     assert fut.result(timeout=T) == ((1, "two"), {"three": 3})
 
 
+def test_schedule_passes_args_and_kwargs(pool_factory):
+    pool = pool_factory(1)
+    fut = pool.schedule(jobs.echo, (1, "two"), {"three": 3, "priority": "mine"}, priority=-1)
+    assert isinstance(fut, taskq.JobFuture)
+    assert fut.result(timeout=T) == ((1, "two"), {"three": 3, "priority": "mine"})
+    assert pool.schedule(jobs.noop).result(timeout=T) is None
+    assert pool.schedule(jobs.add, [1, 2]).result(timeout=T) == 3
+
+
 def test_submit_reserves_no_keyword_for_itself(pool_factory):
     pool = pool_factory(1)
     kwargs = {
@@ -273,6 +282,65 @@ def test_shutdown_without_wait_returns_at_once_and_workers_are_reaped_later(pool
     assert time.monotonic() - t0 < 0.5
     assert [f.result(timeout=T) for f in futs] == [0, 1]
     assert_all_gone(read_pids(pid_file), timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_returns_while_an_abandoned_map_is_still_open(pool_factory):
+    import itertools
+
+    pool = pool_factory(2)
+    it = pool.map(jobs.square, itertools.count())
+    assert list(itertools.islice(it, 100)) == [i * i for i in range(100)]
+    t0 = time.monotonic()
+    pool.shutdown(wait=True)
+    assert time.monotonic() - t0 < 10
+    it.close()
+
+
+def test_the_context_manager_waits_and_lets_an_error_propagate(pid_file):
+    futs = []
+    with (
+        pytest.raises(LookupError, match="inside the block"),
+        taskq.Pool(2, initializer=jobs.record_pid_initializer, initargs=(pid_file,)) as pool,
+    ):
+        futs = [pool.submit(jobs.sleep_then, 0.1, i) for i in range(4)]
+        raise LookupError("inside the block")
+    assert [f.result(timeout=0) for f in futs] == [0, 1, 2, 3]
+    assert_all_gone(read_pids(pid_file))
+
+
+@pytest.mark.timeout(60)
+def test_a_done_callback_can_submit_the_next_job(pool_factory):
+    pool = pool_factory(2)
+    results = []
+    finished = threading.Event()
+    errors = []
+
+    def chain(fut):
+        try:
+            value = fut.result()
+            results.append(value)
+            if value < 20:
+                pool.submit(jobs.add, value, 1).add_done_callback(chain)
+            else:
+                finished.set()
+        except Exception as exc:
+            errors.append(exc)
+            finished.set()
+
+    pool.submit(jobs.add, 0, 1).add_done_callback(chain)
+    assert finished.wait(T), f"the chain stalled after {results}"
+    assert not errors, errors
+    assert results == list(range(1, 21))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_workers": 0}, {"max_workers": -1}, {"maxsize": -1}, {"max_tasks_per_child": 0}],
+)
+def test_invalid_constructor_arguments_raise_value_error(kwargs):
+    with pytest.raises(ValueError):
+        taskq.Pool(**kwargs)
 
 
 # --------------------------------------------------------------------------------------------

@@ -314,3 +314,54 @@ def test_map_with_a_bounded_queue_and_other_producers_completes(pool_factory):
     assert list(pool.map(jobs.square, range(200), timeout=50)) == [i * i for i in range(200)]
     t.join(T)
     assert sorted(f.result(timeout=T) for f in futs) == [i * i for i in range(100)]
+
+
+# --------------------------------------------------------------------------------------------
+# no head-of-line blocking: a waiting job is never stuck behind a blocked job on one worker
+# while another worker is idle
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("trial", range(4))
+def test_two_blocking_jobs_start_on_two_workers_after_a_burst_of_tiny_jobs(
+    pool_factory, make_gate, trial
+):
+    pool = pool_factory(2)
+    gate = make_gate()
+    tiny = [pool.submit(jobs.square, i) for i in range(10)]
+    tiny += [pool.submit(jobs.raise_value_error) for _ in range(3)]
+    blockers = []
+    for name in ("a", "b"):
+        fn, args = gate.job(name)
+        blockers.append(pool.submit(fn, *args))
+    deadline = time.monotonic() + 5
+    while not (gate.is_started("a") and gate.is_started("b")):
+        assert time.monotonic() < deadline, (
+            f"after 5 s only {[n for n in 'ab' if gate.is_started(n)]} of the two blocking "
+            f"jobs started although the pool has 2 workers; {pool.stats()}"
+        )
+        time.sleep(0.01)
+    gate.open()
+    for f in blockers:
+        f.result(timeout=T)
+    del tiny
+
+
+@pytest.mark.timeout(90)
+def test_a_quick_job_does_not_wait_behind_a_blocked_worker_while_another_is_idle(
+    pool_factory, make_gate
+):
+    for _ in range(3):
+        pool = pool_factory(2)
+        gate = make_gate()
+        for f in [pool.submit(jobs.square, i) for i in range(500)]:
+            f.result(timeout=T)
+        fn, args = gate.job()
+        pool.submit(fn, *args)
+        quick = [pool.submit(jobs.square, i) for i in range(20)]
+        t0 = time.monotonic()
+        for f in quick:
+            f.result(timeout=5)
+        assert time.monotonic() - t0 < 5
+        gate.open()

@@ -131,6 +131,31 @@ def test_many_crashes_in_a_row_do_not_break_the_pool(pool_factory):
     assert s.failed == 6
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("chunksize", "results_before_crash"), [(1, None), (5, 50), (7, 49)])
+def test_a_crash_inside_map_raises_worker_crashed_at_its_place(
+    pool_factory, chunksize, results_before_crash
+):
+    """Item 50 kills its worker: map yields a correct prefix, then raises WorkerCrashed.
+
+    With an explicit chunksize the whole chunk holding item 50 fails (like
+    ProcessPoolExecutor), so exactly the items of the earlier chunks come back. With the
+    default (adaptive) chunking the prefix may be shorter, but never wrong.
+    """
+    pool = pool_factory(2)
+    it = pool.map(jobs.exit_at, range(100), [50] * 100, chunksize=chunksize, timeout=T)
+    got = []
+    with pytest.raises(taskq.WorkerCrashed):
+        for value in it:
+            got.append(value)
+    assert got == list(range(len(got)))
+    if results_before_crash is None:
+        assert len(got) <= 50
+    else:
+        assert len(got) == results_before_crash
+    assert list(pool.map(jobs.square, range(10), timeout=T)) == [i * i for i in range(10)]
+
+
 # --------------------------------------------------------------------------------------------
 # 2. per-job timeouts
 # --------------------------------------------------------------------------------------------
