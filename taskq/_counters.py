@@ -140,3 +140,7 @@ class PoolStats:
 
 
 STAT_FIELDS = tuple(f.name for f in dataclasses.fields(PoolStats))
+
+# Indexes of the fields in the pool's statistics block, in PoolStats order.
+(SUBMITTED, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, RETRIED, TIMED_OUT, CRASHED,
+ RESTARTS, WORKERS) = range(len(STAT_FIELDS))  # fmt: skip

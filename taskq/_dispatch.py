@@ -26,6 +26,18 @@ worker freeing up.
 
 from __future__ import annotations
 
+import selectors
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from taskq._counters import CANCELLED, QUEUED, RUNNING, CounterBlock
+from taskq._job import State, WorkItem
+from taskq._log import log
+from taskq._process import WorkerHandle
+from taskq._protocol import Kind, encode, encode_parts
+from taskq._queue import JobQueue
+
 # Raising it batches more (fewer wake-ups, more throughput for tiny jobs);
 # lowering it lets urgent jobs overtake sooner. 2 ms keeps the urgent-job
 # delay well under 5 ms while tiny jobs still travel ~hundreds per write.
@@ -52,3 +64,177 @@ class BatchPolicy:
         if self.average <= HOLD_BUDGET / MAX_BATCH:
             return MAX_BATCH
         return max(1, int(HOLD_BUDGET / self.average))
+
+
+# A worker is "stuck" when its job has run this long (and at least STALL_FACTOR times
+# the recent average): the jobs queued behind it move to an idle worker. Lower values
+# rebalance sooner at the cost of more take-backs of jobs that would have run soon.
+STALL_MIN = 0.005
+STALL_FACTOR = 4.0
+NOT_STARTED_RECHECK = 0.005
+
+
+class Dispatcher:
+    """The manager's dispatch step: hand queued jobs to workers with room (see above)."""
+
+    _queue: JobQueue
+    _workers: dict[int, WorkerHandle]
+    _policy: BatchPolicy
+    _stats: CounterBlock
+    _max_tasks: int | None
+    _selector: selectors.BaseSelector
+    _rebalance_armed: bool
+
+    if TYPE_CHECKING:  # provided by the Manager
+
+        def is_manager_thread(self) -> bool: ...
+        def _at(self, when: float, action: Callable[..., None], *args: Any) -> None: ...
+        def _retire(self, worker: WorkerHandle) -> None: ...
+        def _watch_head(self, worker: WorkerHandle) -> None: ...
+        def _requeue(self, items: list[WorkItem]) -> None: ...
+
+    def _dispatch(self, idle_only: bool = False) -> None:
+        """Hand queued jobs to workers with room, most urgent first.
+
+        A worker busy with jobs is topped up only right after it replies, never
+        when a job is merely queued: jobs queued while every worker is busy stay
+        in the queue, in priority order, until a worker frees up.
+        """
+        queue = self._queue
+        if not len(queue):
+            return
+        self._make_way(queue.head_priority())
+        # With several priorities waiting, workers take one job at a time, when idle:
+        # jobs a worker held would otherwise start after more urgent ones taken by
+        # other workers. Batching is for a backlog of equals.
+        mixed = queue.mixed()
+        limit = 1 if mixed else self._policy.limit()
+        idle_only = idle_only or mixed
+        for worker in list(self._workers.values()):  # _send may start a successor
+            if idle_only and worker.outstanding:
+                continue
+            room = self._room(worker, limit)
+            if room <= 0:
+                continue
+            items = queue.take(room, len(self._workers))
+            if items:
+                self._send(worker, items)
+            if not len(queue):
+                return
+
+    def _make_way(self, urgent: float | None) -> None:
+        """Take back jobs a worker holds but has not started when a more urgent job waits."""
+        if urgent is None:
+            return
+        for worker in self._workers.values():
+            held = worker.outstanding
+            if len(held) > 1 and held[-1].priority > urgent and worker.accepting:
+                self._revoke(worker)
+
+    def _room(self, worker: WorkerHandle, limit: int) -> int:
+        if not worker.accepting or worker.predecessor is not None:
+            return 0
+        held = len(worker.outstanding)
+        if held and not worker.reported:
+            return 0
+        # Two at least: the next job is already there when the worker finishes one.
+        cap = max(2, limit) if worker.ready else 1
+        if held > cap // 2:
+            return 0
+        room = cap - held
+        if self._max_tasks is not None:
+            room = min(room, self._max_tasks - (worker.sent - worker.revoked))
+        return room
+
+    def _send(self, worker: WorkerHandle, items: list[WorkItem]) -> None:
+        live: list[WorkItem] = []
+        for item in items:
+            future = item.future
+            if not item.claimed:
+                if not future.set_running_or_notify_cancel():
+                    item.state = State.DONE  # cancelled between take() and now
+                    continue
+                item.claimed = True
+            item.attempts += 1
+            future.attempts = item.attempts
+            live.append(item)
+        cancelled = len(items) - len(live)
+        self._stats.add_many([(QUEUED, -len(items)), (RUNNING, len(live)), (CANCELLED, cancelled)])
+        if not live:
+            return
+        was_idle = not worker.outstanding
+        for item in live:
+            worker.sent += 1
+            item.wseq = worker.sent
+        worker.outstanding.extend(live)
+        worker.reported = False
+        if self._max_tasks is not None and worker.sent - worker.revoked >= self._max_tasks:
+            self._retire(worker)
+        buffers: list[bytes] = []
+        for item in live:
+            buffers += encode_parts(Kind.CALL, item.job_id, item.call)
+        worker.outbox.push(buffers)
+        self._flush(worker, register=self.is_manager_thread())
+        if was_idle:
+            self._watch_head(worker)
+
+    def _flush(self, worker: WorkerHandle, register: bool = True) -> None:
+        try:
+            done = worker.outbox.flush()
+        except OSError:  # the worker is gone; its sentinel will tell
+            done = True
+            worker.outbox = type(worker.outbox)(worker.calls_fd)
+        if not register:
+            return
+        key = self._selector.get_map().get(worker.calls_fd)
+        if not done and key is None:
+            self._selector.register(
+                worker.calls_fd, selectors.EVENT_WRITE, lambda _: self._flush(worker)
+            )
+        elif done and key is not None:
+            self._selector.unregister(worker.calls_fd)
+
+    def _rebalance(self) -> None:
+        """Take jobs back from a worker stuck on a long job when another worker sits idle.
+
+        Batching hands a worker jobs that then wait behind the one it runs; if that
+        one turns out long, they would wait for it while another worker has nothing
+        to do. Such jobs return to the queue (in their place) for the idle worker.
+        """
+        if len(self._queue) or not any(
+            w.accepting and w.ready and not w.outstanding for w in self._workers.values()
+        ):
+            return
+        now = time.monotonic()
+        patience = max(STALL_MIN, STALL_FACTOR * (self._policy.average or 0.0))
+        for worker in self._workers.values():
+            if len(worker.outstanding) < 2 or not worker.accepting:
+                continue
+            job_id, started_ns = worker.running_job()
+            if job_id == worker.outstanding[0].job_id:
+                stuck_at = started_ns / 1e9 + patience
+            else:  # between two jobs: look again in a moment
+                stuck_at = now + NOT_STARTED_RECHECK
+            if now >= stuck_at and job_id:
+                self._revoke(worker)
+            elif not self._rebalance_armed:
+                self._rebalance_armed = True
+                self._at(stuck_at, self._rearm_rebalance)
+
+    def _rearm_rebalance(self) -> None:
+        self._rebalance_armed = False
+        self._rebalance()
+
+    def _revoke(self, worker: WorkerHandle) -> None:
+        started = worker.slot.revoke(worker.sent)
+        if started is None:
+            return
+        taken: list[WorkItem] = []
+        while worker.outstanding and worker.outstanding[-1].wseq > started:
+            taken.append(worker.outstanding.pop())
+        worker.revoked += len(taken)
+        if worker.stop_reason == "retire" and taken:  # it will not reach max_tasks now
+            worker.outbox.push([encode(Kind.STOP)])
+            self._flush(worker)
+        log.debug("took %d unstarted jobs back from busy worker %d", len(taken), worker.pid)
+        self._requeue(taken[::-1])

@@ -20,56 +20,44 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
-import logging
 import os
-import random
 import selectors
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 from multiprocessing.context import BaseContext
 from typing import Any
 
 from taskq import _slot
-from taskq._counters import STAT_FIELDS, CounterBlock
-from taskq._dispatch import BatchPolicy
-from taskq._errors import (
-    InitializerError,
-    JobTimeout,
-    PoolBroken,
-    RemoteError,
-    SerializationError,
-    WorkerCrashed,
+from taskq._collect import Collector, deliver
+from taskq._counters import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RESTARTS,
+    RUNNING,
+    WORKERS,
+    CounterBlock,
 )
+from taskq._dispatch import BatchPolicy, Dispatcher
+from taskq._errors import PoolBroken
 from taskq._job import State, WorkItem
+from taskq._log import log
 from taskq._process import WorkerHandle, spawn_worker
-from taskq._protocol import Frame, Kind, encode, encode_parts, load, unpack_exception
+from taskq._protocol import Kind, encode
 from taskq._queue import JobQueue
-
-log = logging.getLogger("taskq")
-log.addHandler(logging.NullHandler())  # silent unless the application configures logging
-
-(SUBMITTED, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, RETRIED, TIMED_OUT, CRASHED,
- RESTARTS, WORKERS) = (STAT_FIELDS.index(name) for name in (
-    "submitted", "queued", "running", "succeeded", "failed", "cancelled", "retried",
-    "timed_out", "crashed", "worker_restarts", "workers"))  # fmt: skip
 
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL when stopping a job
 RETRY_DELAY_CAP = 30.0
 MAX_INIT_FAILURES = 5  # initializer failures in a row before the pool gives up
 INIT_BACKOFF = 0.1  # first delay before restarting a worker whose initializer failed
 NOT_STARTED_RECHECK = 0.005  # timeout check of a job the worker has not begun yet
-# A worker is "stuck" when its job has run this long (and at least STALL_FACTOR times
-# the recent average): the jobs queued behind it move to an idle worker. Lower values
-# rebalance sooner at the cost of more take-backs of jobs that would have run soon.
-STALL_MIN = 0.005
-STALL_FACTOR = 4.0
 
 
-class Manager:
+class Manager(Dispatcher, Collector):
     """Owns the workers and every job from the moment it leaves the queue."""
 
     def __init__(
@@ -155,7 +143,7 @@ class Manager:
         finally:
             outcomes = self._take_outcomes()
             self._lock.release()
-        _deliver(outcomes)
+        deliver(outcomes)
 
     def call(self, command: Callable[[], Any]) -> Any:
         """Run ``command`` on the manager thread and return its result."""
@@ -184,7 +172,7 @@ class Manager:
                 with self._lock:
                     run()
                     outcomes = self._take_outcomes()
-                _deliver(outcomes)
+                deliver(outcomes)
 
     def post(self, command: Callable[[], None]) -> None:
         """Run ``command`` on the manager thread soon, without waiting."""
@@ -233,14 +221,14 @@ class Manager:
                     self._finish(item, False, error)
         finally:
             self._close()
-            _deliver(self._take_outcomes())
+            deliver(self._take_outcomes())
 
     def _step(self) -> None:
         events = self._selector.select(self._next_timeout())
         with self._lock:
             self._work(events)
             outcomes = self._take_outcomes()
-        _deliver(outcomes)  # last: the callers woken here find this thread back in select
+        deliver(outcomes)  # last: the callers woken here find this thread back in select
 
     def _work(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
         registered = self._selector.get_map()
@@ -368,155 +356,7 @@ class Manager:
         outcomes, self._outcomes = self._outcomes, []
         return outcomes
 
-    # -- dispatch ---------------------------------------------------------------------
-
-    def _dispatch(self, idle_only: bool = False) -> None:
-        """Hand queued jobs to workers with room, most urgent first.
-
-        A worker busy with jobs is topped up only right after it replies, never
-        when a job is merely queued: jobs queued while every worker is busy stay
-        in the queue, in priority order, until a worker frees up.
-        """
-        queue = self._queue
-        if not len(queue):
-            return
-        self._make_way(queue.head_priority())
-        # With several priorities waiting, workers take one job at a time, when idle:
-        # jobs a worker held would otherwise start after more urgent ones taken by
-        # other workers. Batching is for a backlog of equals.
-        mixed = queue.mixed()
-        limit = 1 if mixed else self._policy.limit()
-        idle_only = idle_only or mixed
-        for worker in list(self._workers.values()):  # _send may start a successor
-            if idle_only and worker.outstanding:
-                continue
-            room = self._room(worker, limit)
-            if room <= 0:
-                continue
-            items = queue.take(room, len(self._workers))
-            if items:
-                self._send(worker, items)
-            if not len(queue):
-                return
-
-    def _make_way(self, urgent: float | None) -> None:
-        """Take back jobs a worker holds but has not started when a more urgent job waits."""
-        if urgent is None:
-            return
-        for worker in self._workers.values():
-            held = worker.outstanding
-            if len(held) > 1 and held[-1].priority > urgent and worker.accepting:
-                self._revoke(worker)
-
-    def _room(self, worker: WorkerHandle, limit: int) -> int:
-        if not worker.accepting or worker.predecessor is not None:
-            return 0
-        held = len(worker.outstanding)
-        if held and not worker.reported:
-            return 0
-        # Two at least: the next job is already there when the worker finishes one.
-        cap = max(2, limit) if worker.ready else 1
-        if held > cap // 2:
-            return 0
-        room = cap - held
-        if self._max_tasks is not None:
-            room = min(room, self._max_tasks - (worker.sent - worker.revoked))
-        return room
-
-    def _send(self, worker: WorkerHandle, items: list[WorkItem]) -> None:
-        live: list[WorkItem] = []
-        for item in items:
-            future = item.future
-            if not item.claimed:
-                if not future.set_running_or_notify_cancel():
-                    item.state = State.DONE  # cancelled between take() and now
-                    continue
-                item.claimed = True
-            item.attempts += 1
-            future.attempts = item.attempts
-            live.append(item)
-        cancelled = len(items) - len(live)
-        self._stats.add_many([(QUEUED, -len(items)), (RUNNING, len(live)), (CANCELLED, cancelled)])
-        if not live:
-            return
-        was_idle = not worker.outstanding
-        for item in live:
-            worker.sent += 1
-            item.wseq = worker.sent
-        worker.outstanding.extend(live)
-        worker.reported = False
-        if self._max_tasks is not None and worker.sent - worker.revoked >= self._max_tasks:
-            self._retire(worker)
-        buffers: list[bytes] = []
-        for item in live:
-            buffers += encode_parts(Kind.CALL, item.job_id, item.call)
-        worker.outbox.push(buffers)
-        self._flush(worker, register=self.is_manager_thread())
-        if was_idle:
-            self._watch_head(worker)
-
-    def _flush(self, worker: WorkerHandle, register: bool = True) -> None:
-        try:
-            done = worker.outbox.flush()
-        except OSError:  # the worker is gone; its sentinel will tell
-            done = True
-            worker.outbox = type(worker.outbox)(worker.calls_fd)
-        if not register:
-            return
-        key = self._selector.get_map().get(worker.calls_fd)
-        if not done and key is None:
-            self._selector.register(
-                worker.calls_fd, selectors.EVENT_WRITE, lambda _: self._flush(worker)
-            )
-        elif done and key is not None:
-            self._selector.unregister(worker.calls_fd)
-
-    # -- collect ----------------------------------------------------------------------
-
-    def _on_results(self, worker: WorkerHandle) -> None:
-        try:
-            frames = worker.reader.read()
-        except BlockingIOError:
-            return
-        except (EOFError, OSError):  # the worker is exiting; its sentinel will tell
-            self._unregister(worker.results_fd)
-            return
-        self._handle_frames(worker, frames)
-
-    def _handle_frames(self, worker: WorkerHandle, frames: list[Frame]) -> None:
-        replies: list[tuple[WorkItem, Frame]] = []
-        for frame in frames:
-            if frame.kind == Kind.OK or frame.kind == Kind.ERROR:
-                item = worker.outstanding.popleft()
-                self._policy.observe(frame.seconds)
-                replies.append((item, frame))
-            elif frame.kind == Kind.READY:
-                worker.ready = True
-                self._init_failures = 0
-            elif frame.kind == Kind.INIT_FAILED:
-                worker.init_error = load(frame.payload)
-        if replies:
-            worker.reported = True
-            self._watch_head(worker)
-            self._settle([(item, _decode(item, frame)) for item, frame in replies])
-
-    def _settle(self, outcomes: list[tuple[WorkItem, tuple[bool, Any]]]) -> None:
-        """Record what jobs came to, then resolve their futures (stats first, so a
-        caller woken by its future already sees them counted)."""
-        finals: list[tuple[WorkItem, bool, Any]] = []
-        retried = 0
-        for item, (ok, value) in outcomes:
-            if not ok and self._retry(item, value):
-                retried += 1
-            else:
-                finals.append((item, ok, value))
-        succeeded = sum(1 for _, ok, _ in finals if ok)
-        self._stats.add_many([
-            (RUNNING, -len(outcomes)), (SUCCEEDED, succeeded),
-            (FAILED, len(finals) - succeeded), (RETRIED, retried), (QUEUED, retried),
-        ])  # fmt: skip
-        for item, ok, value in finals:
-            self._finish(item, ok, value)
+    # -- timeouts -----------------------------------------------------------------------
 
     def _watch_head(self, worker: WorkerHandle) -> None:
         """Arm the timeout of the job the worker starts next, if it has one."""
@@ -541,189 +381,6 @@ class Manager:
         log.warning("job %d (%s) exceeded its %ss timeout; stopping worker %d",
                     item.job_id, item.name, item.timeout, worker.pid)  # fmt: skip
         self._stop_worker(worker, "timeout", item)
-
-    # -- rebalancing ----------------------------------------------------------------------
-
-    def _rebalance(self) -> None:
-        """Take jobs back from a worker stuck on a long job when another worker sits idle.
-
-        Batching hands a worker jobs that then wait behind the one it runs; if that
-        one turns out long, they would wait for it while another worker has nothing
-        to do. Such jobs return to the queue (in their place) for the idle worker.
-        """
-        if len(self._queue) or not any(
-            w.accepting and w.ready and not w.outstanding for w in self._workers.values()
-        ):
-            return
-        now = time.monotonic()
-        patience = max(STALL_MIN, STALL_FACTOR * (self._policy.average or 0.0))
-        for worker in self._workers.values():
-            if len(worker.outstanding) < 2 or not worker.accepting:
-                continue
-            job_id, started_ns = worker.running_job()
-            if job_id == worker.outstanding[0].job_id:
-                stuck_at = started_ns / 1e9 + patience
-            else:  # between two jobs: look again in a moment
-                stuck_at = now + NOT_STARTED_RECHECK
-            if now >= stuck_at and job_id:
-                self._revoke(worker)
-            elif not self._rebalance_armed:
-                self._rebalance_armed = True
-                self._at(stuck_at, self._rearm_rebalance)
-
-    def _rearm_rebalance(self) -> None:
-        self._rebalance_armed = False
-        self._rebalance()
-
-    def _revoke(self, worker: WorkerHandle) -> None:
-        started = worker.slot.revoke(worker.sent)
-        if started is None:
-            return
-        taken: list[WorkItem] = []
-        while worker.outstanding and worker.outstanding[-1].wseq > started:
-            taken.append(worker.outstanding.pop())
-        worker.revoked += len(taken)
-        if worker.stop_reason == "retire" and taken:  # it will not reach max_tasks now
-            worker.outbox.push([encode(Kind.STOP)])
-            self._flush(worker)
-        log.debug("took %d unstarted jobs back from busy worker %d", len(taken), worker.pid)
-        self._requeue(taken[::-1])
-
-    # -- retries ------------------------------------------------------------------------
-
-    def _retry(self, item: WorkItem, error: BaseException) -> bool:
-        """Queue another attempt if the job has retries left for this error."""
-        if item.attempts > item.retries or self._terminating or self.broken is not None:
-            return False
-        if isinstance(error, CancelledError):
-            return False
-        allowed = item.retry_on if item.retry_on is not None else (Exception,)
-        if not isinstance(error, allowed):
-            return False
-        delay = min(item.retry_delay * 2 ** (item.attempts - 1), RETRY_DELAY_CAP)
-        delay *= random.uniform(0.5, 1.0)  # jitter: retries of a burst don't return together
-        item.state = State.WAITING
-        self._waiting.add(item)
-        self._at(time.monotonic() + delay, self._requeue_retry, item)
-        log.info("job %d (%s) failed on attempt %d (%r); retrying in %.3fs",
-                 item.job_id, item.name, item.attempts, error, delay)  # fmt: skip
-        return True
-
-    def _requeue_retry(self, item: WorkItem) -> None:
-        if item in self._waiting:
-            self._waiting.discard(item)
-            self._queue.requeue(item, keep_place=False)
-
-    # -- worker exit ------------------------------------------------------------------
-
-    def _on_exit(self, worker: WorkerHandle) -> None:
-        self._drain(worker)
-        self._unregister(worker.results_fd)
-        self._unregister(worker.calls_fd)
-        self._unregister(worker.process.sentinel)
-        worker.close()
-        running_id, _ = worker.running_job()
-        del self._workers[worker.index]
-        self._stats.add_many([(WORKERS, -1)])
-        for other in self._workers.values():
-            if other.predecessor is worker:
-                other.predecessor = None  # its turn: it may take jobs now
-        held = list(worker.outstanding)
-        worker.outstanding.clear()
-        exitcode = worker.process.exitcode
-        if worker.init_error is not None:
-            self._on_init_failure(worker, held)
-            return
-        blamed = self._blame(worker, held, running_id)
-        self._requeue([item for item in held if item is not blamed])
-        if blamed is not None:
-            self._fail_blamed(worker, blamed, exitcode)
-        elif worker.stop_reason is None and exitcode != 0:
-            log.warning("worker %d (pid %d) exited with %s between jobs",
-                        worker.index, worker.pid, exitcode)  # fmt: skip
-        self._replenish()
-
-    def _drain(self, worker: WorkerHandle) -> None:
-        """Take in every reply the dead worker wrote before it died."""
-        while True:
-            try:
-                frames = worker.reader.read()
-            except (BlockingIOError, EOFError, OSError):
-                return
-            self._handle_frames(worker, frames)
-
-    def _blame(
-        self, worker: WorkerHandle, held: list[WorkItem], running_id: int
-    ) -> WorkItem | None:
-        """The job that was running when the worker died, if any."""
-        reason, target = worker.stop_reason, worker.stop_job
-        if reason == "terminate":
-            return None
-        if reason in ("timeout", "kill"):
-            # Stopped on purpose: only the job it was stopped for is to blame. (Another job
-            # can be running only if the target finished in the instant before the signal.)
-            return target if target in held and held[0] is target else None
-        if held and held[0].job_id == running_id:
-            return held[0]
-        return None
-
-    def _requeue(self, items: list[WorkItem]) -> None:
-        """Jobs a dead worker held but never started go back, keeping their place."""
-        if not items:
-            return
-        if self._terminating:
-            for item in items:
-                item.state = State.DONE
-            self._stats.add_many([(RUNNING, -len(items)), (CANCELLED, len(items))])
-            for item in items:
-                self._finish(item, False, CancelledError("the pool was terminated"))
-            return
-        for item in items:
-            item.attempts -= 1
-            item.future.attempts = item.attempts
-            self._queue.requeue(item, keep_place=True)
-        self._stats.add_many([(RUNNING, -len(items)), (QUEUED, len(items))])
-
-    def _fail_blamed(self, worker: WorkerHandle, item: WorkItem, exitcode: int | None) -> None:
-        if worker.stop_reason == "kill" and worker.stop_job is item:
-            item.state = State.DONE
-            self._stats.add_many([(RUNNING, -1), (CANCELLED, 1)])
-            stopped = CancelledError(f"job {item.job_id} was stopped by pool.kill()")
-            self._finish(item, False, stopped)
-            return
-        if worker.stop_reason == "timeout" and worker.stop_job is item:
-            self._stats.add_many([(TIMED_OUT, 1)])
-            error: BaseException = JobTimeout(
-                f"job {item.job_id} ({item.name}) ran longer than its timeout of {item.timeout}s; "
-                f"its worker (pid {worker.pid}) was stopped and replaced",
-                timeout=item.timeout,
-            )
-        else:
-            self._stats.add_many([(CRASHED, 1)])
-            error = WorkerCrashed(
-                crash_message(worker.pid, exitcode, item),
-                pid=worker.pid, exitcode=exitcode, job_id=item.job_id,
-            )  # fmt: skip
-            log.warning("%s", error)
-        self._settle([(item, (False, error))])
-
-    def _on_init_failure(self, worker: WorkerHandle, held: list[WorkItem]) -> None:
-        self._init_failures += 1
-        text = worker.init_error or ""
-        log.error("worker %d: initializer failed (%d in a row):\n%s",
-                  worker.pid, self._init_failures, text)  # fmt: skip
-        error = InitializerError(f"the worker initializer raised; its traceback:\n{text}")
-        self._stats.add_many([(RUNNING, -len(held)), (FAILED, len(held))])
-        for item in held:
-            self._finish(item, False, error)
-        if self._init_failures >= MAX_INIT_FAILURES:
-            self._give_up(PoolBroken(
-                f"the worker initializer failed {self._init_failures} times in a row; "
-                f"the pool cannot start workers. Last traceback:\n{text}"
-            ))  # fmt: skip
-            return
-        delay = INIT_BACKOFF * 2 ** (self._init_failures - 1)
-        self._at(time.monotonic() + delay, self._replenish)
 
     # -- shutdown ---------------------------------------------------------------------
 
@@ -829,71 +486,11 @@ class Manager:
         self._cancel_waiting(error)
 
 
-def _decode(item: WorkItem, frame: Frame) -> tuple[bool, Any]:
-    """(True, result) or (False, exception) from a worker's reply."""
-    if frame.kind == Kind.OK:
-        try:
-            return True, load(frame.payload)
-        except Exception as exc:
-            error = SerializationError(
-                f"job {item.job_id} ({item.name}): its result could not be unpickled in the "
-                f"parent ({exc!r}); check that its type is importable here"
-            )
-            error.__cause__ = exc
-            return False, error
-    try:
-        return False, unpack_exception(frame.payload)
-    except Exception as exc:
-        return False, RemoteError("unknown", f"the job's error could not be decoded: {exc!r}", "")
 
 
-def _deliver(outcomes: list[tuple[WorkItem, bool, Any]]) -> None:
-    for item, ok, value in outcomes:
-        future = item.future
-        future._work = future._on_cancel = None  # no reference cycle left for the GC
-        try:
-            if ok:
-                future.set_result(value)
-            else:
-                if item.attempts > 1:
-                    _note_attempts(value, item.attempts)
-                future.set_exception(value)
-        except InvalidStateError:  # already resolved (a cancel won a race)
-            pass
 
 
-def _note_attempts(error: BaseException, attempts: int) -> None:
-    try:
-        error.attempts = attempts  # type: ignore[attr-defined]
-    except AttributeError:
-        pass
-    if hasattr(error, "add_note"):
-        error.add_note(f"taskq: the job failed on each of its {attempts} attempts")
 
 
-_LIKELY = {
-    signal.SIGKILL: "likely killed by the OOM killer (check `dmesg`) or by another process",
-    signal.SIGSEGV: "a hard crash in native code (segmentation fault)",
-    signal.SIGBUS: "a hard crash in native code (bus error)",
-    signal.SIGABRT: "native code called abort() (a failed C assertion?)",
-    signal.SIGILL: "a hard crash in native code (illegal instruction)",
-    signal.SIGFPE: "a hard crash in native code (arithmetic error)",
-    signal.SIGTERM: "terminated by another process",
-}
 
 
-def crash_message(pid: int, exitcode: int | None, item: WorkItem) -> str:
-    if exitcode is not None and exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = "unknown signal"
-        how = f"died with signal {-exitcode} ({name})"
-        likely = _LIKELY.get(-exitcode, "killed by a signal")  # type: ignore[call-overload]
-    else:
-        how = f"exited with code {exitcode}"
-        likely = "the job ended the process itself (os._exit(), or exit() from native code)"
-    return (
-        f"worker {pid} {how} while running job {item.job_id} ({item.name}): {likely}. "
-        "Only this job failed; the pool started a replacement worker."
-    )

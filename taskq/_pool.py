@@ -9,13 +9,16 @@ How a job flows::
       ▼
     JobQueue  ── what runs next ──▶  dispatch: most urgent first   ──CALL──▶  run_worker
     (_queue.py, priority/FIFO/LIFO,  to workers with room          pipe     (_worker.py)
-     maxsize backpressure)           (_dispatch.py: batch policy)             │ fn(*args)
+     maxsize backpressure)           (_dispatch.py)                           │ fn(*args)
                                                                               ▼
     JobFuture  ◀── resolve ────────  collect: OK / ERROR frames    ◀─OK/ERR─  one reply per
     (_job.py)                        sentinels: crash, timeout,       pipe    job, in order
                                      kill → fail that job only,
                                      start a replacement
-                                     (_manager.py, _process.py)
+                                     (_collect.py)
+
+    The manager thread (_manager.py) runs dispatch and collect in one loop;
+    _process.py is its handle on each worker process.
 
     shared memory beside it: the pool's stats and the user's counters (_counters.py),
     and one slot per worker saying which job it is on, since when (_worker.py).
@@ -50,10 +53,20 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 from taskq import _map
-from taskq._counters import STAT_FIELDS, Counter, CounterBlock, PoolStats
+from taskq._counters import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    STAT_FIELDS,
+    SUBMITTED,
+    Counter,
+    CounterBlock,
+    PoolStats,
+)
 from taskq._errors import SerializationError
 from taskq._job import JobFuture, State, WorkItem
-from taskq._manager import CANCELLED, FAILED, QUEUED, SUBMITTED, Manager, log
+from taskq._log import log
+from taskq._manager import Manager
 from taskq._protocol import dump_call
 from taskq._queue import ORDERS, JobQueue, QueueClosed
 

@@ -1,0 +1,320 @@
+"""The manager's collect step: turn workers' replies and deaths into job outcomes.
+
+    OK / ERROR frame  -> the job's result or exception (or another attempt: retries)
+    worker exit       -> the job it was running fails (WorkerCrashed, JobTimeout,
+                         CancelledError for pool.kill); the jobs it held but had not
+                         started go back to the queue, in their place; a replacement
+                         worker starts.
+
+Outcomes are decided here, under the manager's lock, and delivered to futures
+by ``deliver`` once the lock is released.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import CancelledError, InvalidStateError
+from typing import TYPE_CHECKING, Any
+
+from taskq._counters import (
+    CANCELLED,
+    CRASHED,
+    FAILED,
+    QUEUED,
+    RETRIED,
+    RUNNING,
+    SUCCEEDED,
+    TIMED_OUT,
+    WORKERS,
+    CounterBlock,
+)
+from taskq._dispatch import BatchPolicy
+from taskq._errors import (
+    InitializerError,
+    JobTimeout,
+    PoolBroken,
+    RemoteError,
+    SerializationError,
+    WorkerCrashed,
+)
+from taskq._job import State, WorkItem
+from taskq._log import log
+from taskq._process import WorkerHandle
+from taskq._protocol import Frame, Kind, load, unpack_exception
+from taskq._queue import JobQueue
+
+RETRY_DELAY_CAP = 30.0
+MAX_INIT_FAILURES = 5  # initializer failures in a row before the pool gives up
+INIT_BACKOFF = 0.1  # first delay before restarting a worker whose initializer failed
+
+
+class Collector:
+    """Replies and worker exits, turned into outcomes, retries and replacements."""
+
+    _queue: JobQueue
+    _workers: dict[int, WorkerHandle]
+    _policy: BatchPolicy
+    _stats: CounterBlock
+    _waiting: set[WorkItem]
+    _terminating: bool
+    _init_failures: int
+    broken: PoolBroken | None
+
+    if TYPE_CHECKING:  # provided by the Manager
+
+        def _at(self, when: float, action: Callable[..., None], *args: Any) -> None: ...
+        def _finish(self, item: WorkItem, ok: bool, value: Any) -> None: ...
+        def _watch_head(self, worker: WorkerHandle) -> None: ...
+        def _unregister(self, fd: int) -> None: ...
+        def _replenish(self, predecessor: WorkerHandle | None = None) -> None: ...
+        def _give_up(self, error: PoolBroken) -> None: ...
+
+    def _on_results(self, worker: WorkerHandle) -> None:
+        try:
+            frames = worker.reader.read()
+        except BlockingIOError:
+            return
+        except (EOFError, OSError):  # the worker is exiting; its sentinel will tell
+            self._unregister(worker.results_fd)
+            return
+        self._handle_frames(worker, frames)
+
+    def _handle_frames(self, worker: WorkerHandle, frames: list[Frame]) -> None:
+        replies: list[tuple[WorkItem, Frame]] = []
+        for frame in frames:
+            if frame.kind == Kind.OK or frame.kind == Kind.ERROR:
+                item = worker.outstanding.popleft()
+                self._policy.observe(frame.seconds)
+                replies.append((item, frame))
+            elif frame.kind == Kind.READY:
+                worker.ready = True
+                self._init_failures = 0
+            elif frame.kind == Kind.INIT_FAILED:
+                worker.init_error = load(frame.payload)
+        if replies:
+            worker.reported = True
+            self._watch_head(worker)
+            self._settle([(item, _decode(item, frame)) for item, frame in replies])
+
+    def _settle(self, outcomes: list[tuple[WorkItem, tuple[bool, Any]]]) -> None:
+        """Record what jobs came to, then resolve their futures (stats first, so a
+        caller woken by its future already sees them counted)."""
+        finals: list[tuple[WorkItem, bool, Any]] = []
+        retried = 0
+        for item, (ok, value) in outcomes:
+            if not ok and self._retry(item, value):
+                retried += 1
+            else:
+                finals.append((item, ok, value))
+        succeeded = sum(1 for _, ok, _ in finals if ok)
+        self._stats.add_many([
+            (RUNNING, -len(outcomes)), (SUCCEEDED, succeeded),
+            (FAILED, len(finals) - succeeded), (RETRIED, retried), (QUEUED, retried),
+        ])  # fmt: skip
+        for item, ok, value in finals:
+            self._finish(item, ok, value)
+
+    def _retry(self, item: WorkItem, error: BaseException) -> bool:
+        """Queue another attempt if the job has retries left for this error."""
+        if item.attempts > item.retries or self._terminating or self.broken is not None:
+            return False
+        if isinstance(error, CancelledError):
+            return False
+        allowed = item.retry_on if item.retry_on is not None else (Exception,)
+        if not isinstance(error, allowed):
+            return False
+        delay = min(item.retry_delay * 2 ** (item.attempts - 1), RETRY_DELAY_CAP)
+        delay *= random.uniform(0.5, 1.0)  # jitter: retries of a burst don't return together
+        item.state = State.WAITING
+        self._waiting.add(item)
+        self._at(time.monotonic() + delay, self._requeue_retry, item)
+        log.info("job %d (%s) failed on attempt %d (%r); retrying in %.3fs",
+                 item.job_id, item.name, item.attempts, error, delay)  # fmt: skip
+        return True
+
+    def _requeue_retry(self, item: WorkItem) -> None:
+        if item in self._waiting:
+            self._waiting.discard(item)
+            self._queue.requeue(item, keep_place=False)
+
+    def _on_exit(self, worker: WorkerHandle) -> None:
+        self._drain(worker)
+        self._unregister(worker.results_fd)
+        self._unregister(worker.calls_fd)
+        self._unregister(worker.process.sentinel)
+        worker.close()
+        running_id, _ = worker.running_job()
+        del self._workers[worker.index]
+        self._stats.add_many([(WORKERS, -1)])
+        for other in self._workers.values():
+            if other.predecessor is worker:
+                other.predecessor = None  # its turn: it may take jobs now
+        held = list(worker.outstanding)
+        worker.outstanding.clear()
+        exitcode = worker.process.exitcode
+        if worker.init_error is not None:
+            self._on_init_failure(worker, held)
+            return
+        blamed = self._blame(worker, held, running_id)
+        self._requeue([item for item in held if item is not blamed])
+        if blamed is not None:
+            self._fail_blamed(worker, blamed, exitcode)
+        elif worker.stop_reason is None and exitcode != 0:
+            log.warning("worker %d (pid %d) exited with %s between jobs",
+                        worker.index, worker.pid, exitcode)  # fmt: skip
+        self._replenish()
+
+    def _drain(self, worker: WorkerHandle) -> None:
+        """Take in every reply the dead worker wrote before it died."""
+        while True:
+            try:
+                frames = worker.reader.read()
+            except (BlockingIOError, EOFError, OSError):
+                return
+            self._handle_frames(worker, frames)
+
+    def _blame(
+        self, worker: WorkerHandle, held: list[WorkItem], running_id: int
+    ) -> WorkItem | None:
+        """The job that was running when the worker died, if any."""
+        reason, target = worker.stop_reason, worker.stop_job
+        if reason == "terminate":
+            return None
+        if reason in ("timeout", "kill"):
+            # Stopped on purpose: only the job it was stopped for is to blame. (Another job
+            # can be running only if the target finished in the instant before the signal.)
+            return target if target in held and held[0] is target else None
+        if held and held[0].job_id == running_id:
+            return held[0]
+        return None
+
+    def _requeue(self, items: list[WorkItem]) -> None:
+        """Jobs a dead worker held but never started go back, keeping their place."""
+        if not items:
+            return
+        if self._terminating:
+            for item in items:
+                item.state = State.DONE
+            self._stats.add_many([(RUNNING, -len(items)), (CANCELLED, len(items))])
+            for item in items:
+                self._finish(item, False, CancelledError("the pool was terminated"))
+            return
+        for item in items:
+            item.attempts -= 1
+            item.future.attempts = item.attempts
+            self._queue.requeue(item, keep_place=True)
+        self._stats.add_many([(RUNNING, -len(items)), (QUEUED, len(items))])
+
+    def _fail_blamed(self, worker: WorkerHandle, item: WorkItem, exitcode: int | None) -> None:
+        if worker.stop_reason == "kill" and worker.stop_job is item:
+            item.state = State.DONE
+            self._stats.add_many([(RUNNING, -1), (CANCELLED, 1)])
+            stopped = CancelledError(f"job {item.job_id} was stopped by pool.kill()")
+            self._finish(item, False, stopped)
+            return
+        if worker.stop_reason == "timeout" and worker.stop_job is item:
+            self._stats.add_many([(TIMED_OUT, 1)])
+            error: BaseException = JobTimeout(
+                f"job {item.job_id} ({item.name}) ran longer than its timeout of {item.timeout}s; "
+                f"its worker (pid {worker.pid}) was stopped and replaced",
+                timeout=item.timeout,
+            )
+        else:
+            self._stats.add_many([(CRASHED, 1)])
+            error = WorkerCrashed(
+                crash_message(worker.pid, exitcode, item),
+                pid=worker.pid, exitcode=exitcode, job_id=item.job_id,
+            )  # fmt: skip
+            log.warning("%s", error)
+        self._settle([(item, (False, error))])
+
+    def _on_init_failure(self, worker: WorkerHandle, held: list[WorkItem]) -> None:
+        self._init_failures += 1
+        text = worker.init_error or ""
+        log.error("worker %d: initializer failed (%d in a row):\n%s",
+                  worker.pid, self._init_failures, text)  # fmt: skip
+        error = InitializerError(f"the worker initializer raised; its traceback:\n{text}")
+        self._stats.add_many([(RUNNING, -len(held)), (FAILED, len(held))])
+        for item in held:
+            self._finish(item, False, error)
+        if self._init_failures >= MAX_INIT_FAILURES:
+            self._give_up(PoolBroken(
+                f"the worker initializer failed {self._init_failures} times in a row; "
+                f"the pool cannot start workers. Last traceback:\n{text}"
+            ))  # fmt: skip
+            return
+        delay = INIT_BACKOFF * 2 ** (self._init_failures - 1)
+        self._at(time.monotonic() + delay, self._replenish)
+
+
+def _decode(item: WorkItem, frame: Frame) -> tuple[bool, Any]:
+    """(True, result) or (False, exception) from a worker's reply."""
+    if frame.kind == Kind.OK:
+        try:
+            return True, load(frame.payload)
+        except Exception as exc:
+            error = SerializationError(
+                f"job {item.job_id} ({item.name}): its result could not be unpickled in the "
+                f"parent ({exc!r}); check that its type is importable here"
+            )
+            error.__cause__ = exc
+            return False, error
+    try:
+        return False, unpack_exception(frame.payload)
+    except Exception as exc:
+        return False, RemoteError("unknown", f"the job's error could not be decoded: {exc!r}", "")
+
+
+def deliver(outcomes: list[tuple[WorkItem, bool, Any]]) -> None:
+    for item, ok, value in outcomes:
+        future = item.future
+        future._work = future._on_cancel = None  # no reference cycle left for the GC
+        try:
+            if ok:
+                future.set_result(value)
+            else:
+                if item.attempts > 1:
+                    _note_attempts(value, item.attempts)
+                future.set_exception(value)
+        except InvalidStateError:  # already resolved (a cancel won a race)
+            pass
+
+
+def _note_attempts(error: BaseException, attempts: int) -> None:
+    try:
+        error.attempts = attempts  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+    if hasattr(error, "add_note"):
+        error.add_note(f"taskq: the job failed on each of its {attempts} attempts")
+
+
+_LIKELY = {
+    signal.SIGKILL: "likely killed by the OOM killer (check `dmesg`) or by another process",
+    signal.SIGSEGV: "a hard crash in native code (segmentation fault)",
+    signal.SIGBUS: "a hard crash in native code (bus error)",
+    signal.SIGABRT: "native code called abort() (a failed C assertion?)",
+    signal.SIGILL: "a hard crash in native code (illegal instruction)",
+    signal.SIGFPE: "a hard crash in native code (arithmetic error)",
+    signal.SIGTERM: "terminated by another process",
+}
+
+
+def crash_message(pid: int, exitcode: int | None, item: WorkItem) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "unknown signal"
+        how = f"died with signal {-exitcode} ({name})"
+        likely = _LIKELY.get(-exitcode, "killed by a signal")  # type: ignore[call-overload]
+    else:
+        how = f"exited with code {exitcode}"
+        likely = "the job ended the process itself (os._exit(), or exit() from native code)"
+    return (
+        f"worker {pid} {how} while running job {item.job_id} ({item.name}): {likely}. "
+        "Only this job failed; the pool started a replacement worker."
+    )
