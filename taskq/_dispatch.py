@@ -207,7 +207,7 @@ class Dispatcher:
             return
         now = time.monotonic()
         patience = max(STALL_MIN, STALL_FACTOR * (self._policy.average or 0.0))
-        for worker in self._workers.values():
+        for worker in list(self._workers.values()):
             if len(worker.outstanding) < 2 or not worker.accepting:
                 continue
             job_id, started_ns = worker.running_job()
@@ -217,6 +217,7 @@ class Dispatcher:
                 stuck_at = now + NOT_STARTED_RECHECK
             if now >= stuck_at and job_id:
                 self._revoke(worker)
+                self._dispatch()  # the idle worker takes them now
             elif not self._rebalance_armed:
                 self._rebalance_armed = True
                 self._at(stuck_at, self._rearm_rebalance)

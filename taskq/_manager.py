@@ -128,8 +128,19 @@ class Manager(Dispatcher, Collector):
                 if not self._closed:
                     os.write(self._wake_write, b"!")
 
-    def dispatch_now(self) -> None:
-        """Called right after a job is queued: give it to an idle worker from this thread."""
+    def dispatch_now(self, priority: float) -> None:
+        """Called right after a job is queued: give it to an idle worker from this thread.
+
+        Nothing to do (the common case under load) when every worker is busy and
+        holds nothing less urgent than the new job: the manager tops workers up as
+        they reply, and it always dispatches after a reply has freed a worker.
+        """
+        for worker in tuple(self._workers.values()):  # one C call: safe from other threads
+            held = worker.outstanding
+            if not held or (len(held) > 1 and held[-1].priority > priority):
+                break
+        else:
+            return
         if not self._lock.acquire(blocking=False):
             self.wake()  # the manager is busy; make sure it looks again before sleeping
             return

@@ -71,6 +71,7 @@ from taskq._protocol import dump_call
 from taskq._queue import ORDERS, JobQueue, QueueClosed
 
 RetryOn = tuple[type[BaseException], ...] | type[BaseException] | None
+_QUEUED_ONE = ((SUBMITTED, 1), (QUEUED, 1))
 
 
 def _default_workers() -> int:
@@ -230,15 +231,15 @@ class Pool(Executor):
         future._on_cancel = self._withdraw
         # A done-callback runs on the manager thread, which is what frees room:
         # waiting there would deadlock, so a job queued from a callback skips maxsize.
-        force = self._manager.is_manager_thread()
+        force = self._queue.maxsize > 0 and self._manager.is_manager_thread()
         try:
             self._queue.put(item, block=block, force=force)
         except QueueClosed:
             raise RuntimeError("cannot schedule new jobs after shutdown") from None
         if self._manager.broken is not None:  # the queue closed while we waited for room
             raise self._manager.broken
-        self._stats.add_many([(SUBMITTED, 1), (QUEUED, 1)])
-        self._manager.dispatch_now()
+        self._stats.add_many(_QUEUED_ONE)
+        self._manager.dispatch_now(priority)
         return future
 
     def _failed_job(self, error: BaseException) -> JobFuture:

@@ -77,9 +77,9 @@ class JobQueue:
     ) -> None:
         """Queue a new job. Raises ``Full`` (``block=False`` or after ``timeout``) and
         ``QueueClosed`` after ``close()``. ``force`` ignores ``maxsize``."""
-        with self._not_full:
+        with self._lock:
             if self.maxsize > 0 and not force:
-                self._wait_for_room(block, timeout)
+                self._wait_for_room(block, timeout)  # may wait on _not_full (same lock)
             if self._closed:
                 raise QueueClosed("cannot schedule new jobs after shutdown")
             item.seq = next(self._seq)
