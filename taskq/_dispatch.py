@@ -74,6 +74,10 @@ STALL_FACTOR = 4.0
 NOT_STARTED_RECHECK = 0.005
 
 
+def _held(worker: WorkerHandle) -> int:
+    return len(worker.outstanding)
+
+
 class Dispatcher:
     """The manager's dispatch step: hand queued jobs to workers with room (see above)."""
 
@@ -110,7 +114,9 @@ class Dispatcher:
         mixed = queue.mixed()
         limit = 1 if mixed else self._policy.limit()
         idle_only = idle_only or mixed
-        for worker in list(self._workers.values()):  # _send may start a successor
+        # Idle workers first: a job must not queue behind a busy worker's job while
+        # another worker has nothing to do. (A list: _send may start a successor.)
+        for worker in sorted(self._workers.values(), key=_held):
             if idle_only and worker.outstanding:
                 continue
             room = self._room(worker, limit)
@@ -216,9 +222,10 @@ class Dispatcher:
             else:  # between two jobs: look again in a moment
                 stuck_at = now + NOT_STARTED_RECHECK
             if now >= stuck_at and job_id:
-                self._revoke(worker)
+                if not self._revoke(worker):  # its slot was busy: try again shortly
+                    stuck_at = now + NOT_STARTED_RECHECK
                 self._dispatch()  # the idle worker takes them now
-            elif not self._rebalance_armed:
+            if now < stuck_at and not self._rebalance_armed:
                 self._rebalance_armed = True
                 self._at(stuck_at, self._rearm_rebalance)
 
@@ -226,10 +233,12 @@ class Dispatcher:
         self._rebalance_armed = False
         self._rebalance()
 
-    def _revoke(self, worker: WorkerHandle) -> None:
+    def _revoke(self, worker: WorkerHandle) -> bool:
+        """Take back the jobs ``worker`` holds but has not started; False if its slot
+        could not be locked (the worker is dying, or was busy for a moment)."""
         started = worker.slot.revoke(worker.sent)
         if started is None:
-            return
+            return False
         taken: list[WorkItem] = []
         while worker.outstanding and worker.outstanding[-1].wseq > started:
             taken.append(worker.outstanding.pop())
@@ -239,3 +248,4 @@ class Dispatcher:
             self._flush(worker)
         log.debug("took %d unstarted jobs back from busy worker %d", len(taken), worker.pid)
         self._requeue(taken[::-1])
+        return True
