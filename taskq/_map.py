@@ -18,7 +18,7 @@ import itertools
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +84,37 @@ def _chunk_outcome(
     return values, error
 
 
+class MapIterator(Iterator[Any]):
+    """What ``map`` returns: the results, chunk after chunk, plus ``close()``.
+
+    ``iter()`` of it hands out the underlying ``itertools.chain``, so that
+    ``list(pool.map(...))`` and ``for`` loops step through each chunk's results
+    in C, without resuming a Python generator per item; ``next()`` works too.
+    ``close()`` stops the map: chunks not yet started are cancelled.
+    """
+
+    __slots__ = ("_chunks", "_items")
+
+    def __init__(self, chunks: Generator[Iterable[Any], None, None]):
+        self._chunks = chunks
+        self._items = itertools.chain.from_iterable(chunks)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._items
+
+    def __next__(self) -> Any:
+        return next(self._items)
+
+    def close(self) -> None:
+        self._chunks.close()
+
+
+def _then_raise(values: list[Any], error: bytes) -> Iterator[Any]:
+    """The results before the item that raised, then its exception."""
+    yield from values
+    raise unpack_exception(error)
+
+
 def ordered_results(
     submit: ChunkSubmitter, feeder: ChunkFeeder, window: int, deadline: float | None
 ) -> Iterator[Any]:
@@ -99,20 +130,18 @@ def ordered_results(
 
     top_up()
 
-    def results() -> Iterator[Any]:
+    def chunks() -> Generator[Iterable[Any], None, None]:
         try:
             while pending:
                 future = pending.popleft()
                 values, error = _chunk_outcome(future, feeder, deadline)
                 top_up()
-                yield from values
-                if error is not None:
-                    raise unpack_exception(error)
+                yield values if error is None else _then_raise(values, error)
         finally:
             for future in pending:
                 future.cancel()
 
-    return results()
+    return MapIterator(chunks())
 
 
 def unordered_results(submit: ChunkSubmitter, feeder: ChunkFeeder, window: int) -> Iterator[Any]:
@@ -131,21 +160,19 @@ def unordered_results(submit: ChunkSubmitter, feeder: ChunkFeeder, window: int) 
 
     top_up()
 
-    def results() -> Iterator[Any]:
+    def chunks() -> Generator[Iterable[Any], None, None]:
         try:
             while pending:
                 future = done.get()
                 pending.discard(future)
                 values, error = _chunk_outcome(future, feeder, None)
                 top_up()
-                yield from values
-                if error is not None:
-                    raise unpack_exception(error)
+                yield values if error is None else _then_raise(values, error)
         finally:
             for future in pending:
                 future.cancel()
 
-    return results()
+    return MapIterator(chunks())
 
 
 def chunk_call(fn: Callable[..., Any], star: bool) -> Callable[[list[Any]], tuple[Any, ...]]:
