@@ -134,6 +134,7 @@ class Pool(Executor):
             max_tasks=max_tasks_per_child,
         )
         self._job_ids = itertools.count(1)
+        self._withdraw_hook = self._withdraw  # one bound method, not one per job
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._manager.start()
@@ -228,7 +229,7 @@ class Pool(Executor):
             job_id, future, call, name, priority, timeout, retries, retry_delay, retry_on
         )
         future._work = item
-        future._on_cancel = self._withdraw
+        future._on_cancel = self._withdraw_hook
         # A done-callback runs on the manager thread, which is what frees room:
         # waiting there would deadlock, so a job queued from a callback skips maxsize.
         force = self._queue.maxsize > 0 and self._manager.is_manager_thread()
