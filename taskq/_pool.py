@@ -147,18 +147,9 @@ class Pool(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
         """Queue ``fn(*args, **kwargs)`` at priority 0; wait for room if the queue is full."""
-        if not callable(fn):
-            raise TypeError(f"submit() needs a callable; got {fn!r}")
-        try:
-            call = dump_call(fn, args, kwargs)
-        except SerializationError as exc:
-            return self._failed_job(exc)
+        _check_callable(fn, "submit")
         return self._enqueue(
-            call,
-            getattr(fn, "__qualname__", "?"),
-            priority=0,
-            timeout=self._job_timeout,
-            retry_delay=self._retry_delay,
+            fn, args, kwargs, priority=0, timeout=self._job_timeout, retry_delay=self._retry_delay
         )
 
     def schedule(
@@ -189,19 +180,13 @@ class Pool(Executor):
         block:       with a full queue (``maxsize``), wait for room (True) or
                      raise ``Full`` at once (False).
         """
-        if not callable(fn):
-            raise TypeError(f"schedule() needs a callable; got {fn!r}")
-        args = tuple(args)
-        kwargs = {} if kwargs is None else dict(kwargs)
+        _check_callable(fn, "schedule")
         _check_priority(priority)
         timeout = _check_timeout(timeout, "timeout")
-        try:
-            call = dump_call(fn, args, kwargs)
-        except SerializationError as exc:
-            return self._failed_job(exc)
         return self._enqueue(
-            call,
-            getattr(fn, "__qualname__", repr(fn)),
+            fn,
+            tuple(args),
+            {} if kwargs is None else dict(kwargs),
             priority=priority,
             timeout=self._job_timeout if timeout is None else timeout,
             retries=_check_retries(retries),
@@ -212,8 +197,9 @@ class Pool(Executor):
 
     def _enqueue(
         self,
-        call: bytes,
-        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         *,
         priority: float,
         timeout: float | None,
@@ -221,8 +207,16 @@ class Pool(Executor):
         retry_delay: float = 0.1,
         retry_on: tuple[type[BaseException], ...] | None = None,
         block: bool = True,
+        name: str | None = None,
     ) -> JobFuture:
+        """Pickle the call and queue it; a call that cannot be pickled fails its future."""
         self._check_open()
+        try:
+            call = dump_call(fn, args, kwargs)
+        except SerializationError as exc:
+            return self._failed_job(exc)
+        if name is None:
+            name = getattr(fn, "__qualname__", "?")
         future = JobFuture()
         job_id = future.job_id = next(self._job_ids)
         item = WorkItem(
@@ -314,19 +308,16 @@ class Pool(Executor):
     def _chunk_submitter(
         self, fn: Callable[..., Any], star: bool, priority: float
     ) -> Callable[[list[Any]], JobFuture]:
-        if not callable(fn):
-            raise TypeError(f"map() needs a callable; got {fn!r}")
+        _check_callable(fn, "map")
         _check_priority(priority)
         make_call = _map.chunk_call(fn, star)
         name = getattr(fn, "__qualname__", repr(fn))
 
         def submit_chunk(chunk: list[Any]) -> JobFuture:
             runner, args = make_call(chunk)
-            try:
-                call = dump_call(runner, args, {})
-            except SerializationError as exc:
-                return self._failed_job(exc)
-            return self._enqueue(call, name, priority=priority, timeout=self._job_timeout)
+            return self._enqueue(
+                runner, args, {}, priority=priority, timeout=self._job_timeout, name=name
+            )
 
         return submit_chunk
 
@@ -418,6 +409,11 @@ class Pool(Executor):
 
 
 # -- argument checks (clear errors for bad input) ------------------------------------
+
+
+def _check_callable(fn: object, method: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{method}() needs a callable; got {fn!r}")
 
 
 def _check_options(
