@@ -24,6 +24,22 @@ class CounterBlock:
         self._index = {name: i for i, name in enumerate(self.names)}
         self._lock = ctx.Lock()
         self._values: Any = ctx.RawArray("q", max(1, len(self.names)))
+        self._bind()
+
+    def _bind(self) -> None:
+        # The lock's C-level acquire/release: ``with lock`` adds two Python calls.
+        self._acquire = self._lock.acquire
+        self._release = self._lock.release
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent to a starting worker: the lock and array go, their bound methods cannot.
+        state = self.__dict__.copy()
+        del state["_acquire"], state["_release"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._bind()
 
     def index(self, name: str) -> int:
         try:
@@ -36,25 +52,37 @@ class CounterBlock:
             ) from None
 
     def add(self, index: int, amount: int) -> int:
-        with self._lock:
+        self._acquire()
+        try:
             value: int = self._values[index] + amount
             self._values[index] = value
-            return value
+        finally:
+            self._release()
+        return value
 
     def add_many(self, deltas: Iterable[tuple[int, int]]) -> None:
-        with self._lock:
-            values = self._values
+        values = self._values
+        self._acquire()
+        try:
             for index, amount in deltas:
                 values[index] += amount
+        finally:
+            self._release()
 
     def get(self, index: int) -> int:
-        with self._lock:
+        self._acquire()
+        try:
             value: int = self._values[index]
-            return value
+        finally:
+            self._release()
+        return value
 
     def snapshot(self) -> tuple[int, ...]:
-        with self._lock:
+        self._acquire()
+        try:
             return tuple(self._values[: len(self.names)])
+        finally:
+            self._release()
 
 
 class Counter:
