@@ -71,7 +71,7 @@ class BatchPolicy:
 # rebalance sooner at the cost of more take-backs of jobs that would have run soon.
 STALL_MIN = 0.005
 STALL_FACTOR = 4.0
-NOT_STARTED_RECHECK = 0.005
+NOT_STARTED_RECHECK = 0.005  # look again at a job its worker has not begun yet
 
 
 def _held(worker: WorkerHandle) -> int:

@@ -42,7 +42,7 @@ from taskq._counters import (
     WORKERS,
     CounterBlock,
 )
-from taskq._dispatch import BatchPolicy, Dispatcher
+from taskq._dispatch import NOT_STARTED_RECHECK, BatchPolicy, Dispatcher
 from taskq._errors import PoolBroken
 from taskq._job import State, WorkItem
 from taskq._log import log
@@ -51,10 +51,6 @@ from taskq._protocol import Kind, encode
 from taskq._queue import JobQueue
 
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL when stopping a job
-RETRY_DELAY_CAP = 30.0
-MAX_INIT_FAILURES = 5  # initializer failures in a row before the pool gives up
-INIT_BACKOFF = 0.1  # first delay before restarting a worker whose initializer failed
-NOT_STARTED_RECHECK = 0.005  # timeout check of a job the worker has not begun yet
 
 
 class Manager(Dispatcher, Collector):
