@@ -74,6 +74,10 @@ class Scenario:
         start = time.perf_counter()
         rows = runner.run([*self.contestants(cfg), *self.references(cfg)])
         rows.extend(self.static_rows(cfg))
+        return self.result(cfg, rows, start)
+
+    def result(self, cfg: Config, rows: list[Row], start: float) -> ScenarioResult:
+        """The scenario's result from its rows, timed from ``start`` (perf_counter)."""
         return ScenarioResult(
             self.key,
             self.title,

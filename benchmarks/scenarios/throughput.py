@@ -101,15 +101,7 @@ class MapBestChunksize(Scenario):
                 for r in tried
                 if r.adapter_key == row.adapter_key
             }
-        return ScenarioResult(
-            self.key,
-            self.title,
-            self.description,
-            self.metrics,
-            rows,
-            self.params(cfg),
-            time.perf_counter() - start,
-        )
+        return self.result(cfg, rows, start)
 
     @staticmethod
     def _best_chunksizes(tried: list[Row]) -> dict[str, int]:
