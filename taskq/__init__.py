@@ -6,7 +6,7 @@ crash isolation, a lazy ``map`` and exact shared counters. See ``_pool.py`` for
 how a job flows through it.
 """
 
-from taskq._counters import Counter, PoolStats, counter
+from taskq._counters import Counter, counter
 from taskq._errors import (
     Full,
     InitializerError,
@@ -19,6 +19,7 @@ from taskq._errors import (
 )
 from taskq._job import JobFuture
 from taskq._pool import Pool
+from taskq._stats import PoolStats
 
 __version__ = "0.1.0"
 

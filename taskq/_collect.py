@@ -19,18 +19,6 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError, InvalidStateError
 from typing import TYPE_CHECKING, Any
 
-from taskq._counters import (
-    CANCELLED,
-    CRASHED,
-    FAILED,
-    QUEUED,
-    RETRIED,
-    RUNNING,
-    SUCCEEDED,
-    TIMED_OUT,
-    WORKERS,
-    CounterBlock,
-)
 from taskq._dispatch import BatchPolicy
 from taskq._errors import (
     InitializerError,
@@ -45,6 +33,18 @@ from taskq._log import log
 from taskq._process import WorkerHandle
 from taskq._protocol import Frame, Kind, load, unpack_exception
 from taskq._queue import JobQueue
+from taskq._stats import (
+    CANCELLED,
+    CRASHED,
+    FAILED,
+    QUEUED,
+    RETRIED,
+    RUNNING,
+    SUCCEEDED,
+    TIMED_OUT,
+    WORKERS,
+    StatsBlock,
+)
 
 RETRY_DELAY_CAP = 30.0
 MAX_INIT_FAILURES = 5  # initializer failures in a row before the pool gives up
@@ -57,7 +57,7 @@ class Collector:
     _queue: JobQueue
     _workers: dict[int, WorkerHandle]
     _policy: BatchPolicy
-    _stats: CounterBlock
+    _stats: StatsBlock
     _waiting: set[WorkItem]
     _terminating: bool
     _init_failures: int

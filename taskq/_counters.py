@@ -1,6 +1,6 @@
 """Counters in shared memory: one block of 64-bit integers behind one Lock.
 
-The pool's statistics and the user's named counters are each a ``CounterBlock``.
+The user's named counters are a ``CounterBlock``.
 Each block is a ``RawArray`` guarded by a single ``multiprocessing.Lock``, so an
 ``add`` is exact under contention from any number of processes, and a snapshot
 of the whole block is never torn (``multiprocessing.Value(lock=True)`` would
@@ -10,7 +10,6 @@ shared ``RawArray`` can only be passed on by inheritance, never through a pipe.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from multiprocessing.context import BaseContext
 from typing import Any
@@ -132,43 +131,3 @@ def counter(name: str) -> Counter:
             "in the parent process use pool.counter(name)"
         )
     return Counter(_worker_counters, name)
-
-
-@dataclasses.dataclass(frozen=True)
-class PoolStats:
-    """A consistent snapshot of a pool's statistics (all fields read under one lock).
-
-    Whenever the pool is idle, ``submitted == succeeded + failed + cancelled``
-    and ``queued == running == 0``.
-    """
-
-    submitted: int
-    """Jobs accepted by submit/schedule (map counts one job per chunk)."""
-    queued: int
-    """Jobs waiting for a worker, including retries waiting out their backoff."""
-    running: int
-    """Jobs handed to a worker and not yet finished."""
-    succeeded: int
-    """Jobs that returned a result."""
-    failed: int
-    """Jobs that ended with an exception (after their last attempt)."""
-    cancelled: int
-    """Jobs cancelled before they ran, or stopped by ``pool.kill``."""
-    retried: int
-    """Attempts that failed and were queued again."""
-    timed_out: int
-    """Attempts stopped because they ran past their timeout."""
-    crashed: int
-    """Workers that died while holding a job."""
-    worker_restarts: int
-    """Workers started to replace one that exited (crash, timeout, kill, recycling)."""
-    workers: int
-    """Worker processes alive now (a successor started early for a worker retiring under
-    ``max_tasks_per_child`` counts too)."""
-
-
-STAT_FIELDS = tuple(f.name for f in dataclasses.fields(PoolStats))
-
-# Indexes of the fields in the pool's statistics block, in PoolStats order.
-(SUBMITTED, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, RETRIED, TIMED_OUT, CRASHED,
- RESTARTS, WORKERS) = range(len(STAT_FIELDS))  # fmt: skip

@@ -31,12 +31,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from taskq._counters import CANCELLED, QUEUED, RUNNING, CounterBlock
 from taskq._job import State, WorkItem
 from taskq._log import log
 from taskq._process import WorkerHandle
 from taskq._protocol import Kind, encode, encode_parts
 from taskq._queue import JobQueue
+from taskq._stats import CANCELLED, QUEUED, RUNNING, StatsBlock
 
 # Raising it batches more (fewer wake-ups, more throughput for tiny jobs);
 # lowering it lets urgent jobs overtake sooner. 2 ms keeps the urgent-job
@@ -84,7 +84,7 @@ class Dispatcher:
     _queue: JobQueue
     _workers: dict[int, WorkerHandle]
     _policy: BatchPolicy
-    _stats: CounterBlock
+    _stats: StatsBlock
     _max_tasks: int | None
     _selector: selectors.BaseSelector
     _rebalance_armed: bool

@@ -33,15 +33,7 @@ from typing import Any
 
 from taskq import _slot
 from taskq._collect import Collector, deliver
-from taskq._counters import (
-    CANCELLED,
-    FAILED,
-    QUEUED,
-    RESTARTS,
-    RUNNING,
-    WORKERS,
-    CounterBlock,
-)
+from taskq._counters import CounterBlock
 from taskq._dispatch import NOT_STARTED_RECHECK, BatchPolicy, Dispatcher
 from taskq._errors import PoolBroken
 from taskq._job import State, WorkItem
@@ -49,6 +41,15 @@ from taskq._log import log
 from taskq._process import WorkerHandle, spawn_worker
 from taskq._protocol import Kind, encode
 from taskq._queue import JobQueue
+from taskq._stats import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RESTARTS,
+    RUNNING,
+    WORKERS,
+    StatsBlock,
+)
 
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL when stopping a job
 
@@ -62,7 +63,7 @@ class Manager(Dispatcher, Collector):
         ctx: BaseContext,
         max_workers: int,
         queue: JobQueue,
-        stats: CounterBlock,
+        stats: StatsBlock,
         counters: CounterBlock,
         initializer: Callable[..., object] | None,
         initargs: Sequence[Any],

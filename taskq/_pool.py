@@ -53,22 +53,22 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 from taskq import _map
-from taskq._counters import (
-    CANCELLED,
-    FAILED,
-    QUEUED,
-    STAT_FIELDS,
-    SUBMITTED,
-    Counter,
-    CounterBlock,
-    PoolStats,
-)
+from taskq._counters import Counter, CounterBlock
 from taskq._errors import SerializationError
 from taskq._job import JobFuture, State, WorkItem
 from taskq._log import log
 from taskq._manager import Manager
 from taskq._protocol import dump_call
 from taskq._queue import ORDERS, JobQueue, QueueClosed
+from taskq._stats import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    STAT_FIELDS,
+    SUBMITTED,
+    PoolStats,
+    StatsBlock,
+)
 
 RetryOn = tuple[type[BaseException], ...] | type[BaseException] | None
 _QUEUED_ONE = ((SUBMITTED, 1), (QUEUED, 1))
@@ -121,7 +121,7 @@ class Pool(Executor):
         ctx = mp_context if mp_context is not None else multiprocessing.get_context()
         self._max_workers = max_workers
         self._queue = JobQueue(order, maxsize)
-        self._stats = CounterBlock(STAT_FIELDS, ctx)
+        self._stats = StatsBlock(len(STAT_FIELDS))
         self._counters = CounterBlock(counter_names, ctx)
         self._manager = Manager(
             ctx=ctx,
