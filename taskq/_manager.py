@@ -38,7 +38,7 @@ from taskq._dispatch import NOT_STARTED_RECHECK, BatchPolicy, Dispatcher
 from taskq._errors import PoolBroken
 from taskq._job import State, WorkItem
 from taskq._log import log
-from taskq._process import WorkerHandle, spawn_worker
+from taskq._process import WorkerHandle, WorkerLauncher
 from taskq._protocol import Kind, encode
 from taskq._queue import JobQueue
 from taskq._stats import (
@@ -84,6 +84,18 @@ class Manager(Dispatcher, Collector):
         # until it exits, while its replacement already starts.
         self._slots: Any = ctx.RawArray("q", _slot.WIDTH * 2 * max_workers)
         self._lifeline_read, self._lifeline_write = ctx.Pipe(duplex=False)
+        # Created before the manager thread starts: under fork, the launcher forks
+        # its workers from a process with no threads (see _process.py).
+        self._launcher = WorkerLauncher(
+            ctx,
+            lifeline=self._lifeline_read,
+            lifeline_write_fd=self._lifeline_write.fileno(),
+            slots=self._slots,
+            counters=counters,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks=max_tasks,
+        )
         self._timers: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._timer_seq = itertools.count()
         self._waiting: set[WorkItem] = set()  # retries waiting out their backoff
@@ -295,17 +307,7 @@ class Manager(Dispatcher, Collector):
     # -- workers ----------------------------------------------------------------------
 
     def _spawn(self, index: int) -> None:
-        worker = spawn_worker(
-            self._ctx,
-            index,
-            lifeline=self._lifeline_read,
-            lifeline_write_fd=self._lifeline_write.fileno(),
-            slots=self._slots,
-            counters=self._counters,
-            initializer=self._initializer,
-            initargs=self._initargs,
-            max_tasks=self._max_tasks,
-        )
+        worker = self._launcher.spawn(index)
         self._workers[index] = worker
         sel = self._selector
         sel.register(worker.results_fd, selectors.EVENT_READ, lambda _: self._on_results(worker))
@@ -444,6 +446,7 @@ class Manager(Dispatcher, Collector):
             worker.signal(signal.SIGKILL)
             worker.close()
         self._workers.clear()
+        self._launcher.close()
         self._selector.close()
         with self._wake_lock:
             self._closed = True

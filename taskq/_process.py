@@ -70,6 +70,44 @@ class WorkerHandle:
         self.process.join(timeout=5)
 
 
+class WorkerLauncher:
+    """Starts the pool's workers; the manager asks it for one worker at a time.
+
+    Everything a worker inherits is fixed when the pool is created and given
+    here once; ``spawn(index)`` adds the worker's own pipes and starts it.
+    """
+
+    def __init__(
+        self,
+        ctx: BaseContext,
+        *,
+        lifeline: Any,
+        lifeline_write_fd: int,
+        slots: Any,
+        counters: CounterBlock,
+        initializer: Callable[..., object] | None,
+        initargs: Sequence[Any],
+        max_tasks: int | None,
+    ):
+        self._ctx = ctx
+        self._options: dict[str, Any] = dict(
+            lifeline=lifeline,
+            lifeline_write_fd=lifeline_write_fd,
+            slots=slots,
+            counters=counters,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks=max_tasks,
+        )
+
+    def spawn(self, index: int) -> WorkerHandle:
+        """Start worker ``index``; raises ``OSError`` if the process cannot be started."""
+        return spawn_worker(self._ctx, index, **self._options)
+
+    def close(self) -> None:
+        """Release what the launcher holds (called once every worker has exited)."""
+
+
 def spawn_worker(
     ctx: BaseContext,
     index: int,
