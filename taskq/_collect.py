@@ -155,8 +155,8 @@ class Collector:
         held = list(worker.outstanding)
         worker.outstanding.clear()
         exitcode = worker.process.exitcode
-        if worker.init_error is not None:
-            self._on_init_failure(worker, held)
+        if worker.init_error is not None or (not worker.ready and worker.stop_reason is None):
+            self._on_init_failure(worker, held, exitcode)
             return
         blamed = self._blame(worker, held, running_id)
         self._requeue([item for item in held if item is not blamed])
@@ -179,16 +179,16 @@ class Collector:
     def _blame(
         self, worker: WorkerHandle, held: list[WorkItem], running_id: int
     ) -> WorkItem | None:
-        """The job that was running when the worker died, if any."""
-        reason, target = worker.stop_reason, worker.stop_job
-        if reason == "terminate":
+        """The job that was running when the worker died, if any.
+
+        The worker's slot names it. A job that started is never put back as if it
+        had not: it is the one to blame, whatever the reason the worker stopped.
+        """
+        if worker.stop_reason == "terminate":
             return None
-        if reason in ("timeout", "kill"):
-            # Stopped on purpose: only the job it was stopped for is to blame. (Another job
-            # can be running only if the target finished in the instant before the signal.)
-            return target if target in held and held[0] is target else None
-        if held and held[0].job_id == running_id:
-            return held[0]
+        for item in held:
+            if item.job_id == running_id:
+                return item
         return None
 
     def _requeue(self, items: list[WorkItem]) -> None:
@@ -231,19 +231,26 @@ class Collector:
             log.warning("%s", error)
         self._settle([(item, (False, error))])
 
-    def _on_init_failure(self, worker: WorkerHandle, held: list[WorkItem]) -> None:
+    def _on_init_failure(
+        self, worker: WorkerHandle, held: list[WorkItem], exitcode: int | None
+    ) -> None:
+        """A worker that never became ready: its initializer raised, or the process
+        died before it was ready. Fail the jobs it held; restart it with backoff;
+        give up after ``MAX_INIT_FAILURES`` in a row."""
         self._init_failures += 1
-        text = worker.init_error or ""
-        log.error("worker %d: initializer failed (%d in a row):\n%s",
+        if worker.init_error is not None:
+            text = f"the worker initializer raised; its traceback:\n{worker.init_error}"
+        else:
+            text = not_ready_message(worker.pid, exitcode)
+        log.error("worker %d failed to start (%d in a row): %s",
                   worker.pid, self._init_failures, text)  # fmt: skip
-        error = InitializerError(f"the worker initializer raised; its traceback:\n{text}")
         self._stats.add_many([(RUNNING, -len(held)), (FAILED, len(held))])
         for item in held:
-            self._finish(item, False, error)
+            self._finish(item, False, InitializerError(f"job {item.job_id} ({item.name}): {text}"))
         if self._init_failures >= MAX_INIT_FAILURES:
             self._give_up(PoolBroken(
-                f"the worker initializer failed {self._init_failures} times in a row; "
-                f"the pool cannot start workers. Last traceback:\n{text}"
+                f"workers failed to start {self._init_failures} times in a row; the pool "
+                f"cannot run jobs. Last failure: {text}"
             ))  # fmt: skip
             return
         delay = INIT_BACKOFF * 2 ** (self._init_failures - 1)
@@ -269,9 +276,24 @@ def _decode(item: WorkItem, frame: Frame) -> tuple[bool, Any]:
 
 
 def deliver(outcomes: list[tuple[WorkItem, bool, Any]]) -> None:
+    """Resolve futures with the outcomes decided under the manager's lock.
+
+    Runs with no lock held: done-callbacks are user code. A job that never
+    reached a worker still has a PENDING future, and the pool, which took it
+    from the queue, makes its one ``set_running_or_notify_cancel()`` call here
+    (its caller may have cancelled it meanwhile: then that is all there is to do).
+    """
     for item, ok, value in outcomes:
         future = item.future
         future._work = future._on_cancel = None  # no reference cycle left for the GC
+        if not item.claimed:
+            item.claimed = True
+            if isinstance(value, CancelledError):
+                future.cancel()
+                future.set_running_or_notify_cancel()
+                continue
+            if not future.set_running_or_notify_cancel():
+                continue  # its caller cancelled it first
         try:
             if ok:
                 future.set_result(value)
@@ -303,18 +325,31 @@ _LIKELY = {
 }
 
 
-def crash_message(pid: int, exitcode: int | None, item: WorkItem) -> str:
+def _how_it_ended(exitcode: int | None) -> str:
     if exitcode is not None and exitcode < 0:
         try:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = "unknown signal"
-        how = f"died with signal {-exitcode} ({name})"
+        return f"died with signal {-exitcode} ({name})"
+    return f"exited with code {exitcode}"
+
+
+def crash_message(pid: int, exitcode: int | None, item: WorkItem) -> str:
+    if exitcode is not None and exitcode < 0:
         likely = _LIKELY.get(-exitcode, "killed by a signal")  # type: ignore[call-overload]
     else:
-        how = f"exited with code {exitcode}"
         likely = "the job ended the process itself (os._exit(), or exit() from native code)"
     return (
-        f"worker {pid} {how} while running job {item.job_id} ({item.name}): {likely}. "
-        "Only this job failed; the pool started a replacement worker."
+        f"worker {pid} {_how_it_ended(exitcode)} while running job {item.job_id} "
+        f"({item.name}): {likely}. Only this job failed; the pool started a replacement worker."
+    )
+
+
+def not_ready_message(pid: int, exitcode: int | None) -> str:
+    return (
+        f"worker {pid} {_how_it_ended(exitcode)} before it was ready to run jobs: the "
+        "initializer crashed the process (os._exit(), a signal, native code), or under "
+        "spawn/forkserver the child could not start (is the initializer importable from "
+        "the child, not defined in __main__ of an interactive session? see stderr)"
     )

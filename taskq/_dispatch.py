@@ -222,7 +222,7 @@ class Dispatcher:
             else:  # between two jobs: look again in a moment
                 stuck_at = now + NOT_STARTED_RECHECK
             if now >= stuck_at and job_id:
-                if not self._revoke(worker):  # its slot was busy: try again shortly
+                if self._revoke(worker) is None:  # its slot was busy: try again shortly
                     stuck_at = now + NOT_STARTED_RECHECK
                 self._dispatch()  # the idle worker takes them now
             if now < stuck_at and not self._rebalance_armed:
@@ -233,12 +233,13 @@ class Dispatcher:
         self._rebalance_armed = False
         self._rebalance()
 
-    def _revoke(self, worker: WorkerHandle) -> bool:
-        """Take back the jobs ``worker`` holds but has not started; False if its slot
-        could not be locked (the worker is dying, or was busy for a moment)."""
+    def _revoke(self, worker: WorkerHandle) -> int | None:
+        """Take back the jobs ``worker`` holds but has not started; return the number
+        (``wseq``) of the last job it started, or None if its slot could not be locked
+        (the worker is dying, or was busy for a moment)."""
         started = worker.slot.revoke(worker.sent)
         if started is None:
-            return False
+            return None
         taken: list[WorkItem] = []
         while worker.outstanding and worker.outstanding[-1].wseq > started:
             taken.append(worker.outstanding.pop())
@@ -246,6 +247,7 @@ class Dispatcher:
         if worker.stop_reason == "retire" and taken:  # it will not reach max_tasks now
             worker.outbox.push([encode(Kind.STOP)])
             self._flush(worker)
-        log.debug("took %d unstarted jobs back from busy worker %d", len(taken), worker.pid)
-        self._requeue(taken[::-1])
-        return True
+        if taken:
+            log.debug("took %d unstarted jobs back from worker %d", len(taken), worker.pid)
+            self._requeue(taken[::-1])
+        return started

@@ -9,26 +9,29 @@ from __future__ import annotations
 
 import collections
 import enum
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures._base import PENDING
 from typing import Any
 
+# Where Future itself logs a failing done-callback (printed to stderr by default).
+_callback_log = logging.getLogger("concurrent.futures")
+
 
 class _FutureCondition(threading.Condition):
-    """The condition of a ``JobFuture``: a ``threading.Condition`` over a plain lock,
-    built without the five bound methods ``Condition.__init__`` stores per instance.
+    """The condition of a ``JobFuture``: a ``threading.Condition`` over an ``RLock``,
+    built without the bound methods ``Condition.__init__`` stores per instance.
 
     A pool keeps thousands of futures alive at once; this makes each one cheaper
-    to create and gives the garbage collector fewer objects to scan. A future
-    never takes its own condition twice (``wait()`` and ``as_completed()`` take
-    each future's once, from a set), so the lock need not be re-entrant, and the
-    generic ``Condition`` helpers for plain locks apply.
+    to create and gives the garbage collector fewer objects to scan. The lock
+    must be re-entrant, as ``Future``'s own is: ``wait(FIRST_EXCEPTION)`` holds
+    every future's condition and then calls ``f.cancelled()``, which takes it again.
     """
 
     def __init__(self) -> None:  # no super().__init__(): that is the point
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._waiters: collections.deque[Any] = collections.deque()
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
@@ -36,6 +39,18 @@ class _FutureCondition(threading.Condition):
 
     def release(self) -> None:
         self._lock.release()
+
+    # What Condition.wait() needs of a re-entrant lock (Condition.__init__ would
+    # copy these from the RLock onto every instance).
+    def _release_save(self) -> Any:
+        return self._lock._release_save()  # type: ignore[attr-defined]
+
+    def _acquire_restore(self, state: Any) -> None:
+        self._lock._acquire_restore(state)  # type: ignore[attr-defined]
+
+    def _is_owned(self) -> bool:
+        owned: bool = self._lock._is_owned()  # type: ignore[attr-defined]
+        return owned
 
 
 class JobFuture(Future[Any]):
@@ -58,19 +73,34 @@ class JobFuture(Future[Any]):
         self._done_callbacks: list[Any] = []
         self.attempts = 0
         self.job_id = 0
-        self._on_cancel: Callable[[WorkItem], None] | None = None
+        self._on_cancel: Callable[[WorkItem], bool] | None = None
         self._work: WorkItem | None = None
 
     def cancel(self) -> bool:
+        """Cancel a job that no worker holds yet; True if it is (or was) cancelled.
+
+        Never raises. Whoever takes the job out of the queue decides its fate:
+        if this call withdrew it, this call also tells ``wait()``/``as_completed()``
+        it is done; if the pool took it first, the pool does that instead (when
+        it sees the cancellation, before the job would have run).
+        """
         cancelled = super().cancel()
         hook, work = self._on_cancel, self._work
         if cancelled and hook is not None and work is not None:
             self._on_cancel = self._work = None
-            hook(work)  # withdraw the job from the queue, freeing its slot
-            # What an executor does when it drops a cancelled job: wait() and
-            # as_completed() count it as done only from here on.
-            self.set_running_or_notify_cancel()
+            if hook(work):  # withdrawn from the queue: no one else will look at it
+                self.set_running_or_notify_cancel()
         return cancelled
+
+    def _invoke_callbacks(self) -> None:
+        # Future's own loop logs an Exception from a callback but lets SystemExit or
+        # KeyboardInterrupt through, into whichever thread resolved the future (the
+        # pool's manager thread, for a job). Guard each callback, and log them all.
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except BaseException:
+                _callback_log.exception("exception calling callback for %r", self)
 
 
 class State(enum.Enum):

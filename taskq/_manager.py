@@ -18,6 +18,7 @@ due timers -> dispatch queued jobs to workers with room.
 from __future__ import annotations
 
 import collections
+import copy
 import heapq
 import itertools
 import os
@@ -52,6 +53,8 @@ from taskq._stats import (
 )
 
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL when stopping a job
+# Stop reasons of a worker being stopped on purpose, now ("retire" and "stop" let it finish).
+_STOPPED = ("timeout", "kill", "terminate")
 
 
 class Manager(Dispatcher, Collector):
@@ -97,6 +100,7 @@ class Manager(Dispatcher, Collector):
             max_tasks=max_tasks,
         )
         self._timers: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._timeout_checks: dict[WorkerHandle, float] = {}  # the one pending check per worker
         self._timer_seq = itertools.count()
         self._waiting: set[WorkItem] = set()  # retries waiting out their backoff
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
@@ -232,16 +236,27 @@ class Manager(Dispatcher, Collector):
                 self._step()
         except BaseException as exc:  # a bug here must not leave callers waiting forever
             log.exception("taskq manager thread failed")
-            error = PoolBroken(f"taskq's manager thread failed: {exc!r}")
-            self._give_up(error)
-            for worker in self._workers.values():
-                self._stats.add_many([(RUNNING, -len(worker.outstanding))])
-                self._stats.add_many([(FAILED, len(worker.outstanding))])
-                for item in worker.outstanding:
-                    self._finish(item, False, error)
+            error = PoolBroken(
+                f"taskq's manager thread failed ({exc!r}); this is a bug in taskq, please "
+                "report it with the traceback chained to this error. Create a new Pool."
+            )
+            error.__cause__ = exc
+            with self._lock:
+                self._give_up(error)
+                self._fail_held(error)
         finally:
-            self._close()
-            deliver(self._take_outcomes())
+            with self._lock:
+                self._close()
+                outcomes = self._take_outcomes()
+            deliver(outcomes)
+
+    def _fail_held(self, error: PoolBroken) -> None:
+        for worker in self._workers.values():
+            held = list(worker.outstanding)
+            worker.outstanding.clear()
+            self._stats.add_many([(RUNNING, -len(held)), (FAILED, len(held))])
+            for item in held:
+                self._finish(item, False, _copy_error(error))
 
     def _step(self) -> None:
         events = self._selector.select(self._next_timeout())
@@ -347,7 +362,7 @@ class Manager(Dispatcher, Collector):
 
     def _stop_worker(self, worker: WorkerHandle, reason: str, job: WorkItem | None) -> None:
         """SIGTERM now, SIGKILL after a grace period; the exit is handled in ``_on_exit``."""
-        if worker.stop_reason in ("timeout", "kill", "terminate"):
+        if worker.stop_reason in _STOPPED:
             return
         worker.stop_reason, worker.stop_job = reason, job
         worker.terminate()
@@ -369,28 +384,70 @@ class Manager(Dispatcher, Collector):
     # -- timeouts -----------------------------------------------------------------------
 
     def _watch_head(self, worker: WorkerHandle) -> None:
-        """Arm the timeout of the job the worker starts next, if it has one."""
-        if worker.outstanding:
-            head = worker.outstanding[0]
-            if head.timeout is not None:
-                self._at(time.monotonic() + head.timeout, self._check_timeout, worker, head)
+        """Make sure the timeout of the job the worker runs next will be looked at.
 
-    def _check_timeout(self, worker: WorkerHandle, item: WorkItem) -> None:
-        if worker.stop_reason or not worker.outstanding or worker.outstanding[0] is not item:
+        One pending check per worker, holding no job: a job that finishes early
+        leaves nothing behind (memory does not grow with throughput x timeout).
+        The job's clock starts when the worker begins it, so the deadline is
+        never earlier than now + its timeout.
+        """
+        if worker.outstanding:
+            timeout = worker.outstanding[0].timeout
+            if timeout is not None:
+                self._check_timeout_at(worker, time.monotonic() + timeout)
+
+    def _check_timeout_at(self, worker: WorkerHandle, when: float) -> None:
+        pending = self._timeout_checks.get(worker)
+        if pending is not None and pending <= when:
+            return  # an earlier check will look at whatever job is at the head then
+        self._timeout_checks[worker] = when
+        self._at(when, self._check_timeout, worker, when)
+
+    def _check_timeout(self, worker: WorkerHandle, when: float) -> None:
+        if self._timeout_checks.get(worker) != when:
+            return  # superseded by an earlier check
+        del self._timeout_checks[worker]
+        if worker.stop_reason in _STOPPED or not worker.outstanding:
             return
-        assert item.timeout is not None
+        head = worker.outstanding[0]
+        if head.timeout is None or self._workers.get(worker.index) is not worker:
+            return
         job_id, started_ns = worker.running_job()
         now = time.monotonic()
-        if job_id != item.job_id:  # not begun yet: its clock has not started
-            self._at(now + NOT_STARTED_RECHECK, self._check_timeout, worker, item)
+        if job_id != head.job_id:  # not begun yet: its clock has not started
+            self._check_timeout_at(worker, now + head.timeout)
             return
-        deadline = started_ns / 1e9 + item.timeout
+        deadline = started_ns / 1e9 + head.timeout
         if now < deadline:
-            self._at(deadline, self._check_timeout, worker, item)
+            self._check_timeout_at(worker, deadline)
             return
-        log.warning("job %d (%s) exceeded its %ss timeout; stopping worker %d",
-                    item.job_id, item.name, item.timeout, worker.pid)  # fmt: skip
-        self._stop_worker(worker, "timeout", item)
+        self._stop_running(worker, head, "timeout")
+
+    def _stop_running(self, worker: WorkerHandle, item: WorkItem, reason: str) -> bool:
+        """Stop ``item`` if ``worker`` is running it; True if it was stopped (or taken back).
+
+        First take back every job the worker holds but has not started: after
+        that it cannot start another, so the signal can only hit ``item``. If
+        ``item`` itself was not started it is simply taken back (no worker lost).
+        """
+        started = self._revoke(worker)
+        if item.state is State.QUEUED:  # taken back: it never ran
+            return True
+        if started is None:  # its slot could not be locked: look again in a moment
+            self._at(time.monotonic() + NOT_STARTED_RECHECK, self._retry_stop, worker, item, reason)
+            return True
+        job_id, _ = worker.running_job()
+        if started != item.wseq or job_id != item.job_id:
+            return False  # it finished; its reply is on its way
+        if reason == "timeout":
+            log.warning("job %d (%s) exceeded its %ss timeout; stopping worker %d",
+                        item.job_id, item.name, item.timeout, worker.pid)  # fmt: skip
+        self._stop_worker(worker, reason, item)
+        return True
+
+    def _retry_stop(self, worker: WorkerHandle, item: WorkItem, reason: str) -> None:
+        if item.state is State.SENT and item in worker.outstanding:
+            self._stop_running(worker, item, reason)
 
     # -- shutdown ---------------------------------------------------------------------
 
@@ -424,17 +481,19 @@ class Manager(Dispatcher, Collector):
         queued = self._queue.drain()
         self._stats.add_many([(QUEUED, -len(queued)), (FAILED, len(queued))])
         for item in queued:
-            self._finish(item, False, error)
-        self._cancel_waiting(error)
+            self._finish(item, False, _copy_error(error))
+        self._cancel_waiting(lambda: _copy_error(error))
 
-    def _cancel_waiting(self, error: BaseException) -> None:
+    def _cancel_waiting(self, make_error: Callable[[], BaseException]) -> None:
+        """End every retry waiting out its backoff, each with its own new exception."""
         waiting = list(self._waiting)
         self._waiting.clear()
-        cancelled = isinstance(error, CancelledError)
+        errors = [make_error() for _ in waiting]
+        cancelled = sum(1 for error in errors if isinstance(error, CancelledError))
         self._stats.add_many([
-            (QUEUED, -len(waiting)), (CANCELLED if cancelled else FAILED, len(waiting))
+            (QUEUED, -len(waiting)), (CANCELLED, cancelled), (FAILED, len(waiting) - cancelled)
         ])  # fmt: skip
-        for item in waiting:
+        for item, error in zip(waiting, errors, strict=True):
             self._finish(item, False, error)
 
     def _unregister(self, fd: int) -> None:
@@ -475,33 +534,26 @@ class Manager(Dispatcher, Collector):
         if item.state is State.SENT:
             for worker in self._workers.values():
                 if item in worker.outstanding:
-                    if worker.outstanding[0] is not item:
-                        self._revoke(worker)  # not started: take it back, no worker lost
-                    if self._queue.remove(item):  # it was taken back
+                    stopped = self._stop_running(worker, item, "kill")
+                    now: State = item.state  # _stop_running may have taken it back
+                    if now is State.QUEUED and self._queue.remove(item):
                         self._stats.add_many([(QUEUED, -1), (CANCELLED, 1)])
                         self._finish(item, False, cancelled)
-                    else:
-                        self._stop_worker(worker, "kill", item)
-                    return True
+                    return stopped
         return False
 
     def cancel_queued(self) -> None:
         """Cancel every job not yet handed to a worker (runs on the manager)."""
         queued = self._queue.drain()
         self._stats.add_many([(QUEUED, -len(queued)), (CANCELLED, len(queued))])
-        error = CancelledError("cancelled by shutdown(cancel_futures=True)")
-        for item in queued:
-            if not item.future.cancel():
-                self._finish(item, False, error)
-            item.state = State.DONE
-        self._cancel_waiting(error)
+        for item in queued:  # futures are cancelled in deliver(), once the lock is released
+            self._finish(item, False, CancelledError("cancelled by shutdown(cancel_futures=True)"))
+        self._cancel_waiting(lambda: CancelledError("cancelled by shutdown(cancel_futures=True)"))
 
 
-
-
-
-
-
-
-
-
+def _copy_error(error: BaseException) -> BaseException:
+    """A new instance of ``error`` for one future: many futures must not share (and
+    annotate) one exception object."""
+    fresh = copy.copy(error)
+    fresh.__cause__ = error.__cause__
+    return fresh

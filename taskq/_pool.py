@@ -246,11 +246,16 @@ class Pool(Executor):
         self._stats.add_many([(SUBMITTED, 1), (FAILED, 1)])
         return future
 
-    def _withdraw(self, item: WorkItem) -> None:
-        """``JobFuture.cancel()`` hook: free the queue slot of a cancelled job."""
-        if self._queue.remove(item):
-            item.state = State.DONE
-            self._stats.add_many([(QUEUED, -1), (CANCELLED, 1)])
+    def _withdraw(self, item: WorkItem) -> bool:
+        """``JobFuture.cancel()`` hook: free the queue slot of a cancelled job.
+
+        True if it was still queued; False if the pool had already taken it
+        (the pool then sees the cancellation and drops the job itself)."""
+        if not self._queue.remove(item):
+            return False
+        item.state = State.DONE
+        self._stats.add_many([(QUEUED, -1), (CANCELLED, 1)])
+        return True
 
     def _check_open(self) -> None:
         if self._manager.broken is not None:
