@@ -25,7 +25,7 @@ from taskq._errors import (
     JobTimeout,
     PoolBroken,
     RemoteError,
-    SerializationError,
+    UnpicklingFailed,
     WorkerCrashed,
 )
 from taskq._job import State, WorkItem
@@ -258,12 +258,16 @@ class Collector:
 
 
 def _decode(item: WorkItem, frame: Frame) -> tuple[bool, Any]:
-    """(True, result) or (False, exception) from a worker's reply."""
+    """(True, result) or (False, exception) from a worker's reply.
+
+    Unpickling runs user code (``__setstate__``, ``__reduce__`` callables) on the
+    manager thread: whatever it raises, SystemExit included, fails only this job.
+    """
     if frame.kind == Kind.OK:
         try:
             return True, load(frame.payload)
-        except Exception as exc:
-            error = SerializationError(
+        except BaseException as exc:
+            error = UnpicklingFailed(
                 f"job {item.job_id} ({item.name}): its result could not be unpickled in the "
                 f"parent ({exc!r}); check that its type is importable here"
             )
@@ -271,8 +275,10 @@ def _decode(item: WorkItem, frame: Frame) -> tuple[bool, Any]:
             return False, error
     try:
         return False, unpack_exception(frame.payload)
-    except Exception as exc:
-        return False, RemoteError("unknown", f"the job's error could not be decoded: {exc!r}", "")
+    except BaseException as exc:
+        return False, RemoteError(
+            "unknown", f"job {item.job_id}'s exception could not be decoded: {exc!r}", ""
+        )
 
 
 def deliver(outcomes: list[tuple[WorkItem, bool, Any]]) -> None:

@@ -7,6 +7,7 @@ own type, with the worker-side traceback chained as ``__cause__``.
 from __future__ import annotations
 
 import concurrent.futures
+import pickle
 import queue
 from concurrent.futures.process import BrokenProcessPool
 
@@ -14,11 +15,13 @@ __all__ = [
     "Full",
     "InitializerError",
     "JobTimeout",
+    "PicklingFailed",
     "PoolBroken",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
     "TaskqError",
+    "UnpicklingFailed",
     "WorkerCrashed",
 ]
 
@@ -46,7 +49,7 @@ class WorkerCrashed(TaskqError, BrokenProcessPool):
         self.job_id = job_id
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_crash, (str(self), self.pid, self.exitcode, self.job_id))
+        return (_rebuild_crash, (str(self), self.pid, self.exitcode, self.job_id), self.__dict__)
 
 
 def _rebuild_crash(
@@ -69,7 +72,7 @@ class JobTimeout(TaskqError, *_TIMEOUT_BASES):  # type: ignore[misc]
         self.timeout = timeout
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_timeout, (str(self), self.timeout))
+        return (_rebuild_timeout, (str(self), self.timeout), self.__dict__)
 
 
 def _rebuild_timeout(message: str, timeout: float | None) -> JobTimeout:
@@ -77,7 +80,23 @@ def _rebuild_timeout(message: str, timeout: float | None) -> JobTimeout:
 
 
 class SerializationError(TaskqError):
-    """Raised on a job whose call or result could not be pickled or unpickled."""
+    """Raised on a job whose call or result could not be pickled or unpickled.
+
+    Each instance is also of the type ``ProcessPoolExecutor`` code catches for
+    the same failure: ``pickle.PicklingError`` when something could not be
+    pickled, ``BrokenProcessPool`` when it could not be unpickled. Only the job
+    concerned fails; the pool serves on.
+    """
+
+
+class PicklingFailed(SerializationError, pickle.PicklingError):
+    """Raised on a job whose call (in the caller) or result (in the worker) could not be
+    pickled."""
+
+
+class UnpicklingFailed(SerializationError, BrokenProcessPool):
+    """Raised on a job whose call (in the worker) or result (in the parent) could not be
+    unpickled."""
 
 
 class RemoteError(TaskqError):
@@ -94,7 +113,7 @@ class RemoteError(TaskqError):
         self.traceback_text = traceback_text
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (RemoteError, (self.type_name, self.message, self.traceback_text))
+        return (RemoteError, (self.type_name, self.message, self.traceback_text), self.__dict__)
 
 
 class InitializerError(TaskqError):

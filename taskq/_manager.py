@@ -148,9 +148,14 @@ class Manager(Dispatcher, Collector):
         holds nothing less urgent than the new job: the manager tops workers up as
         they reply, and it always dispatches after a reply has freed a worker.
         """
+        # Read without the lock (a hint only: the locked dispatch decides). The manager
+        # may empty a deque between two reads, hence the IndexError.
         for worker in tuple(self._workers.values()):  # one C call: safe from other threads
             held = worker.outstanding
-            if not held or (len(held) > 1 and held[-1].priority > priority):
+            try:
+                if not held or (len(held) > 1 and held[-1].priority > priority):
+                    break
+            except IndexError:
                 break
         else:
             return
@@ -170,9 +175,18 @@ class Manager(Dispatcher, Collector):
         deliver(outcomes)
 
     def call(self, command: Callable[[], Any]) -> Any:
-        """Run ``command`` on the manager thread and return its result."""
+        """Run ``command`` on the manager thread and return its result.
+
+        From the manager thread itself (a done-callback calling ``kill`` or
+        ``shutdown``) it runs at once, under the lock like any command; callbacks
+        never run with the lock held, so it is free.
+        """
         if threading.current_thread() is self._thread:
-            return command()
+            with self._lock:
+                result = command()
+                outcomes = self._take_outcomes()
+            deliver(outcomes)
+            return result
         answer: Future[Any] = Future()
 
         def run() -> None:
@@ -204,7 +218,14 @@ class Manager(Dispatcher, Collector):
         self.wake()
 
     def join(self, timeout: float | None = None) -> None:
+        """Wait until the manager has finished (every worker has exited).
+
+        Called from a done-callback (on the manager thread), it runs the manager's
+        loop right here until then: the thread cannot wait for itself.
+        """
         if threading.current_thread() is self._thread:
+            while self._keep_running():
+                self._step()
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         # Short waits: a Ctrl-C delivered to another thread is then seen at once.

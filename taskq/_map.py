@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -93,11 +94,12 @@ class MapIterator(Iterator[Any]):
     ``close()`` stops the map: chunks not yet started are cancelled.
     """
 
-    __slots__ = ("_chunks", "_items")
+    __slots__ = ("_chunks", "_items", "_window")
 
-    def __init__(self, chunks: Generator[Iterable[Any], None, None]):
+    def __init__(self, chunks: Generator[Iterable[Any], None, None], window: MapWindow):
         self._chunks = chunks
         self._items = itertools.chain.from_iterable(chunks)
+        self._window = window
 
     def __iter__(self) -> Iterator[Any]:
         return self._items
@@ -107,6 +109,7 @@ class MapIterator(Iterator[Any]):
 
     def close(self) -> None:
         self._chunks.close()
+        self._window.cancel_rest()  # also when it was never started
 
 
 def _then_raise(values: list[Any], error: bytes) -> Iterator[Any]:
@@ -115,64 +118,134 @@ def _then_raise(values: list[Any], error: bytes) -> Iterator[Any]:
     raise unpack_exception(error)
 
 
+class MapWindow:
+    """One map's chunks in flight, and the input still to read.
+
+    Lazy while the caller iterates: a chunk is read and queued only as an old
+    one's results are taken. A map nobody has started iterating is run to the
+    end of its input when its pool shuts down (``submit_all``), as
+    ``Executor.map`` would have queued it all at once: work asked for is never
+    silently dropped. Once the pool refuses new jobs, the window stops reading
+    input and the iterator raises after the results already queued.
+    """
+
+    def __init__(
+        self,
+        submit: ChunkSubmitter,
+        feeder: ChunkFeeder,
+        window: int,
+        on_submit: Callable[[JobFuture], None] | None = None,
+    ):
+        self._submit = submit
+        self._on_submit = on_submit
+        self._feeder = feeder
+        self._window = window
+        self._lock = threading.Lock()  # the caller's thread and shutdown() may both feed
+        self._closed = False
+        self.stopped_by: BaseException | None = None
+        self.started = False
+        self.pending: deque[JobFuture] = deque()
+
+    def top_up(self) -> None:
+        with self._lock:
+            while not self._closed and len(self.pending) < self._window:
+                if not self._submit_next():
+                    return
+
+    def submit_all(self) -> None:
+        """Queue every chunk left in the input (the pool is shutting down)."""
+        with self._lock:
+            while not self._closed and self._submit_next():
+                pass
+
+    def _submit_next(self) -> bool:
+        chunk = self._feeder.next_chunk()
+        if chunk is None:
+            return False
+        try:
+            future = self._submit(chunk)
+        except RuntimeError as exc:  # the pool was shut down
+            self._closed, self.stopped_by = True, exc
+            return False
+        self.pending.append(future)
+        if self._on_submit is not None:
+            self._on_submit(future)
+        return True
+
+    def cancel_rest(self) -> None:
+        """The caller abandoned the map: cancel what has not started, read no more."""
+        with self._lock:
+            self._closed = True
+            for future in self.pending:
+                future.cancel()
+
+    def check_not_stopped(self) -> None:
+        if self.stopped_by is not None and not self._feeder.exhausted:
+            raise RuntimeError(
+                "map() stopped before the end of its input: the pool was shut down "
+                "while the map was being read"
+            ) from self.stopped_by
+
+
 def ordered_results(
-    submit: ChunkSubmitter, feeder: ChunkFeeder, window: int, deadline: float | None
+    window: MapWindow, feeder: ChunkFeeder, deadline: float | None, started: Callable[[], None]
 ) -> Iterator[Any]:
-    """Start ``window`` chunks now; the returned iterator yields results in input order."""
-    pending: deque[JobFuture] = deque()
+    """Start the first chunks now; the returned iterator yields results in input order.
 
-    def top_up() -> None:
-        while len(pending) < window:
-            chunk = feeder.next_chunk()
-            if chunk is None:
-                return
-            pending.append(submit(chunk))
-
-    top_up()
+    ``started`` is called when the caller first asks for a result.
+    """
+    window.top_up()
 
     def chunks() -> Generator[Iterable[Any], None, None]:
+        started()
         try:
-            while pending:
-                future = pending.popleft()
+            while window.pending:
+                future = window.pending[0]
                 values, error = _chunk_outcome(future, feeder, deadline)
-                top_up()
+                window.pending.popleft()
+                window.top_up()
                 yield values if error is None else _then_raise(values, error)
+            window.check_not_stopped()
         finally:
-            for future in pending:
-                future.cancel()
+            window.cancel_rest()
 
-    return MapIterator(chunks())
+    return MapIterator(chunks(), window)
 
 
-def unordered_results(submit: ChunkSubmitter, feeder: ChunkFeeder, window: int) -> Iterator[Any]:
-    """Like ``ordered_results`` but yields each chunk's results as soon as it is done."""
+def unordered_window(
+    submit: ChunkSubmitter, feeder: ChunkFeeder, size: int
+) -> tuple[MapWindow, queue.SimpleQueue[JobFuture]]:
+    """A window whose chunks report to a queue as they finish, for ``unordered_results``."""
     done: queue.SimpleQueue[JobFuture] = queue.SimpleQueue()
-    pending: set[JobFuture] = set()
+    window = MapWindow(
+        submit, feeder, size, on_submit=lambda f: f.add_done_callback(done.put)  # type: ignore[arg-type]
+    )
+    return window, done
 
-    def top_up() -> None:
-        while len(pending) < window:
-            chunk = feeder.next_chunk()
-            if chunk is None:
-                return
-            future = submit(chunk)
-            pending.add(future)
-            future.add_done_callback(lambda f: done.put(f))  # type: ignore[arg-type]
 
-    top_up()
+def unordered_results(
+    window: MapWindow,
+    done: queue.SimpleQueue[JobFuture],
+    feeder: ChunkFeeder,
+    started: Callable[[], None],
+) -> Iterator[Any]:
+    """Like ``ordered_results`` but yields each chunk's results as soon as it is done."""
+    window.top_up()
 
     def chunks() -> Generator[Iterable[Any], None, None]:
+        started()
         try:
-            while pending:
+            while window.pending:
                 future = done.get()
-                pending.discard(future)
+                window.pending.remove(future)
                 values, error = _chunk_outcome(future, feeder, None)
-                top_up()
+                window.top_up()
                 yield values if error is None else _then_raise(values, error)
+            window.check_not_stopped()
         finally:
-            for future in pending:
-                future.cancel()
+            window.cancel_rest()
 
-    return MapIterator(chunks())
+    return MapIterator(chunks(), window)
 
 
 def chunk_call(fn: Callable[..., Any], star: bool) -> Callable[[list[Any]], tuple[Any, ...]]:

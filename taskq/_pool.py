@@ -54,7 +54,7 @@ from typing import Any
 
 from taskq import _map
 from taskq._counters import Counter, CounterBlock
-from taskq._errors import SerializationError
+from taskq._errors import PicklingFailed
 from taskq._job import JobFuture, State, WorkItem
 from taskq._log import log
 from taskq._manager import Manager
@@ -137,8 +137,12 @@ class Pool(Executor):
         self._withdraw_hook = self._withdraw  # one bound method, not one per job
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
+        self._maps_lock = threading.Lock()
+        self._unstarted_maps: set[_map.MapWindow] = set()
         self._manager.start()
+        self._pid = os.getpid()
         _running.add(self._manager)
+        _open_pools.add(self)
         # A pool dropped without shutdown() still stops its workers once jobs are done.
         weakref.finalize(self, self._manager.post, self._manager.request_stop)
         log.debug("pool started: %d workers (%s)", max_workers, ctx.get_start_method())
@@ -213,7 +217,7 @@ class Pool(Executor):
         self._check_open()
         try:
             call = dump_call(fn, args, kwargs)
-        except SerializationError as exc:
+        except PicklingFailed as exc:
             return self._failed_job(exc)
         if name is None:
             name = getattr(fn, "__qualname__", "?")
@@ -230,9 +234,11 @@ class Pool(Executor):
         try:
             self._queue.put(item, block=block, force=force)
         except QueueClosed:
+            if self._manager.broken is not None:  # it broke while we waited for room
+                raise self._manager.broken from None
             raise RuntimeError("cannot schedule new jobs after shutdown") from None
-        if self._manager.broken is not None:  # the queue closed while we waited for room
-            raise self._manager.broken
+        # Queued: from here on the future is the answer, even if the pool breaks now
+        # (the manager then fails it like every queued job).
         self._stats.add_many(_QUEUED_ONE)
         self._manager.dispatch_now(priority)
         return future
@@ -289,9 +295,11 @@ class Pool(Executor):
         star = len(iterables) > 1
         items = zip(*iterables, strict=False) if star else iter(iterables[0])
         feeder = self._feeder(items, chunksize)
-        results = _map.ordered_results(
-            self._chunk_submitter(fn, star, priority), feeder, self._window(), deadline
+        window = _map.MapWindow(
+            self._chunk_submitter(fn, star, priority), feeder, self._window_size()
         )
+        self._track_unstarted(window)
+        results = _map.ordered_results(window, feeder, deadline, self._started(window))
         return self._with_progress(results, progress, _map.length_hint(iterables))
 
     def imap_unordered(
@@ -305,10 +313,31 @@ class Pool(Executor):
     ) -> Iterator[Any]:
         """Like ``map(fn, iterable)`` but yields results as they complete (lazy too)."""
         feeder = self._feeder(iter(iterable), chunksize)
-        results = _map.unordered_results(
-            self._chunk_submitter(fn, False, priority), feeder, self._window()
+        window, done = _map.unordered_window(
+            self._chunk_submitter(fn, False, priority), feeder, self._window_size()
         )
+        self._track_unstarted(window)
+        results = _map.unordered_results(window, done, feeder, self._started(window))
         return self._with_progress(results, progress, _map.length_hint((iterable,)))
+
+    def _track_unstarted(self, window: _map.MapWindow) -> None:
+        # Until its caller starts reading it, a map is run to the end of its input at
+        # shutdown (see MapWindow): "pool.map(f, items)" then "shutdown()" runs every item.
+        with self._maps_lock:
+            self._unstarted_maps.add(window)
+
+    def _started(self, window: _map.MapWindow) -> Callable[[], None]:
+        def started() -> None:
+            with self._maps_lock:
+                self._unstarted_maps.discard(window)
+
+        return started
+
+    def _run_unstarted_maps(self) -> None:
+        with self._maps_lock:
+            windows, self._unstarted_maps = self._unstarted_maps, set()
+        for window in windows:
+            window.submit_all()
 
     def _chunk_submitter(
         self, fn: Callable[..., Any], star: bool, priority: float
@@ -332,7 +361,7 @@ class Pool(Executor):
         adaptive = chunksize == 1 and self._job_timeout is None
         return _map.ChunkFeeder(items, _check_chunksize(chunksize), adaptive=adaptive)
 
-    def _window(self) -> int:
+    def _window_size(self) -> int:
         return _map.WINDOW_PER_WORKER * self._max_workers
 
     @staticmethod
@@ -352,9 +381,11 @@ class Pool(Executor):
         (SIGTERM, then SIGKILL) and replaced; the future raises ``CancelledError``
         unless the job finished first.
         """
-        item = future._work
-        if item is None:
-            return False
+        hook, item = future._on_cancel, future._work
+        if item is None or hook is None:
+            return False  # finished (or not a taskq job)
+        if hook is not self._withdraw_hook:
+            raise ValueError(f"{future!r} belongs to another pool: call kill() on that pool")
         if future.cancel():
             return True
         answer: bool = self._manager.call(lambda: self._manager.kill(item))
@@ -363,6 +394,8 @@ class Pool(Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting jobs; run what is queued (unless ``cancel_futures``), then stop
         the workers. With ``wait=True``, return once every worker has exited."""
+        if not cancel_futures:
+            self._run_unstarted_maps()  # before the queue closes: they were asked for
         with self._shutdown_lock:
             first = not self._shutdown
             self._shutdown = True
@@ -429,8 +462,10 @@ def _check_options(
     counters: Iterable[str],
     order: str,
 ) -> tuple[str, ...]:
-    if not isinstance(max_workers, int) or max_workers <= 0:
-        raise ValueError(f"max_workers must be a positive int; got {max_workers!r}")
+    if not isinstance(max_workers, int) or isinstance(max_workers, bool):
+        raise TypeError(f"max_workers must be an int or None; got {max_workers!r}")
+    if max_workers <= 0:
+        raise ValueError("max_workers must be greater than 0")
     if initializer is not None and not callable(initializer):
         raise TypeError(f"initializer must be callable; got {initializer!r}")
     if max_tasks_per_child is not None and (
@@ -500,16 +535,41 @@ def _check_chunksize(chunksize: int) -> int:
 # -- process exit --------------------------------------------------------------------
 
 _running: weakref.WeakSet[Manager] = weakref.WeakSet()
+_open_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+def _finish_at_exit() -> None:
+    """At interpreter exit, let every pool finish the work it was given, as
+    ``ProcessPoolExecutor`` does (after ``shutdown(wait=False)`` too). Ctrl-C
+    while waiting stops them instead.
+
+    Registered with ``threading._register_atexit``, like CPython's executors: it
+    runs when the main thread ends, before ``atexit`` hooks and before threads
+    are joined.
+    """
+    # A worker forked from this process inherits the registry; only the pools'
+    # own process may wait for them.
+    pools = [pool for pool in _open_pools if pool._pid == os.getpid()]
+    try:
+        for pool in pools:
+            pool._run_unstarted_maps()
+            pool._manager.post(pool._manager.request_stop)
+        for pool in pools:
+            pool._manager.join()
+    except KeyboardInterrupt:
+        for pool in pools:
+            pool.terminate()
 
 
 @atexit.register
 def _terminate_at_exit() -> None:
-    """At interpreter exit (Ctrl-C included), stop every pool still running: no orphans.
-
-    Registered after ``multiprocessing``'s own exit hook, so it runs first.
-    """
+    """Last resort at interpreter exit: stop every pool still running, so no worker
+    is orphaned (a pool whose work could not finish, or an exit without threading)."""
     for manager in list(_running):
         if manager.alive:
             manager.post(manager.terminate)
             manager.join(timeout=5)
         manager.kill_workers()  # if the manager did not finish in time
+
+
+threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]

@@ -29,7 +29,7 @@ import traceback
 import weakref
 from typing import Any, NamedTuple
 
-from taskq._errors import RemoteError, RemoteTraceback, SerializationError
+from taskq._errors import PicklingFailed, RemoteError, RemoteTraceback
 
 HEADER = struct.Struct("<QBqd")
 
@@ -82,13 +82,13 @@ def pack_exception(exc: BaseException) -> bytes:
     type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     try:
         message = str(exc)
-    except Exception:  # a broken __str__ must not lose the error
+    except BaseException:  # a broken __str__ must not lose the error
         message = repr(type(exc))
     exc_bytes: bytes | None
     try:
         exc_bytes = dumps(exc)
         pickle.loads(exc_bytes)  # catches exceptions whose __init__ breaks unpickling
-    except Exception:
+    except BaseException:  # user code: may raise anything, SystemExit included
         exc_bytes = None
     return dumps(PackedError(exc_bytes, type_name, message, tb_text))
 
@@ -100,7 +100,7 @@ def unpack_exception(payload: bytes | bytearray) -> BaseException:
     if packed.exc_bytes is not None:
         try:
             exc = pickle.loads(packed.exc_bytes)
-        except Exception:
+        except BaseException:  # user code (runs on the manager thread): never let it out
             exc = None
     if not isinstance(exc, BaseException):
         exc = RemoteError(packed.type_name, packed.message, packed.traceback_text)
@@ -206,7 +206,8 @@ def dump_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     When that cannot work (lambdas, closures, functions a worker cannot find in
     ``__main__``) and the optional ``cloudpickle`` is installed, the function
     goes by value instead (pickled once and cached), and so do arguments plain
-    pickle refuses. Raises ``SerializationError`` naming the problem otherwise.
+    pickle refuses. Raises ``PicklingFailed`` (a ``SerializationError`` and a
+    ``pickle.PicklingError``) naming the problem otherwise.
     """
     name = getattr(fn, "__qualname__", repr(fn))
     cloudpickle = _load_cloudpickle()
@@ -214,17 +215,21 @@ def dump_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         fn = _by_value(fn, cloudpickle)
     try:
         return dumps((fn, args, kwargs))
-    except Exception as exc:
-        error: Exception = exc
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # user code (__reduce__) may raise anything, SystemExit too
+        error: BaseException = exc
     if cloudpickle:
         try:
             return bytes(cloudpickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             error = exc
     hint = "" if cloudpickle else (
         "; functions must be defined at module level (install 'taskq[cloudpickle]' "
         "for lambdas and closures)"
     )
-    raise SerializationError(
+    raise PicklingFailed(
         f"cannot send {name}(...) to a worker: the call could not be pickled ({error!r}){hint}"
     ) from error
