@@ -86,6 +86,9 @@ class Collector:
         replies: list[tuple[WorkItem, Frame]] = []
         for frame in frames:
             if frame.kind == Kind.OK or frame.kind == Kind.ERROR:
+                if not worker.outstanding or worker.outstanding[0].job_id != frame.job_id:
+                    self._out_of_step(worker, frame)
+                    break
                 item = worker.outstanding.popleft()
                 self._policy.observe(frame.seconds)
                 replies.append((item, frame))
@@ -98,6 +101,17 @@ class Collector:
             worker.reported = True
             self._watch_head(worker)
             self._settle([(item, _decode(item, frame)) for item, frame in replies])
+
+    def _out_of_step(self, worker: WorkerHandle, frame: Frame) -> None:
+        """A reply for a job the worker was not running: never settle the wrong future.
+        Stop the worker; its exit is then handled like a crash (the slot says which
+        job it ran)."""
+        expected = worker.outstanding[0].job_id if worker.outstanding else None
+        log.error("worker %d replied for job %d while job %s was next; this is a bug in "
+                  "taskq: stopping the worker", worker.pid, frame.job_id, expected)  # fmt: skip
+        worker.stop_reason = "protocol"
+        self._unregister(worker.results_fd)
+        worker.signal(signal.SIGKILL)
 
     def _settle(self, outcomes: list[tuple[WorkItem, tuple[bool, Any]]]) -> None:
         """Record what jobs came to, then resolve their futures (stats first, so a
@@ -169,7 +183,7 @@ class Collector:
 
     def _drain(self, worker: WorkerHandle) -> None:
         """Take in every reply the dead worker wrote before it died."""
-        while True:
+        while worker.stop_reason != "protocol":
             try:
                 frames = worker.reader.read()
             except (BlockingIOError, EOFError, OSError):

@@ -27,6 +27,7 @@ worker freeing up.
 from __future__ import annotations
 
 import selectors
+import signal
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -187,7 +188,13 @@ class Dispatcher:
     def _flush(self, worker: WorkerHandle, register: bool = True) -> None:
         try:
             done = worker.outbox.flush()
-        except OSError:  # the worker is gone; its sentinel will tell
+        except OSError as exc:
+            # EPIPE: the worker is gone, its sentinel will tell. Anything else leaves
+            # the pipe unusable: stop the worker, so its jobs are dealt with as at a crash
+            # instead of waiting forever for calls that never arrive.
+            if not isinstance(exc, BrokenPipeError):
+                log.error("cannot write to worker %d (%r): stopping it", worker.pid, exc)
+                worker.signal(signal.SIGKILL)
             done = True
             worker.outbox = type(worker.outbox)(worker.calls_fd)
         if not register:

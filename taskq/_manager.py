@@ -53,6 +53,9 @@ from taskq._stats import (
 )
 
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL when stopping a job
+MAX_SPAWN_FAILURES = 8  # refused process starts in a row before the pool gives up
+SPAWN_BACKOFF = 0.1  # first delay before retrying a refused start; doubles, up to the cap
+SPAWN_BACKOFF_CAP = 5.0
 # Stop reasons of a worker being stopped on purpose, now ("retire" and "stop" let it finish).
 _STOPPED = ("timeout", "kill", "terminate")
 
@@ -111,6 +114,7 @@ class Manager(Dispatcher, Collector):
         self._terminating = False
         self.broken: PoolBroken | None = None
         self._init_failures = 0
+        self._spawn_failures = 0
         self._rebalance_armed = False
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
@@ -128,7 +132,8 @@ class Manager(Dispatcher, Collector):
 
     def start(self) -> None:
         for index in range(self._max_workers):
-            self._spawn(index)
+            if not self._spawn(index):
+                break  # the manager retries with backoff (see _spawn)
         self._thread.start()
 
     def wake(self) -> None:
@@ -342,14 +347,40 @@ class Manager(Dispatcher, Collector):
 
     # -- workers ----------------------------------------------------------------------
 
-    def _spawn(self, index: int) -> None:
-        worker = self._launcher.spawn(index)
+    def _spawn(self, index: int) -> bool:
+        """Start worker ``index``; False if the OS refused (EAGAIN, EMFILE, ENOMEM...).
+
+        A refused start is retried with backoff, not fatal: the pool breaks only
+        after ``MAX_SPAWN_FAILURES`` refusals in a row.
+        """
+        try:
+            worker = self._launcher.spawn(index)
+        except OSError as exc:
+            self._on_spawn_failure(exc)
+            return False
+        self._spawn_failures = 0
         self._workers[index] = worker
         sel = self._selector
         sel.register(worker.results_fd, selectors.EVENT_READ, lambda _: self._on_results(worker))
         sel.register(worker.process.sentinel, selectors.EVENT_READ, lambda _: self._on_exit(worker))
         self._stats.add_many([(WORKERS, 1)])
         log.debug("worker %d started (pid %d)", index, worker.pid)
+        return True
+
+    def _on_spawn_failure(self, exc: OSError) -> None:
+        self._spawn_failures += 1
+        if self._spawn_failures >= MAX_SPAWN_FAILURES:
+            error = PoolBroken(
+                f"the pool could not start a worker process {self._spawn_failures} times in a "
+                f"row (last: {exc!r}); check the process and open-file limits (ulimit -u, -n) "
+                "and free memory"
+            )
+            error.__cause__ = exc
+            self._give_up(error)
+            return
+        delay = min(SPAWN_BACKOFF * 2 ** (self._spawn_failures - 1), SPAWN_BACKOFF_CAP)
+        log.warning("could not start a worker (%r); retrying in %.2fs", exc, delay)
+        self._at(time.monotonic() + delay, self._replenish)
 
     def _replenish(self, predecessor: WorkerHandle | None = None) -> None:
         """Start replacements until ``max_workers`` workers take jobs (if any are needed).
@@ -365,16 +396,24 @@ class Manager(Dispatcher, Collector):
             if not free:  # all slots held by retiring workers: the next exit calls us again
                 return
             index = min(free)
+            if not self._spawn(index):
+                return  # retried after a backoff
             self._stats.add_many([(RESTARTS, 1)])
-            self._spawn(index)
             self._workers[index].predecessor = predecessor
             log.info("worker %d started as a replacement (pid %d)", index, self._workers[index].pid)
 
     def _retire(self, worker: WorkerHandle) -> None:
         """The worker was sent its last job (max_tasks_per_child): start its successor now,
-        so the successor's start-up overlaps that job instead of following it."""
+        so the successor's start-up overlaps that job instead of following it.
+
+        Only the manager thread starts processes: a caller's thread that handed
+        over the job leaves the start to it.
+        """
         worker.stop_reason = "retire"
-        self._replenish(predecessor=worker)
+        if self.is_manager_thread():
+            self._replenish(predecessor=worker)
+        else:
+            self.post(lambda: self._replenish(predecessor=worker))
 
     def _need_workers(self) -> bool:
         if self.broken is not None or self._terminating:

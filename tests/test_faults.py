@@ -495,3 +495,39 @@ def test_interpreter_exit_lets_submitted_jobs_finish(tmp_path, how):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "exiting" in result.stdout
     assert sorted(fj.count_lines(path, f"job{i}") for i in range(6)) == [1] * 6
+
+
+# -- 13. failure paths: a refused process start is retried ------------------------------------
+
+SPAWN_REFUSED_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys, time
+    import taskq
+    from tests import jobs
+
+    pool = taskq.Pool(1)
+    assert pool.submit(abs, -1).result(timeout=60) == 1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (3, hard))  # no new descriptor: no new worker
+    try:
+        pool.submit(jobs.kill_self).exception(timeout=60)
+        time.sleep(1.0)  # the replacement is refused (EMFILE) and retried meanwhile
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    print("after", pool.submit(abs, -2).result(timeout=60), pool.stats().worker_restarts)
+    pool.shutdown()
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_a_refused_worker_start_is_retried_instead_of_breaking_the_pool():
+    result = subprocess.run(
+        [sys.executable, "-c", SPAWN_REFUSED_SCRIPT],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
+    assert result.stdout.split() == ["after", "2", "1"], result.stderr[-3000:]
