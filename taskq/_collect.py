@@ -54,7 +54,7 @@ INIT_BACKOFF = 0.1  # first delay before restarting a worker whose initializer f
 class Collector:
     """Replies and worker exits, turned into outcomes, retries and replacements."""
 
-    _queue: JobQueue
+    _queue: JobQueue[WorkItem]
     _workers: dict[int, WorkerHandle]
     _policy: BatchPolicy
     _stats: StatsBlock
@@ -128,6 +128,8 @@ class Collector:
             (RUNNING, -len(outcomes)), (SUCCEEDED, succeeded),
             (FAILED, len(finals) - succeeded), (RETRIED, retried), (QUEUED, retried),
         ])  # fmt: skip
+        if finals:
+            self._queue.acknowledge([item for item, _, _ in finals])
         for item, ok, value in finals:
             self._finish(item, ok, value)
 
@@ -152,7 +154,7 @@ class Collector:
     def _requeue_retry(self, item: WorkItem) -> None:
         if item in self._waiting:
             self._waiting.discard(item)
-            self._queue.requeue(item, keep_place=False)
+            self._queue.release(item, keep_place=False)
 
     def _on_exit(self, worker: WorkerHandle) -> None:
         self._drain(worker)
@@ -219,7 +221,7 @@ class Collector:
         for item in items:
             item.attempts -= 1
             item.future.attempts = item.attempts
-            self._queue.requeue(item, keep_place=True)
+            self._queue.release(item, keep_place=True)
         self._stats.add_many([(RUNNING, -len(items)), (QUEUED, len(items))])
 
     def _fail_blamed(self, worker: WorkerHandle, item: WorkItem, exitcode: int | None) -> None:

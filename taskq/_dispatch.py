@@ -82,7 +82,7 @@ def _held(worker: WorkerHandle) -> int:
 class Dispatcher:
     """The manager's dispatch step: hand queued jobs to workers with room (see above)."""
 
-    _queue: JobQueue
+    _queue: JobQueue[WorkItem]
     _workers: dict[int, WorkerHandle]
     _policy: BatchPolicy
     _stats: StatsBlock
@@ -106,13 +106,13 @@ class Dispatcher:
         in the queue, in priority order, until a worker frees up.
         """
         queue = self._queue
-        if not len(queue):
+        depth, head, mixed = queue.snapshot()
+        if not depth:
             return
-        self._make_way(queue.head_priority())
+        self._make_way(head)
         # With several priorities waiting, workers take one job at a time, when idle:
         # jobs a worker held would otherwise start after more urgent ones taken by
         # other workers. Batching is for a backlog of equals.
-        mixed = queue.mixed()
         limit = 1 if mixed else self._policy.limit()
         idle_only = idle_only or mixed
         # Idle workers first: a job must not queue behind a busy worker's job while
@@ -123,10 +123,10 @@ class Dispatcher:
             room = self._room(worker, limit)
             if room <= 0:
                 continue
-            items = queue.take(room, len(self._workers))
+            items = queue.claim(room, len(self._workers))
             if items:
                 self._send(worker, items)
-            if not len(queue):
+            if not queue.snapshot().depth:
                 return
 
     def _make_way(self, urgent: float | None) -> None:
@@ -214,7 +214,7 @@ class Dispatcher:
         one turns out long, they would wait for it while another worker has nothing
         to do. Such jobs return to the queue (in their place) for the idle worker.
         """
-        if len(self._queue) or not any(
+        if self._queue.snapshot().depth or not any(
             w.accepting and w.ready and not w.outstanding for w in self._workers.values()
         ):
             return

@@ -1,4 +1,5 @@
-"""The unit of work in the parent: a ``WorkItem`` owns the caller's ``JobFuture``.
+"""The unit of work: a ``JobRecord`` is what a queue stores; a ``WorkItem`` (a record plus
+the caller's ``JobFuture``) is how the parent tracks its own jobs.
 
 A job has one name per stage: ``WorkItem`` in the parent (queue, dispatch,
 collect), a CALL frame on its way to a worker, an OK/ERROR frame on its way
@@ -106,19 +107,23 @@ class JobFuture(Future[Any]):
 class State(enum.Enum):
     QUEUED = "queued"  # in the JobQueue
     WAITING = "waiting"  # waiting out a retry backoff
-    SENT = "sent"  # handed to a worker (prefetched or running)
+    CLAIMED = "claimed"  # taken from the queue for a worker (held, or running)
     REMOVED = "removed"  # cancelled while queued or waiting
     DONE = "done"
 
 
-class WorkItem:
-    """A job as the parent tracks it, from ``schedule()`` to its final outcome."""
+class JobRecord:
+    """A job as a queue stores it: plain data, no future, no worker, no process.
+
+    This is what a queue needs to order and hand out jobs, and what a durable
+    broker would persist: the id, the pickled call, the priority and the
+    sequence number the queue assigns, the limits, and how many times the job
+    was started. ``dump()``/``load()`` turn it into a plain tuple and back.
+    """
 
     __slots__ = (
         "attempts",
         "call",
-        "claimed",
-        "future",
         "job_id",
         "name",
         "priority",
@@ -128,8 +133,55 @@ class WorkItem:
         "seq",
         "state",
         "timeout",
-        "wseq",
     )
+
+    def __init__(
+        self,
+        job_id: int,
+        call: bytes,
+        name: str,
+        priority: float,
+        timeout: float | None,
+        retries: int,
+        retry_delay: float,
+        retry_on: tuple[type[BaseException], ...] | None,
+    ):
+        self.job_id = job_id
+        self.call = call  # pickle((fn, args, kwargs)), made once at schedule() time
+        self.name = name  # the function's name, for error messages
+        self.priority = priority
+        self.seq = 0  # set by the queue: submission order, the tie-breaker
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.retry_on = retry_on
+        self.attempts = 0
+        self.state = State.QUEUED
+
+    _FIELDS = ("job_id", "call", "name", "priority", "timeout", "retries", "retry_delay",
+               "retry_on", "seq", "attempts", "state")  # fmt: skip
+
+    def dump(self) -> tuple[Any, ...]:
+        """The record's fields as a plain tuple (picklable: ``retry_on`` holds types)."""
+        return tuple(getattr(self, name) for name in self._FIELDS)
+
+    @classmethod
+    def load(cls, fields: tuple[Any, ...]) -> JobRecord:
+        record = cls.__new__(cls)
+        for name, value in zip(cls._FIELDS, fields, strict=True):
+            setattr(record, name, value)
+        return record
+
+    def __repr__(self) -> str:
+        return f"<job {self.job_id} {self.name} priority={self.priority} {self.state.value}>"
+
+
+class WorkItem(JobRecord):
+    """A job of this process, as the parent tracks it from ``schedule()`` to its outcome:
+    the record, plus what only this process has (the caller's future, which worker
+    holds it and as its how-manieth job)."""
+
+    __slots__ = ("claimed", "future", "wseq")
 
     def __init__(
         self,
@@ -143,20 +195,7 @@ class WorkItem:
         retry_delay: float,
         retry_on: tuple[type[BaseException], ...] | None,
     ):
-        self.job_id = job_id
+        super().__init__(job_id, call, name, priority, timeout, retries, retry_delay, retry_on)
         self.future = future
-        self.call = call  # pickle((fn, args, kwargs)), made once at schedule() time
-        self.name = name  # the function's name, for error messages
-        self.priority = priority
-        self.seq = 0  # set by the queue: submission order, the tie-breaker
-        self.timeout = timeout
-        self.retries = retries
-        self.retry_delay = retry_delay
-        self.retry_on = retry_on
-        self.attempts = 0
         self.claimed = False  # its future was moved to RUNNING (first dispatch)
         self.wseq = 0  # its number at the worker holding it (see _slot)
-        self.state = State.QUEUED
-
-    def __repr__(self) -> str:
-        return f"<job {self.job_id} {self.name} priority={self.priority} {self.state.value}>"

@@ -68,7 +68,7 @@ class Manager(Dispatcher, Collector):
         *,
         ctx: BaseContext,
         max_workers: int,
-        queue: JobQueue,
+        queue: JobQueue[WorkItem],
         stats: StatsBlock,
         counters: CounterBlock,
         initializer: Callable[..., object] | None,
@@ -343,7 +343,7 @@ class Manager(Dispatcher, Collector):
         if self._workers or not self._stopping or self._waiting:
             return True
         # No worker left: go on only if queued jobs will get one (a respawn is pending).
-        return bool(len(self._queue)) and self._need_workers() and bool(self._timers)
+        return bool(self._queue.snapshot().depth) and self._need_workers() and bool(self._timers)
 
     # -- workers ----------------------------------------------------------------------
 
@@ -418,7 +418,7 @@ class Manager(Dispatcher, Collector):
     def _need_workers(self) -> bool:
         if self.broken is not None or self._terminating:
             return False
-        return not self._stopping or len(self._queue) > 0 or bool(self._waiting)
+        return not self._stopping or self._queue.snapshot().depth > 0 or bool(self._waiting)
 
     def _stop_worker(self, worker: WorkerHandle, reason: str, job: WorkItem | None) -> None:
         """SIGTERM now, SIGKILL after a grace period; the exit is handled in ``_on_exit``."""
@@ -506,7 +506,7 @@ class Manager(Dispatcher, Collector):
         return True
 
     def _retry_stop(self, worker: WorkerHandle, item: WorkItem, reason: str) -> None:
-        if item.state is State.SENT and item in worker.outstanding:
+        if item.state is State.CLAIMED and item in worker.outstanding:
             self._stop_running(worker, item, reason)
 
     # -- shutdown ---------------------------------------------------------------------
@@ -524,7 +524,7 @@ class Manager(Dispatcher, Collector):
             self._stop_worker(worker, "terminate", None)
 
     def _wind_down(self) -> None:
-        if len(self._queue) or self._waiting:
+        if self._queue.snapshot().depth or self._waiting:
             return
         for worker in self._workers.values():
             if worker.accepting and not worker.outstanding:
@@ -581,7 +581,7 @@ class Manager(Dispatcher, Collector):
         """Stop one job wherever it is (runs on the manager)."""
         cancelled = CancelledError(f"job {item.job_id} was cancelled by pool.kill()")
         if item.state is State.QUEUED:
-            if not self._queue.remove(item):
+            if not self._queue.cancel(item):
                 return False
             self._stats.add_many([(QUEUED, -1), (CANCELLED, 1)])
             self._finish(item, False, cancelled)
@@ -591,12 +591,12 @@ class Manager(Dispatcher, Collector):
             self._stats.add_many([(QUEUED, -1), (CANCELLED, 1)])
             self._finish(item, False, cancelled)
             return True
-        if item.state is State.SENT:
+        if item.state is State.CLAIMED:
             for worker in self._workers.values():
                 if item in worker.outstanding:
                     stopped = self._stop_running(worker, item, "kill")
                     now: State = item.state  # _stop_running may have taken it back
-                    if now is State.QUEUED and self._queue.remove(item):
+                    if now is State.QUEUED and self._queue.cancel(item):
                         self._stats.add_many([(QUEUED, -1), (CANCELLED, 1)])
                         self._finish(item, False, cancelled)
                     return stopped

@@ -59,7 +59,7 @@ from taskq._job import JobFuture, State, WorkItem
 from taskq._log import log
 from taskq._manager import Manager
 from taskq._protocol import dump_call
-from taskq._queue import ORDERS, JobQueue, QueueClosed
+from taskq._queue import ORDERS, JobQueue, MemoryQueue, QueueClosed
 from taskq._stats import (
     CANCELLED,
     FAILED,
@@ -120,7 +120,7 @@ class Pool(Executor):
         self._retry_delay = _check_delay(retry_delay)
         ctx = mp_context if mp_context is not None else multiprocessing.get_context()
         self._max_workers = max_workers
-        self._queue = JobQueue(order, maxsize)
+        self._queue: JobQueue[WorkItem] = MemoryQueue(order, maxsize)
         self._stats = StatsBlock(len(STAT_FIELDS))
         self._counters = CounterBlock(counter_names, ctx)
         self._manager = Manager(
@@ -257,7 +257,7 @@ class Pool(Executor):
 
         True if it was still queued; False if the pool had already taken it
         (the pool then sees the cancellation and drops the job itself)."""
-        if not self._queue.remove(item):
+        if not self._queue.cancel(item):
             return False
         item.state = State.DONE
         self._stats.add_many([(QUEUED, -1), (CANCELLED, 1)])

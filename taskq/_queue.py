@@ -1,13 +1,14 @@
 """The job queue: the one place that decides what runs next.
 
 ``queue.PriorityQueue`` semantics: **the smaller priority number runs first**,
-and jobs of equal priority run in submission order (a sequence number breaks
-ties). ``order="fifo"`` and ``order="lifo"`` ignore priorities and behave like
-``queue.Queue`` and ``queue.LifoQueue``.
+and jobs of equal priority run in submission order (a sequence number the
+queue assigns breaks ties). ``order="fifo"`` and ``order="lifo"`` ignore
+priorities and behave like ``queue.Queue`` and ``queue.LifoQueue``.
 
-With ``maxsize > 0`` at most ``maxsize`` jobs wait here; ``put`` blocks or
-raises ``Full``. A cancelled job is removed lazily: it is marked, its slot is
-freed at once, and ``take`` skips it later.
+``JobQueue`` is the contract the pool's manager relies on; ``MemoryQueue``, a
+bucket per priority in this process, is its first implementation. A durable
+broker (a SQLite table, a Redis sorted set) implements the same calls over the
+same ``JobRecord`` fields.
 
 Locking follows ``Lib/queue.py``: public methods take the lock, helpers whose
 names start with ``_`` are only called with it held.
@@ -21,19 +22,71 @@ import itertools
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol, TypeVar
 
 from taskq._errors import Full
-from taskq._job import State, WorkItem
+from taskq._job import JobRecord, State
 
 ORDERS = ("priority", "fifo", "lifo")
+
+R = TypeVar("R", bound=JobRecord)
 
 
 class QueueClosed(RuntimeError):
     """Raised by ``put`` once the pool is shutting down."""
 
 
-class JobQueue:
-    """Jobs waiting for a worker, in the order they must run.
+class QueueSnapshot(NamedTuple):
+    """What the dispatcher needs to know about the queue, read in one call."""
+
+    depth: int
+    """Jobs waiting (not counting cancelled ones)."""
+    head: float | None
+    """The priority of the next job to run (priority order only; None if empty)."""
+    mixed: bool
+    """More than one priority is waiting, so the order between them matters."""
+
+
+class JobQueue(Protocol[R]):
+    """The contract between the pool and a queue of ``JobRecord``s.
+
+    * ``put`` admits a new job: it assigns ``record.seq`` (the tie-breaker) and
+      sets its state to QUEUED; it blocks or raises ``Full`` at ``maxsize``
+      (unless ``force``), and raises ``QueueClosed`` after ``close()``.
+    * ``claim(limit, share)`` takes up to ``limit`` jobs, in the order they
+      must run, for one worker; a claimed job's state is CLAIMED. Its holder
+      later either ``acknowledge``s it (its outcome is final) or ``release``s it.
+    * ``release(record, keep_place=True)`` puts back a claimed job that never
+      started, in its original place; ``keep_place=False`` queues it again
+      behind its equals (a retry). Released jobs ignore ``maxsize``: they were
+      admitted once.
+    * ``cancel(record)`` withdraws a queued job; True only if it was still
+      queued. **Claim and cancel race, and the queue decides**: exactly one of
+      them wins, atomically; the loser sees False (cancel) or never gets the
+      job (claim). The winner owns the job's fate from then on.
+    * ``drain()`` removes and returns every queued job (shutdown, broken pool).
+    * ``snapshot()`` is one cheap read of depth, head priority and mix (a
+      broker answers it in one round trip).
+    * ``close()`` refuses new jobs and wakes writers blocked on a full queue.
+    """
+
+    maxsize: int
+
+    def put(
+        self, item: R, *, block: bool = True, timeout: float | None = None, force: bool = False
+    ) -> None: ...
+    def claim(self, limit: int, share: int = 1) -> list[R]: ...
+    def acknowledge(self, items: Sequence[R]) -> None: ...
+    def release(self, item: R, *, keep_place: bool) -> None: ...
+    def cancel(self, item: R) -> bool: ...
+    def drain(self) -> list[R]: ...
+    def snapshot(self) -> QueueSnapshot: ...
+    def close(self) -> None: ...
+
+
+class MemoryQueue(JobQueue[R]):
+    """Jobs waiting for a worker in this process's memory, in the order they must run.
 
     Jobs are kept in one FIFO bucket per distinct priority, and a heap holds
     the priorities that have jobs: most jobs share a few priorities, so taking
@@ -46,7 +99,7 @@ class JobQueue:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
         self.order = order
         self.maxsize = maxsize
-        self._buckets: dict[float, deque[WorkItem]] = {}
+        self._buckets: dict[float, deque[R]] = {}
         self._levels: list[float] = []  # heap of the priorities that have a bucket
         self._live = 0  # queued jobs, not counting REMOVED ones still in a bucket
         self._removed = 0
@@ -58,18 +111,15 @@ class JobQueue:
     def __len__(self) -> int:
         return self._live
 
-    def mixed(self) -> bool:
-        """More than one priority is waiting (so the order between them matters)."""
-        return len(self._levels) > 1
-
-    def head_priority(self) -> float | None:
-        """The priority of the next job to run, if any (priority order only)."""
-        levels = self._levels
-        return levels[0] if levels and self.order == "priority" else None
+    def snapshot(self) -> QueueSnapshot:
+        with self._lock:
+            levels = self._levels
+            head = levels[0] if levels and self.order == "priority" else None
+            return QueueSnapshot(self._live, head, len(levels) > 1)
 
     def put(
         self,
-        item: WorkItem,
+        item: R,
         *,
         block: bool = True,
         timeout: float | None = None,
@@ -87,7 +137,7 @@ class JobQueue:
             self._bucket(item).append(item)
             self._live += 1
 
-    def requeue(self, item: WorkItem, *, keep_place: bool) -> None:
+    def release(self, item: R, *, keep_place: bool) -> None:
         """Put back a job that left the queue, ignoring ``maxsize`` (it was admitted once).
 
         ``keep_place`` keeps its original submission order (a job a dead worker
@@ -104,7 +154,7 @@ class JobQueue:
                 bucket.append(item)
             self._live += 1
 
-    def take(self, limit: int, share: int = 1) -> list[WorkItem]:
+    def claim(self, limit: int, share: int = 1) -> list[R]:
         """Up to ``limit`` jobs in the order they must run, removed from the queue.
 
         A worker handed several jobs runs them in a row, so jobs handed to
@@ -112,7 +162,7 @@ class JobQueue:
         order, only jobs of one priority are taken together, and at most a
         ``1/share`` part of them (``share``: the number of workers).
         """
-        taken: list[WorkItem] = []
+        taken: list[R] = []
         with self._lock:
             while self._levels and not taken:
                 level = self._levels[0]
@@ -122,7 +172,7 @@ class JobQueue:
                 while bucket and len(taken) < limit:
                     item = pop()
                     if item.state is State.QUEUED:
-                        item.state = State.SENT
+                        item.state = State.CLAIMED
                         taken.append(item)
                     else:
                         self._removed -= 1
@@ -134,8 +184,11 @@ class JobQueue:
                 self._not_full.notify(len(taken))
         return taken
 
-    def remove(self, item: WorkItem) -> bool:
-        """Withdraw a queued job (cancelled); True if it was still waiting here."""
+    def cancel(self, item: R) -> bool:
+        """Withdraw a queued job (cancelled); True if it was still waiting here.
+
+        It is marked and left in its bucket (``claim`` skips it), so this is O(1);
+        its ``maxsize`` slot is freed at once."""
         with self._lock:
             if item.state is not State.QUEUED:
                 return False
@@ -147,10 +200,13 @@ class JobQueue:
                 self._compact()
             return True
 
-    def drain(self) -> list[WorkItem]:
+    def acknowledge(self, items: Sequence[R]) -> None:
+        """Nothing to do in memory: a claimed job already left the queue."""
+
+    def drain(self) -> list[R]:
         """Remove and return every waiting job, in order (shutdown, broken pool)."""
         with self._lock:
-            items: list[WorkItem] = []
+            items: list[R] = []
             for level in sorted(self._levels):
                 bucket = self._buckets[level]
                 ordered = reversed(bucket) if self.order == "lifo" else bucket
@@ -171,7 +227,7 @@ class JobQueue:
 
     # -- helpers, called with the lock held -----------------------------------
 
-    def _bucket(self, item: WorkItem) -> deque[WorkItem]:
+    def _bucket(self, item: R) -> deque[R]:
         level = item.priority if self.order == "priority" else 0
         bucket = self._buckets.get(level)
         if bucket is None:
@@ -197,7 +253,7 @@ class JobQueue:
         self._removed = 0
 
 
-def _insert_in_order(bucket: deque[WorkItem], item: WorkItem) -> None:
+def _insert_in_order(bucket: deque[R], item: R) -> None:
     """Insert by submission order; usually at the front, where a requeued job was taken."""
     if not bucket or bucket[0].seq > item.seq:
         bucket.appendleft(item)

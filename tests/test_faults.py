@@ -59,14 +59,14 @@ def test_cancel_of_a_job_the_pool_just_took_returns_true_and_never_raises():
     # The interleaving, step by step and without processes: the dispatcher takes the
     # job from the queue, the caller cancels, then the dispatcher starts the future.
     from taskq._job import JobFuture, WorkItem
-    from taskq._queue import JobQueue
+    from taskq._queue import MemoryQueue
 
-    queue = JobQueue()
+    queue: MemoryQueue[WorkItem] = MemoryQueue()
     future = JobFuture()
     item = WorkItem(1, future, b"", "job", 0, None, 0, 0.1, None)
-    future._work, future._on_cancel = item, queue.remove
+    future._work, future._on_cancel = item, queue.cancel
     queue.put(item)
-    assert queue.take(1) == [item]  # the dispatcher owns it now
+    assert queue.claim(1) == [item]  # the dispatcher owns it now
     assert future.cancel() is True
     # The dispatcher's one call: it learns of the cancellation instead of raising.
     assert future.set_running_or_notify_cancel() is False
@@ -75,15 +75,15 @@ def test_cancel_of_a_job_the_pool_just_took_returns_true_and_never_raises():
 
 def test_cancel_before_the_pool_takes_the_job_withdraws_it():
     from taskq._job import JobFuture, WorkItem
-    from taskq._queue import JobQueue
+    from taskq._queue import MemoryQueue
 
-    queue = JobQueue()
+    queue: MemoryQueue[WorkItem] = MemoryQueue()
     future = JobFuture()
     item = WorkItem(1, future, b"", "job", 0, None, 0, 0.1, None)
-    future._work, future._on_cancel = item, queue.remove
+    future._work, future._on_cancel = item, queue.cancel
     queue.put(item)
     assert future.cancel() is True
-    assert len(queue) == 0 and queue.take(1) == []
+    assert queue.snapshot().depth == 0 and queue.claim(1) == []
     done, _ = cf.wait([future], timeout=0)
     assert done == {future}  # counted as done at once
 
