@@ -1,26 +1,36 @@
-"""The manager thread: dispatch jobs to workers, collect their replies, replace dead workers.
+"""The manager: one thread that owns the workers and every job once it leaves the queue.
 
-One thread serves every worker. It sleeps in a single ``select`` on
+It sleeps in a single ``select`` on
 
-    * the wake-up pipe        (a job was queued, ``kill``/``shutdown`` was called)
+    * the wake-up pipe        (a job was queued; a command was posted)
     * each worker's results   (OK / ERROR / READY / INIT_FAILED frames)
     * each worker's sentinel  (the process exited: crash, timeout, kill, recycling)
     * a worker's call pipe    (only while a large call is still being written)
 
-and wakes for nothing else but its timers (job timeouts, retry backoffs, the
-SIGKILL after a SIGTERM grace). There is no polling loop: a dead worker wakes
-it at once.
+and wakes for nothing else but its timers (``_timers.py``: job timeouts,
+retry backoffs, the SIGKILL after a SIGTERM grace, a take-back re-check). A
+dead worker wakes it at once.
 
-Each step: handle the ready events -> run commands from other threads -> fire
-due timers -> dispatch queued jobs to workers with room.
+Each step, under the manager's lock: handle the ready events -> run commands
+from other threads (``call``/``post``: kill, shutdown, terminate) -> fire due
+timers -> dispatch queued jobs to workers with room -> finish writing calls ->
+wind down if stopping -> take back jobs from a stuck worker. Then, with the
+lock released, resolve the futures decided meanwhile (``_ledger.deliver``).
+
+The decisions are made by small parts it is composed of, each testable
+without processes: ``Dispatcher`` (which worker gets which jobs),
+``Collector`` (what replies and exits mean), ``TimeoutWatch`` (which job ran
+too long), ``Ledger`` (every job state change, with its statistics),
+``Workforce`` (starting and stopping processes). The manager applies them.
+
+A submitting thread may also dispatch (``dispatch_now``): it takes the lock
+without waiting, hands the job to an idle worker and returns; when the lock
+is busy it just wakes the manager.
 """
 
 from __future__ import annotations
 
 import collections
-import copy
-import heapq
-import itertools
 import os
 import selectors
 import signal
@@ -33,34 +43,26 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 from taskq import _slot
-from taskq._collect import Collector, deliver
+from taskq._collect import Collector, decode
 from taskq._counters import CounterBlock
 from taskq._dispatch import NOT_STARTED_RECHECK, BatchPolicy, Dispatcher
-from taskq._errors import PoolBroken
+from taskq._errors import InitializerError, PoolBroken
 from taskq._job import State, WorkItem
+from taskq._ledger import ErrorFor, Ledger, copy_error, deliver
 from taskq._log import log
 from taskq._process import WorkerHandle, WorkerLauncher
-from taskq._protocol import Kind, encode
+from taskq._protocol import Frame, Kind, encode, encode_parts
 from taskq._queue import JobQueue
-from taskq._stats import (
-    CANCELLED,
-    FAILED,
-    QUEUED,
-    RESTARTS,
-    RUNNING,
-    WORKERS,
-    StatsBlock,
-)
+from taskq._stats import StatsBlock
+from taskq._timeouts import TimeoutWatch
+from taskq._timers import Timers
+from taskq._workforce import STOPPED, Workforce
 
-KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL when stopping a job
-MAX_SPAWN_FAILURES = 8  # refused process starts in a row before the pool gives up
-SPAWN_BACKOFF = 0.1  # first delay before retrying a refused start; doubles, up to the cap
-SPAWN_BACKOFF_CAP = 5.0
-# Stop reasons of a worker being stopped on purpose, now ("retire" and "stop" let it finish).
-_STOPPED = ("timeout", "kill", "terminate")
+MAX_INIT_FAILURES = 5  # workers failing to start in a row before the pool gives up
+INIT_BACKOFF = 0.1  # first delay before restarting a worker whose initializer failed
 
 
-class Manager(Dispatcher, Collector):
+class Manager:
     """Owns the workers and every job from the moment it leaves the queue."""
 
     def __init__(
@@ -75,46 +77,50 @@ class Manager(Dispatcher, Collector):
         initargs: Sequence[Any],
         max_tasks: int | None,
     ):
-        self._ctx = ctx
-        self._max_workers = max_workers
         self._queue = queue
-        self._stats = stats
-        self._counters = counters
-        self._initializer = initializer
-        self._initargs = initargs
         self._max_tasks = max_tasks
-        self._policy = BatchPolicy()
+        self._timers = Timers()
+        self._ledger = Ledger(stats)
+        policy = BatchPolicy()
+        self._dispatcher = Dispatcher(queue, policy, max_tasks)
+        self._collector = Collector(policy)
+        self._timeouts = TimeoutWatch(self._at, self._expired, self._watching)
         self._selector = selectors.DefaultSelector()
-        self._workers: dict[int, WorkerHandle] = {}
         # Twice the workers: a retiring worker (max_tasks_per_child) keeps its slot
         # until it exits, while its replacement already starts.
-        self._slots: Any = ctx.RawArray("q", _slot.WIDTH * 2 * max_workers)
+        slots: Any = ctx.RawArray("q", _slot.WIDTH * 2 * max_workers)
         self._lifeline_read, self._lifeline_write = ctx.Pipe(duplex=False)
         # Created before the manager thread starts: under fork, the launcher forks
         # its workers from a process with no threads (see _process.py).
-        self._launcher = WorkerLauncher(
+        launcher = WorkerLauncher(
             ctx,
             lifeline=self._lifeline_read,
             lifeline_write_fd=self._lifeline_write.fileno(),
-            slots=self._slots,
+            slots=slots,
             counters=counters,
             initializer=initializer,
             initargs=initargs,
             max_tasks=max_tasks,
         )
-        self._timers: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
-        self._timeout_checks: dict[WorkerHandle, float] = {}  # the one pending check per worker
-        self._timer_seq = itertools.count()
+        self._workforce = Workforce(
+            launcher,
+            max_workers,
+            selector=self._selector,
+            at=self._at,
+            ledger=self._ledger,
+            on_results=self._on_results,
+            on_exit=self._on_exit,
+            needed=self._need_workers,
+            give_up=self._give_up,
+        )
+        self._workers = self._workforce.workers  # index -> worker, the same dict
+        self._max_workers = max_workers
         self._waiting: set[WorkItem] = set()  # retries waiting out their backoff
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
-        # Outcomes decided under the lock, delivered to futures after it is released:
-        # user callbacks never run while the manager's lock is held.
-        self._outcomes: list[tuple[WorkItem, bool, Any]] = []
         self._stopping = False
         self._terminating = False
         self.broken: PoolBroken | None = None
         self._init_failures = 0
-        self._spawn_failures = 0
         self._rebalance_armed = False
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
@@ -128,12 +134,16 @@ class Manager(Dispatcher, Collector):
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="taskq-manager", daemon=True)
 
+    @property
+    def ledger(self) -> Ledger:
+        return self._ledger
+
     # -- called from other threads ------------------------------------------------
 
     def start(self) -> None:
         for index in range(self._max_workers):
-            if not self._spawn(index):
-                break  # the manager retries with backoff (see _spawn)
+            if not self._workforce.start(index):
+                break  # retried with backoff by the manager
         self._thread.start()
 
     def wake(self) -> None:
@@ -175,7 +185,7 @@ class Manager(Dispatcher, Collector):
             if any(worker.outbox for worker in self._workers.values()):
                 self.wake()  # a large call is still being written: the manager finishes it
         finally:
-            outcomes = self._take_outcomes()
+            outcomes = self._ledger.take_outcomes()
             self._lock.release()
         deliver(outcomes)
 
@@ -189,7 +199,7 @@ class Manager(Dispatcher, Collector):
         if threading.current_thread() is self._thread:
             with self._lock:
                 result = command()
-                outcomes = self._take_outcomes()
+                outcomes = self._ledger.take_outcomes()
             deliver(outcomes)
             return result
         answer: Future[Any] = Future()
@@ -214,7 +224,7 @@ class Manager(Dispatcher, Collector):
                     continue  # it did take it: the answer is coming
                 with self._lock:
                     run()
-                    outcomes = self._take_outcomes()
+                    outcomes = self._ledger.take_outcomes()
                 deliver(outcomes)
 
     def post(self, command: Callable[[], None]) -> None:
@@ -242,10 +252,7 @@ class Manager(Dispatcher, Collector):
 
     def kill_workers(self) -> None:
         """Last resort at interpreter exit: SIGKILL and reap every worker still alive."""
-        for worker in list(self._workers.values()):
-            if worker.process.is_alive():
-                worker.signal(signal.SIGKILL)
-                worker.process.join(timeout=1)
+        self._workforce.kill_all()
 
     def is_manager_thread(self) -> bool:
         return threading.get_ident() == self._thread.ident
@@ -269,26 +276,22 @@ class Manager(Dispatcher, Collector):
             error.__cause__ = exc
             with self._lock:
                 self._give_up(error)
-                self._fail_held(error)
+                for worker in self._workers.values():
+                    held = list(worker.outstanding)
+                    worker.outstanding.clear()
+                    self._ledger.ended(held, lambda _: copy_error(error), running=True)
         finally:
             with self._lock:
                 self._close()
-                outcomes = self._take_outcomes()
+                outcomes = self._ledger.take_outcomes()
             deliver(outcomes)
 
-    def _fail_held(self, error: PoolBroken) -> None:
-        for worker in self._workers.values():
-            held = list(worker.outstanding)
-            worker.outstanding.clear()
-            self._stats.add_many([(RUNNING, -len(held)), (FAILED, len(held))])
-            for item in held:
-                self._finish(item, False, _copy_error(error))
-
     def _step(self) -> None:
-        events = self._selector.select(self._next_timeout())
+        delay = 0 if self._commands else self._timers.next_delay()
+        events = self._selector.select(delay)
         with self._lock:
             self._work(events)
-            outcomes = self._take_outcomes()
+            outcomes = self._ledger.take_outcomes()
         deliver(outcomes)  # last: the callers woken here find this thread back in select
 
     def _work(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
@@ -298,8 +301,9 @@ class Manager(Dispatcher, Collector):
             # exited) and its number may already belong to a new worker's pipe.
             if registered.get(key.fd) is key:
                 key.data(mask)
-        self._run_commands()
-        self._run_timers()
+        while self._commands:
+            self._commands.popleft()()
+        self._timers.run_due()
         self._dispatch()
         for worker in self._workers.values():
             if worker.outbox:
@@ -315,173 +319,252 @@ class Manager(Dispatcher, Collector):
             pass
         self._wake_pending = False  # cleared after draining: a wake-up is never lost
 
-    def _run_commands(self) -> None:
-        while self._commands:
-            self._commands.popleft()()
-
-    # -- timers -----------------------------------------------------------------------
-
     def _at(self, when: float, action: Callable[..., None], *args: Any) -> None:
-        heapq.heappush(self._timers, (when, next(self._timer_seq), action, args))
+        self._timers.at(when, action, *args)
         if not self.is_manager_thread():
             self.wake()  # its select timeout was computed without this timer
-
-    def _next_timeout(self) -> float | None:
-        if self._commands:
-            return 0
-        if not self._timers:
-            return None
-        return max(0.0, self._timers[0][0] - time.monotonic())
-
-    def _run_timers(self) -> None:
-        now = time.monotonic()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, action, args = heapq.heappop(self._timers)
-            action(*args)
 
     def _keep_running(self) -> bool:
         if self._workers or not self._stopping or self._waiting:
             return True
         # No worker left: go on only if queued jobs will get one (a respawn is pending).
-        return bool(self._queue.snapshot().depth) and self._need_workers() and bool(self._timers)
-
-    # -- workers ----------------------------------------------------------------------
-
-    def _spawn(self, index: int) -> bool:
-        """Start worker ``index``; False if the OS refused (EAGAIN, EMFILE, ENOMEM...).
-
-        A refused start is retried with backoff, not fatal: the pool breaks only
-        after ``MAX_SPAWN_FAILURES`` refusals in a row.
-        """
-        try:
-            worker = self._launcher.spawn(index)
-        except OSError as exc:
-            self._on_spawn_failure(exc)
-            return False
-        self._spawn_failures = 0
-        self._workers[index] = worker
-        sel = self._selector
-        sel.register(worker.results_fd, selectors.EVENT_READ, lambda _: self._on_results(worker))
-        sel.register(worker.process.sentinel, selectors.EVENT_READ, lambda _: self._on_exit(worker))
-        self._stats.add_many([(WORKERS, 1)])
-        log.debug("worker %d started (pid %d)", index, worker.pid)
-        return True
-
-    def _on_spawn_failure(self, exc: OSError) -> None:
-        self._spawn_failures += 1
-        if self._spawn_failures >= MAX_SPAWN_FAILURES:
-            error = PoolBroken(
-                f"the pool could not start a worker process {self._spawn_failures} times in a "
-                f"row (last: {exc!r}); check the process and open-file limits (ulimit -u, -n) "
-                "and free memory"
-            )
-            error.__cause__ = exc
-            self._give_up(error)
-            return
-        delay = min(SPAWN_BACKOFF * 2 ** (self._spawn_failures - 1), SPAWN_BACKOFF_CAP)
-        log.warning("could not start a worker (%r); retrying in %.2fs", exc, delay)
-        self._at(time.monotonic() + delay, self._replenish)
-
-    def _replenish(self, predecessor: WorkerHandle | None = None) -> None:
-        """Start replacements until ``max_workers`` workers take jobs (if any are needed).
-
-        A successor of a retiring ``predecessor`` starts now but gets no job until the
-        predecessor has exited: never more than ``max_workers`` jobs run at once.
-        """
-        while self._need_workers():
-            taking = sum(1 for w in self._workers.values() if w.stop_reason != "retire")
-            if taking >= self._max_workers:
-                return
-            free = set(range(2 * self._max_workers)) - self._workers.keys()
-            if not free:  # all slots held by retiring workers: the next exit calls us again
-                return
-            index = min(free)
-            if not self._spawn(index):
-                return  # retried after a backoff
-            self._stats.add_many([(RESTARTS, 1)])
-            self._workers[index].predecessor = predecessor
-            log.info("worker %d started as a replacement (pid %d)", index, self._workers[index].pid)
-
-    def _retire(self, worker: WorkerHandle) -> None:
-        """The worker was sent its last job (max_tasks_per_child): start its successor now,
-        so the successor's start-up overlaps that job instead of following it.
-
-        Only the manager thread starts processes: a caller's thread that handed
-        over the job leaves the start to it.
-        """
-        worker.stop_reason = "retire"
-        if self.is_manager_thread():
-            self._replenish(predecessor=worker)
-        else:
-            self.post(lambda: self._replenish(predecessor=worker))
+        depth = self._queue.snapshot().depth
+        return bool(depth) and self._need_workers() and bool(self._timers)
 
     def _need_workers(self) -> bool:
         if self.broken is not None or self._terminating:
             return False
         return not self._stopping or self._queue.snapshot().depth > 0 or bool(self._waiting)
 
-    def _stop_worker(self, worker: WorkerHandle, reason: str, job: WorkItem | None) -> None:
-        """SIGTERM now, SIGKILL after a grace period; the exit is handled in ``_on_exit``."""
-        if worker.stop_reason in _STOPPED:
-            return
-        worker.stop_reason, worker.stop_job = reason, job
-        worker.terminate()
-        self._at(time.monotonic() + KILL_GRACE, self._force_kill, worker)
+    # -- dispatch: queued jobs to workers -------------------------------------------
 
-    def _force_kill(self, worker: WorkerHandle) -> None:
-        if self._workers.get(worker.index) is worker:
+    def _dispatch(self, idle_only: bool = False) -> None:
+        workers = list(self._workers.values())
+        for worker in self._dispatcher.make_way(workers, self._queue.snapshot().head):
+            self._revoke(worker)
+        for worker, items in self._dispatcher.plan(workers, idle_only):
+            self._send(worker, items)
+
+    def _send(self, worker: WorkerHandle, items: list[WorkItem]) -> None:
+        live = self._ledger.started(items)
+        if not live:
+            return
+        was_idle = not worker.outstanding
+        for item in live:
+            worker.sent += 1
+            item.wseq = worker.sent
+        worker.outstanding.extend(live)
+        worker.reported = False
+        if self._max_tasks is not None and worker.sent - worker.revoked >= self._max_tasks:
+            self._retire(worker)
+        buffers: list[bytes] = []
+        for item in live:
+            buffers += encode_parts(Kind.CALL, item.job_id, item.call)
+        worker.outbox.push(buffers)
+        self._flush(worker, on_manager=self.is_manager_thread())
+        if was_idle:
+            self._timeouts.head_changed(worker)
+
+    def _retire(self, worker: WorkerHandle) -> None:
+        # Only the manager thread starts processes; a caller's thread leaves it to it.
+        if self.is_manager_thread():
+            self._workforce.retire(worker)
+        else:
+            worker.stop_reason = "retire"
+            self.post(lambda: self._workforce.replenish(predecessor=worker))
+
+    def _flush(self, worker: WorkerHandle, on_manager: bool = True) -> None:
+        """Write what waits in the worker's outbox; the rest when its pipe has room."""
+        try:
+            done = worker.outbox.flush()
+        except OSError as exc:
+            # EPIPE: the worker is gone, its sentinel will tell. Anything else leaves
+            # the pipe unusable: stop the worker, so its jobs are dealt with as at a crash
+            # instead of waiting forever for calls that never arrive.
+            if not isinstance(exc, BrokenPipeError):
+                log.error("cannot write to worker %d (%r): stopping it", worker.pid, exc)
+                worker.signal(signal.SIGKILL)
+            done = True
+            worker.outbox = type(worker.outbox)(worker.calls_fd)
+        if not on_manager:  # only the manager thread changes the selector
+            return
+        key = self._selector.get_map().get(worker.calls_fd)
+        if not done and key is None:
+            self._selector.register(
+                worker.calls_fd, selectors.EVENT_WRITE, lambda _: self._flush(worker)
+            )
+        elif done and key is not None:
+            self._selector.unregister(worker.calls_fd)
+
+    def _revoke(self, worker: WorkerHandle) -> int | None:
+        """Take back the jobs ``worker`` holds but has not started; return the number
+        (``wseq``) of the last job it started, or None if its slot could not be locked
+        (the worker is dying, or was busy for a moment)."""
+        started = worker.slot.revoke(worker.sent)
+        if started is None:
+            return None
+        taken: list[WorkItem] = []
+        while worker.outstanding and worker.outstanding[-1].wseq > started:
+            taken.append(worker.outstanding.pop())
+        worker.revoked += len(taken)
+        if worker.stop_reason == "retire" and taken:  # it will not reach max_tasks now
+            worker.outbox.push([encode(Kind.STOP)])
+            self._flush(worker)
+        if taken:
+            log.debug("took %d unstarted jobs back from worker %d", len(taken), worker.pid)
+            self._release(taken[::-1])
+        return started
+
+    def _release(self, items: list[WorkItem]) -> None:
+        """Jobs a worker held but never started go back to the queue, in their place
+        (or are cancelled, when the pool is being terminated)."""
+        if not items:
+            return
+        if self._terminating:
+            self._ledger.ended(items, _cancelled("the pool was terminated"), running=True)
+            return
+        self._ledger.released(items)
+        for item in items:
+            self._queue.release(item, keep_place=True)
+
+    def _rebalance(self) -> None:
+        stuck, recheck = self._dispatcher.stuck(list(self._workers.values()), time.monotonic())
+        for worker in stuck:
+            if self._revoke(worker) is None:  # its slot was busy: try again shortly
+                recheck = time.monotonic() + NOT_STARTED_RECHECK
+        if stuck:
+            self._dispatch()  # the idle worker takes them now
+        if recheck is not None and not self._rebalance_armed:
+            self._rebalance_armed = True
+            self._at(recheck, self._rearm_rebalance)
+
+    def _rearm_rebalance(self) -> None:
+        self._rebalance_armed = False
+        self._rebalance()
+
+    # -- collect: replies and exits -------------------------------------------------
+
+    def _on_results(self, worker: WorkerHandle) -> None:
+        try:
+            frames = worker.reader.read()
+        except BlockingIOError:
+            return
+        except (EOFError, OSError):  # the worker is exiting; its sentinel will tell
+            self._workforce.unregister(worker.results_fd)
+            return
+        self._take_replies(worker, frames)
+
+    def _take_replies(self, worker: WorkerHandle, frames: list[Frame]) -> None:
+        if worker.stop_reason == "protocol":
+            return
+        replies = self._collector.take_replies(worker, frames)
+        if replies.ready:
+            self._init_failures = 0
+        if replies.out_of_step is not None:
+            # A reply for a job the worker was not running: never settle the wrong
+            # future. Stop the worker; its exit is handled like a crash.
+            log.error("worker %d replied for job %d out of order; this is a bug in taskq: "
+                      "stopping the worker", worker.pid, replies.out_of_step.job_id)  # fmt: skip
+            worker.stop_reason = "protocol"
+            self._workforce.unregister(worker.results_fd)
             worker.signal(signal.SIGKILL)
+        if replies.done:
+            self._timeouts.head_changed(worker)
+            self._settle([(item, decode(item, frame)) for item, frame in replies.done])
 
-    def _finish(self, item: WorkItem, ok: bool, value: Any) -> None:
-        """Decide a job's outcome; its future is resolved once the lock is released."""
-        item.state = State.DONE
-        self._outcomes.append((item, ok, value))
+    def _settle(self, outcomes: list[tuple[WorkItem, tuple[bool, Any]]]) -> None:
+        """Record what running jobs came to: a result, a failure, or another attempt."""
+        finals: list[tuple[WorkItem, bool, Any]] = []
+        retried = 0
+        for item, (ok, value) in outcomes:
+            if not ok and self._retry(item, value):
+                retried += 1
+            else:
+                finals.append((item, ok, value))
+        if finals:
+            self._queue.acknowledge([item for item, _, _ in finals])
+        self._ledger.settled(finals, retried)
 
-    def _take_outcomes(self) -> list[tuple[WorkItem, bool, Any]]:
-        outcomes, self._outcomes = self._outcomes, []
-        return outcomes
+    def _retry(self, item: WorkItem, error: BaseException) -> bool:
+        if self._terminating or self.broken is not None:
+            return False
+        delay = self._collector.retry_delay(item, error)
+        if delay is None:
+            return False
+        item.state = State.WAITING
+        self._waiting.add(item)
+        self._at(time.monotonic() + delay, self._retry_now, item)
+        log.info("job %d (%s) failed on attempt %d (%r); retrying in %.3fs",
+                 item.job_id, item.name, item.attempts, error, delay)  # fmt: skip
+        return True
 
-    # -- timeouts -----------------------------------------------------------------------
+    def _retry_now(self, item: WorkItem) -> None:
+        if item in self._waiting:
+            self._waiting.discard(item)
+            self._queue.release(item, keep_place=False)
 
-    def _watch_head(self, worker: WorkerHandle) -> None:
-        """Make sure the timeout of the job the worker runs next will be looked at.
-
-        One pending check per worker, holding no job: a job that finishes early
-        leaves nothing behind (memory does not grow with throughput x timeout).
-        The job's clock starts when the worker begins it, so the deadline is
-        never earlier than now + its timeout.
-        """
-        if worker.outstanding:
-            timeout = worker.outstanding[0].timeout
-            if timeout is not None:
-                self._check_timeout_at(worker, time.monotonic() + timeout)
-
-    def _check_timeout_at(self, worker: WorkerHandle, when: float) -> None:
-        pending = self._timeout_checks.get(worker)
-        if pending is not None and pending <= when:
-            return  # an earlier check will look at whatever job is at the head then
-        self._timeout_checks[worker] = when
-        self._at(when, self._check_timeout, worker, when)
-
-    def _check_timeout(self, worker: WorkerHandle, when: float) -> None:
-        if self._timeout_checks.get(worker) != when:
-            return  # superseded by an earlier check
-        del self._timeout_checks[worker]
-        if worker.stop_reason in _STOPPED or not worker.outstanding:
+    def _on_exit(self, worker: WorkerHandle) -> None:
+        self._drain(worker)
+        self._workforce.remove(worker)
+        self._timeouts.forget(worker)
+        running_id, _ = worker.running_job()
+        exitcode = worker.process.exitcode
+        plan = self._collector.exit_plan(worker, running_id, exitcode)
+        if plan.init_failure is not None:
+            self._on_init_failure(worker, plan.release, plan.init_failure)
             return
-        head = worker.outstanding[0]
-        if head.timeout is None or self._workers.get(worker.index) is not worker:
+        self._release(plan.release)
+        if plan.blamed is not None:
+            self._blame(worker, plan.blamed, exitcode)
+        elif worker.stop_reason is None and exitcode != 0:
+            log.warning("worker %d (pid %d) exited with %s between jobs",
+                        worker.index, worker.pid, exitcode)  # fmt: skip
+        self._workforce.replenish()
+
+    def _drain(self, worker: WorkerHandle) -> None:
+        """Take in every reply the dead worker wrote before it died."""
+        while worker.stop_reason != "protocol":
+            try:
+                frames = worker.reader.read()
+            except (BlockingIOError, EOFError, OSError):
+                return
+            self._take_replies(worker, frames)
+
+    def _blame(self, worker: WorkerHandle, item: WorkItem, exitcode: int | None) -> None:
+        error = self._collector.blamed_error(worker, item, exitcode)
+        if isinstance(error, CancelledError):  # pool.kill(): no retry
+            self._ledger.ended([item], lambda _: error, running=True)
             return
-        job_id, started_ns = worker.running_job()
-        now = time.monotonic()
-        if job_id != head.job_id:  # not begun yet: its clock has not started
-            self._check_timeout_at(worker, now + head.timeout)
+        if worker.stop_reason == "timeout" and worker.stop_job is item:
+            self._ledger.timed_out()
+        else:
+            self._ledger.crashed()
+            log.warning("%s", error)
+        self._settle([(item, (False, error))])
+
+    def _on_init_failure(self, worker: WorkerHandle, held: list[WorkItem], text: str) -> None:
+        """A worker that never became ready: fail what it held; restart it with backoff;
+        give up after ``MAX_INIT_FAILURES`` in a row."""
+        self._init_failures += 1
+        log.error("worker %d failed to start (%d in a row): %s",
+                  worker.pid, self._init_failures, text)  # fmt: skip
+        self._ledger.ended(held, lambda item: _init_error(item, text), running=True)
+        if self._init_failures >= MAX_INIT_FAILURES:
+            self._give_up(PoolBroken(
+                f"workers failed to start {self._init_failures} times in a row; the pool "
+                f"cannot run jobs. Last failure: {text}"
+            ))  # fmt: skip
             return
-        deadline = started_ns / 1e9 + head.timeout
-        if now < deadline:
-            self._check_timeout_at(worker, deadline)
-            return
-        self._stop_running(worker, head, "timeout")
+        delay = INIT_BACKOFF * 2 ** (self._init_failures - 1)
+        self._at(time.monotonic() + delay, self._workforce.replenish)
+
+    # -- timeouts and kill ------------------------------------------------------------
+
+    def _watching(self, worker: WorkerHandle) -> bool:
+        return worker.stop_reason not in STOPPED and self._workers.get(worker.index) is worker
+
+    def _expired(self, worker: WorkerHandle, item: WorkItem) -> None:
+        self._stop_running(worker, item, "timeout")
 
     def _stop_running(self, worker: WorkerHandle, item: WorkItem, reason: str) -> bool:
         """Stop ``item`` if ``worker`` is running it; True if it was stopped (or taken back).
@@ -502,12 +585,34 @@ class Manager(Dispatcher, Collector):
         if reason == "timeout":
             log.warning("job %d (%s) exceeded its %ss timeout; stopping worker %d",
                         item.job_id, item.name, item.timeout, worker.pid)  # fmt: skip
-        self._stop_worker(worker, reason, item)
+        self._workforce.stop(worker, reason, item)
         return True
 
     def _retry_stop(self, worker: WorkerHandle, item: WorkItem, reason: str) -> None:
         if item.state is State.CLAIMED and item in worker.outstanding:
             self._stop_running(worker, item, reason)
+
+    def kill(self, item: WorkItem) -> bool:
+        """Stop one job wherever it is (runs on the manager)."""
+        cancelled = _cancelled("was cancelled by pool.kill()")
+        if item.state is State.QUEUED:
+            if not self._queue.cancel(item):
+                return False
+            self._ledger.ended([item], cancelled, running=False)
+            return True
+        if item.state is State.WAITING:
+            self._waiting.discard(item)
+            self._ledger.ended([item], cancelled, running=False)
+            return True
+        if item.state is State.CLAIMED:
+            for worker in self._workers.values():
+                if item in worker.outstanding:
+                    stopped = self._stop_running(worker, item, "kill")
+                    now: State = item.state  # _stop_running may have taken it back
+                    if now is State.QUEUED and self._queue.cancel(item):
+                        self._ledger.ended([item], cancelled, running=False)
+                    return stopped
+        return False
 
     # -- shutdown ---------------------------------------------------------------------
 
@@ -521,7 +626,13 @@ class Manager(Dispatcher, Collector):
         self.cancel_queued()
         for worker in list(self._workers.values()):
             worker.stop_reason = None
-            self._stop_worker(worker, "terminate", None)
+            self._workforce.stop(worker, "terminate", None)
+
+    def cancel_queued(self) -> None:
+        """Cancel every job not yet handed to a worker (runs on the manager)."""
+        why = _cancelled("was cancelled by shutdown(cancel_futures=True)")
+        self._ledger.ended(self._queue.drain(), why, running=False)
+        self._end_waiting(why)
 
     def _wind_down(self) -> None:
         if self._queue.snapshot().depth or self._waiting:
@@ -538,34 +649,17 @@ class Manager(Dispatcher, Collector):
             self.broken = error
         self._stopping = True
         self._queue.close()
-        queued = self._queue.drain()
-        self._stats.add_many([(QUEUED, -len(queued)), (FAILED, len(queued))])
-        for item in queued:
-            self._finish(item, False, _copy_error(error))
-        self._cancel_waiting(lambda: _copy_error(error))
+        self._ledger.ended(self._queue.drain(), lambda _: copy_error(error), running=False)
+        self._end_waiting(lambda _: copy_error(error))
 
-    def _cancel_waiting(self, make_error: Callable[[], BaseException]) -> None:
-        """End every retry waiting out its backoff, each with its own new exception."""
+    def _end_waiting(self, error_for: ErrorFor) -> None:
+        """End every retry waiting out its backoff."""
         waiting = list(self._waiting)
         self._waiting.clear()
-        errors = [make_error() for _ in waiting]
-        cancelled = sum(1 for error in errors if isinstance(error, CancelledError))
-        self._stats.add_many([
-            (QUEUED, -len(waiting)), (CANCELLED, cancelled), (FAILED, len(waiting) - cancelled)
-        ])  # fmt: skip
-        for item, error in zip(waiting, errors, strict=True):
-            self._finish(item, False, error)
-
-    def _unregister(self, fd: int) -> None:
-        if fd in self._selector.get_map():
-            self._selector.unregister(fd)
+        self._ledger.ended(waiting, error_for, running=False)
 
     def _close(self) -> None:
-        for worker in list(self._workers.values()):
-            worker.signal(signal.SIGKILL)
-            worker.close()
-        self._workers.clear()
-        self._launcher.close()
+        self._workforce.close()
         self._selector.close()
         with self._wake_lock:
             self._closed = True
@@ -575,45 +669,10 @@ class Manager(Dispatcher, Collector):
         self._lifeline_read.close()
         log.debug("taskq manager stopped")
 
-    # -- used by Pool -----------------------------------------------------------------
 
-    def kill(self, item: WorkItem) -> bool:
-        """Stop one job wherever it is (runs on the manager)."""
-        cancelled = CancelledError(f"job {item.job_id} was cancelled by pool.kill()")
-        if item.state is State.QUEUED:
-            if not self._queue.cancel(item):
-                return False
-            self._stats.add_many([(QUEUED, -1), (CANCELLED, 1)])
-            self._finish(item, False, cancelled)
-            return True
-        if item.state is State.WAITING:
-            self._waiting.discard(item)
-            self._stats.add_many([(QUEUED, -1), (CANCELLED, 1)])
-            self._finish(item, False, cancelled)
-            return True
-        if item.state is State.CLAIMED:
-            for worker in self._workers.values():
-                if item in worker.outstanding:
-                    stopped = self._stop_running(worker, item, "kill")
-                    now: State = item.state  # _stop_running may have taken it back
-                    if now is State.QUEUED and self._queue.cancel(item):
-                        self._stats.add_many([(QUEUED, -1), (CANCELLED, 1)])
-                        self._finish(item, False, cancelled)
-                    return stopped
-        return False
-
-    def cancel_queued(self) -> None:
-        """Cancel every job not yet handed to a worker (runs on the manager)."""
-        queued = self._queue.drain()
-        self._stats.add_many([(QUEUED, -len(queued)), (CANCELLED, len(queued))])
-        for item in queued:  # futures are cancelled in deliver(), once the lock is released
-            self._finish(item, False, CancelledError("cancelled by shutdown(cancel_futures=True)"))
-        self._cancel_waiting(lambda: CancelledError("cancelled by shutdown(cancel_futures=True)"))
+def _cancelled(why: str) -> ErrorFor:
+    return lambda item: CancelledError(f"job {item.job_id} ({item.name}) {why}")
 
 
-def _copy_error(error: BaseException) -> BaseException:
-    """A new instance of ``error`` for one future: many futures must not share (and
-    annotate) one exception object."""
-    fresh = copy.copy(error)
-    fresh.__cause__ = error.__cause__
-    return fresh
+def _init_error(item: WorkItem, text: str) -> BaseException:
+    return InitializerError(f"job {item.job_id} ({item.name}): {text}")

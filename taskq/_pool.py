@@ -55,23 +55,18 @@ from typing import Any
 from taskq import _map
 from taskq._counters import Counter, CounterBlock
 from taskq._errors import PicklingFailed
-from taskq._job import JobFuture, State, WorkItem
+from taskq._job import JobFuture, WorkItem
 from taskq._log import log
 from taskq._manager import Manager
 from taskq._protocol import dump_call
 from taskq._queue import ORDERS, JobQueue, MemoryQueue, QueueClosed
 from taskq._stats import (
-    CANCELLED,
-    FAILED,
-    QUEUED,
     STAT_FIELDS,
-    SUBMITTED,
     PoolStats,
     StatsBlock,
 )
 
 RetryOn = tuple[type[BaseException], ...] | type[BaseException] | None
-_QUEUED_ONE = ((SUBMITTED, 1), (QUEUED, 1))
 
 
 def _default_workers() -> int:
@@ -139,6 +134,7 @@ class Pool(Executor):
         self._shutdown = False
         self._maps_lock = threading.Lock()
         self._unstarted_maps: set[_map.MapWindow] = set()
+        self._ledger = self._manager.ledger
         self._manager.start()
         self._pid = os.getpid()
         _running.add(self._manager)
@@ -239,7 +235,7 @@ class Pool(Executor):
             raise RuntimeError("cannot schedule new jobs after shutdown") from None
         # Queued: from here on the future is the answer, even if the pool breaks now
         # (the manager then fails it like every queued job).
-        self._stats.add_many(_QUEUED_ONE)
+        self._ledger.submitted()
         self._manager.dispatch_now(priority)
         return future
 
@@ -249,7 +245,7 @@ class Pool(Executor):
         future = JobFuture()
         future.set_running_or_notify_cancel()
         future.set_exception(error)
-        self._stats.add_many([(SUBMITTED, 1), (FAILED, 1)])
+        self._ledger.refused()
         return future
 
     def _withdraw(self, item: WorkItem) -> bool:
@@ -259,8 +255,7 @@ class Pool(Executor):
         (the pool then sees the cancellation and drops the job itself)."""
         if not self._queue.cancel(item):
             return False
-        item.state = State.DONE
-        self._stats.add_many([(QUEUED, -1), (CANCELLED, 1)])
+        self._ledger.withdrawn(item)
         return True
 
     def _check_open(self) -> None:

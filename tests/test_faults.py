@@ -213,15 +213,24 @@ def test_the_last_job_before_a_worker_retires_still_times_out(pool_factory):
 def test_a_dead_workers_started_job_is_blamed_whatever_it_was_stopped_for():
     # No processes: the worker was stopped to kill A, but A had finished and B had begun
     # (the slot says so). B started: it must be blamed, never put back as unstarted.
+    from collections import deque
     from types import SimpleNamespace
 
     from taskq._collect import Collector
+    from taskq._dispatch import BatchPolicy
 
-    a, b = SimpleNamespace(job_id=1), SimpleNamespace(job_id=2)
+    collector = Collector(BatchPolicy())
+    a, b, c = (SimpleNamespace(job_id=i) for i in (1, 2, 3))
     for reason in ("kill", "timeout", None):
-        worker = SimpleNamespace(stop_reason=reason, stop_job=a)
-        assert Collector._blame(None, worker, [b], running_id=2) is b  # type: ignore[arg-type]
-        assert Collector._blame(None, worker, [b], running_id=0) is None  # type: ignore[arg-type]
+        worker = SimpleNamespace(
+            stop_reason=reason, stop_job=a, ready=True, init_error=None, pid=1,
+            outstanding=deque([b, c]),
+        )  # fmt: skip
+        plan = collector.exit_plan(worker, running_id=2, exitcode=-15)  # type: ignore[arg-type]
+        assert plan.blamed is b and plan.release == [c] and plan.init_failure is None
+        worker.outstanding = deque([b, c])
+        plan = collector.exit_plan(worker, running_id=0, exitcode=-15)  # type: ignore[arg-type]
+        assert plan.blamed is None and plan.release == [b, c]
 
 
 @pytest.mark.timeout(180)
