@@ -189,3 +189,8 @@ def copy_error(error: BaseException) -> BaseException:
     fresh = copy.copy(error)
     fresh.__cause__ = error.__cause__
     return fresh
+
+
+def cancelled_as(why: str) -> ErrorFor:
+    """A ``CancelledError`` for each job, saying ``why``."""
+    return lambda item: CancelledError(f"job {item.job_id} ({item.name}) {why}")

@@ -1,44 +1,35 @@
-"""The manager: one thread that owns the workers and every job once it leaves the queue.
+"""The manager: owns the workers and every job once it leaves the queue.
 
-It sleeps in a single ``select`` on
+It runs on one thread (``_loop.py``), asleep in a single ``select`` on the
+wake-up pipe, each worker's result pipe and process sentinel (a dead worker
+wakes it at once), a worker's call pipe while a large call is being written,
+and its timers (job timeouts, retry backoffs, the SIGKILL after a SIGTERM
+grace, take-back re-checks). Each step, under its lock: ready events ->
+commands posted by other threads (kill, shutdown, terminate) -> due timers ->
+dispatch -> finish writing calls -> wind down if stopping -> take back jobs
+from a stuck worker; then, with the lock released, the futures decided
+meanwhile are resolved (``_ledger.deliver``): user callbacks never run under it.
 
-    * the wake-up pipe        (a job was queued; a command was posted)
-    * each worker's results   (OK / ERROR / READY / INIT_FAILED frames)
-    * each worker's sentinel  (the process exited: crash, timeout, kill, recycling)
-    * a worker's call pipe    (only while a large call is still being written)
+It is composed of parts with one job each, and applies what they decide:
 
-and wakes for nothing else but its timers (``_timers.py``: job timeouts,
-retry backoffs, the SIGKILL after a SIGTERM grace, a take-back re-check). A
-dead worker wakes it at once.
-
-Each step, under the manager's lock: handle the ready events -> run commands
-from other threads (``call``/``post``: kill, shutdown, terminate) -> fire due
-timers -> dispatch queued jobs to workers with room -> finish writing calls ->
-wind down if stopping -> take back jobs from a stuck worker. Then, with the
-lock released, resolve the futures decided meanwhile (``_ledger.deliver``).
-
-The decisions are made by small parts it is composed of, each testable
-without processes: ``Dispatcher`` (which worker gets which jobs),
-``Collector`` (what replies and exits mean), ``TimeoutWatch`` (which job ran
-too long), ``Ledger`` (every job state change, with its statistics),
-``Workforce`` (starting and stopping processes). The manager applies them.
+    Dispatcher   which worker gets which queued jobs           (_dispatch.py)
+    Handoff      CALL frames into pipes; take-backs           (_handoff.py)
+    Collector    what replies and exits mean for held jobs    (_collect.py)
+    TimeoutWatch which running job ran too long               (_timeouts.py)
+    Workforce    starting, replacing, stopping processes      (_workforce.py)
+    Ledger       every job state change, with its statistics  (_ledger.py)
 
 A submitting thread may also dispatch (``dispatch_now``): it takes the lock
-without waiting, hands the job to an idle worker and returns; when the lock
-is busy it just wakes the manager.
+without waiting and hands the job to an idle worker; when the lock is busy
+it only wakes the manager.
 """
 
 from __future__ import annotations
 
-import collections
-import os
-import selectors
 import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError, Future
-from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures import CancelledError
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -47,15 +38,16 @@ from taskq._collect import Collector, decode
 from taskq._counters import CounterBlock
 from taskq._dispatch import NOT_STARTED_RECHECK, BatchPolicy, Dispatcher
 from taskq._errors import InitializerError, PoolBroken
+from taskq._handoff import Handoff
 from taskq._job import State, WorkItem
-from taskq._ledger import ErrorFor, Ledger, copy_error, deliver
+from taskq._ledger import ErrorFor, Ledger, cancelled_as, copy_error, deliver
 from taskq._log import log
+from taskq._loop import EventLoop
 from taskq._process import WorkerHandle, WorkerLauncher
-from taskq._protocol import Frame, Kind, encode, encode_parts
+from taskq._protocol import Frame
 from taskq._queue import JobQueue
 from taskq._stats import StatsBlock
 from taskq._timeouts import TimeoutWatch
-from taskq._timers import Timers
 from taskq._workforce import STOPPED, Workforce
 
 MAX_INIT_FAILURES = 5  # workers failing to start in a row before the pool gives up
@@ -79,13 +71,22 @@ class Manager:
     ):
         self._queue = queue
         self._max_tasks = max_tasks
-        self._timers = Timers()
+        self._loop = EventLoop(
+            work=self._work,
+            after=self._deliver,
+            keep_running=self._keep_running,
+            failed=self._failed,
+            closing=self._closing,
+        )
+        self._selector = self._loop.selector
+        self._at = self._loop.at
+        self.call, self.post, self.join = self._loop.call, self._loop.post, self._loop.join
+        self.is_manager_thread = self._loop.on_loop_thread
         self._ledger = Ledger(stats)
         policy = BatchPolicy()
         self._dispatcher = Dispatcher(queue, policy, max_tasks)
         self._collector = Collector(policy)
         self._timeouts = TimeoutWatch(self._at, self._expired, self._watching)
-        self._selector = selectors.DefaultSelector()
         # Twice the workers: a retiring worker (max_tasks_per_child) keeps its slot
         # until it exits, while its replacement already starts.
         slots: Any = ctx.RawArray("q", _slot.WIDTH * 2 * max_workers)
@@ -116,23 +117,20 @@ class Manager:
         self._workers = self._workforce.workers  # index -> worker, the same dict
         self._max_workers = max_workers
         self._waiting: set[WorkItem] = set()  # retries waiting out their backoff
-        self._commands: collections.deque[Callable[[], None]] = collections.deque()
         self._stopping = False
         self._terminating = False
         self.broken: PoolBroken | None = None
         self._init_failures = 0
-        self._rebalance_armed = False
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        self._wake_pending = False
-        self._wake_lock = threading.Lock()
-        self._closed = False
-        self._selector.register(self._wake_read, selectors.EVENT_READ, self._on_wake)
-        # Guards the workers' state. The manager holds it while it works (not while it
-        # sleeps in select); a submitting thread takes it to hand a job straight to an
-        # idle worker, which saves the hand-off to this thread on the way out.
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="taskq-manager", daemon=True)
+        self._handoff = Handoff(
+            queue=queue,
+            dispatcher=self._dispatcher,
+            ledger=self._ledger,
+            workforce=self._workforce,
+            timeouts=self._timeouts,
+            loop=self._loop,
+            max_tasks=max_tasks,
+            terminating=lambda: self._terminating,
+        )
 
     @property
     def ledger(self) -> Ledger:
@@ -144,17 +142,7 @@ class Manager:
         for index in range(self._max_workers):
             if not self._workforce.start(index):
                 break  # retried with backoff by the manager
-        self._thread.start()
-
-    def wake(self) -> None:
-        """Make the manager look at the queue. At most one byte waits in the pipe."""
-        if not self._wake_pending:
-            self._wake_pending = True
-            # Under the lock, so a late wake-up (a pool collected after it finished)
-            # can never write to a descriptor number that is closed and reused.
-            with self._wake_lock:
-                if not self._closed:
-                    os.write(self._wake_write, b"!")
+        self._loop.start()
 
     def dispatch_now(self, priority: float) -> None:
         """Called right after a job is queued: give it to an idle worker from this thread.
@@ -174,273 +162,74 @@ class Manager:
                 break
         else:
             return
-        if not self._lock.acquire(blocking=False):
-            self.wake()  # the manager is busy; make sure it looks again before sleeping
+        lock = self._loop.lock
+        if not lock.acquire(blocking=False):
+            self._loop.wake()  # the manager is busy; make sure it looks again before sleeping
             return
         try:
             if self._stopping:
-                self.wake()
+                self._loop.wake()
                 return
-            self._dispatch(idle_only=True)
+            self._handoff.dispatch(idle_only=True)
             if any(worker.outbox for worker in self._workers.values()):
-                self.wake()  # a large call is still being written: the manager finishes it
+                self._loop.wake()  # a large call is still being written: the manager finishes it
         finally:
             outcomes = self._ledger.take_outcomes()
-            self._lock.release()
+            lock.release()
         deliver(outcomes)
-
-    def call(self, command: Callable[[], Any]) -> Any:
-        """Run ``command`` on the manager thread and return its result.
-
-        From the manager thread itself (a done-callback calling ``kill`` or
-        ``shutdown``) it runs at once, under the lock like any command; callbacks
-        never run with the lock held, so it is free.
-        """
-        if threading.current_thread() is self._thread:
-            with self._lock:
-                result = command()
-                outcomes = self._ledger.take_outcomes()
-            deliver(outcomes)
-            return result
-        answer: Future[Any] = Future()
-
-        def run() -> None:
-            try:
-                answer.set_result(command())
-            except BaseException as exc:
-                answer.set_exception(exc)
-
-        self._commands.append(run)
-        self.wake()
-        while True:
-            try:
-                return answer.result(timeout=0.1)
-            except FuturesTimeout:
-                pass
-            if not self._thread.is_alive():  # finished before it saw the command
-                try:
-                    self._commands.remove(run)
-                except ValueError:
-                    continue  # it did take it: the answer is coming
-                with self._lock:
-                    run()
-                    outcomes = self._ledger.take_outcomes()
-                deliver(outcomes)
-
-    def post(self, command: Callable[[], None]) -> None:
-        """Run ``command`` on the manager thread soon, without waiting."""
-        self._commands.append(command)
-        self.wake()
-
-    def join(self, timeout: float | None = None) -> None:
-        """Wait until the manager has finished (every worker has exited).
-
-        Called from a done-callback (on the manager thread), it runs the manager's
-        loop right here until then: the thread cannot wait for itself.
-        """
-        if threading.current_thread() is self._thread:
-            while self._keep_running():
-                self._step()
-            return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        # Short waits: a Ctrl-C delivered to another thread is then seen at once.
-        while self._thread.is_alive():
-            wait = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
-            if wait <= 0:
-                return
-            self._thread.join(wait)
 
     def kill_workers(self) -> None:
         """Last resort at interpreter exit: SIGKILL and reap every worker still alive."""
         self._workforce.kill_all()
 
-    def is_manager_thread(self) -> bool:
-        return threading.get_ident() == self._thread.ident
-
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._loop.alive
 
-    # -- the loop -------------------------------------------------------------------
+    # -- the loop's hooks -------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            while self._keep_running():
-                self._step()
-        except BaseException as exc:  # a bug here must not leave callers waiting forever
-            log.exception("taskq manager thread failed")
-            error = PoolBroken(
-                f"taskq's manager thread failed ({exc!r}); this is a bug in taskq, please "
-                "report it with the traceback chained to this error. Create a new Pool."
-            )
-            error.__cause__ = exc
-            with self._lock:
-                self._give_up(error)
-                for worker in self._workers.values():
-                    held = list(worker.outstanding)
-                    worker.outstanding.clear()
-                    self._ledger.ended(held, lambda _: copy_error(error), running=True)
-        finally:
-            with self._lock:
-                self._close()
-                outcomes = self._ledger.take_outcomes()
-            deliver(outcomes)
-
-    def _step(self) -> None:
-        delay = 0 if self._commands else self._timers.next_delay()
-        events = self._selector.select(delay)
-        with self._lock:
-            self._work(events)
-            outcomes = self._ledger.take_outcomes()
-        deliver(outcomes)  # last: the callers woken here find this thread back in select
-
-    def _work(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
-        registered = self._selector.get_map()
-        for key, mask in events:
-            # An earlier event of this batch may have closed this descriptor (a worker
-            # exited) and its number may already belong to a new worker's pipe.
-            if registered.get(key.fd) is key:
-                key.data(mask)
-        while self._commands:
-            self._commands.popleft()()
-        self._timers.run_due()
-        self._dispatch()
+    def _work(self) -> None:
+        self._handoff.dispatch()
         for worker in self._workers.values():
             if worker.outbox:
-                self._flush(worker)
+                self._handoff.flush(worker)
         if self._stopping:
             self._wind_down()
-        self._rebalance()
+        self._handoff.rebalance()
 
-    def _on_wake(self, mask: int) -> None:
-        try:
-            os.read(self._wake_read, 4096)
-        except BlockingIOError:
-            pass
-        self._wake_pending = False  # cleared after draining: a wake-up is never lost
+    def _deliver(self) -> None:
+        deliver(self._ledger.take_outcomes())
 
-    def _at(self, when: float, action: Callable[..., None], *args: Any) -> None:
-        self._timers.at(when, action, *args)
-        if not self.is_manager_thread():
-            self.wake()  # its select timeout was computed without this timer
+    def _failed(self, exc: BaseException) -> None:
+        log.exception("taskq manager thread failed")
+        error = PoolBroken(
+            f"taskq's manager thread failed ({exc!r}); this is a bug in taskq, please "
+            "report it with the traceback chained to this error. Create a new Pool."
+        )
+        error.__cause__ = exc
+        self._give_up(error)
+        for worker in self._workers.values():
+            held = list(worker.outstanding)
+            worker.outstanding.clear()
+            self._ledger.ended(held, lambda _: copy_error(error), running=True)
+
+    def _closing(self) -> None:
+        self._workforce.close()
+        self._lifeline_write.close()
+        self._lifeline_read.close()
+        log.debug("taskq manager stopped")
 
     def _keep_running(self) -> bool:
         if self._workers or not self._stopping or self._waiting:
             return True
         # No worker left: go on only if queued jobs will get one (a respawn is pending).
         depth = self._queue.snapshot().depth
-        return bool(depth) and self._need_workers() and bool(self._timers)
+        return bool(depth) and self._need_workers() and bool(self._loop.timers)
 
     def _need_workers(self) -> bool:
         if self.broken is not None or self._terminating:
             return False
         return not self._stopping or self._queue.snapshot().depth > 0 or bool(self._waiting)
-
-    # -- dispatch: queued jobs to workers -------------------------------------------
-
-    def _dispatch(self, idle_only: bool = False) -> None:
-        workers = list(self._workers.values())
-        for worker in self._dispatcher.make_way(workers, self._queue.snapshot().head):
-            self._revoke(worker)
-        for worker, items in self._dispatcher.plan(workers, idle_only):
-            self._send(worker, items)
-
-    def _send(self, worker: WorkerHandle, items: list[WorkItem]) -> None:
-        live = self._ledger.started(items)
-        if not live:
-            return
-        was_idle = not worker.outstanding
-        for item in live:
-            worker.sent += 1
-            item.wseq = worker.sent
-        worker.outstanding.extend(live)
-        worker.reported = False
-        if self._max_tasks is not None and worker.sent - worker.revoked >= self._max_tasks:
-            self._retire(worker)
-        buffers: list[bytes] = []
-        for item in live:
-            buffers += encode_parts(Kind.CALL, item.job_id, item.call)
-        worker.outbox.push(buffers)
-        self._flush(worker, on_manager=self.is_manager_thread())
-        if was_idle:
-            self._timeouts.head_changed(worker)
-
-    def _retire(self, worker: WorkerHandle) -> None:
-        # Only the manager thread starts processes; a caller's thread leaves it to it.
-        if self.is_manager_thread():
-            self._workforce.retire(worker)
-        else:
-            worker.stop_reason = "retire"
-            self.post(lambda: self._workforce.replenish(predecessor=worker))
-
-    def _flush(self, worker: WorkerHandle, on_manager: bool = True) -> None:
-        """Write what waits in the worker's outbox; the rest when its pipe has room."""
-        try:
-            done = worker.outbox.flush()
-        except OSError as exc:
-            # EPIPE: the worker is gone, its sentinel will tell. Anything else leaves
-            # the pipe unusable: stop the worker, so its jobs are dealt with as at a crash
-            # instead of waiting forever for calls that never arrive.
-            if not isinstance(exc, BrokenPipeError):
-                log.error("cannot write to worker %d (%r): stopping it", worker.pid, exc)
-                worker.signal(signal.SIGKILL)
-            done = True
-            worker.outbox = type(worker.outbox)(worker.calls_fd)
-        if not on_manager:  # only the manager thread changes the selector
-            return
-        key = self._selector.get_map().get(worker.calls_fd)
-        if not done and key is None:
-            self._selector.register(
-                worker.calls_fd, selectors.EVENT_WRITE, lambda _: self._flush(worker)
-            )
-        elif done and key is not None:
-            self._selector.unregister(worker.calls_fd)
-
-    def _revoke(self, worker: WorkerHandle) -> int | None:
-        """Take back the jobs ``worker`` holds but has not started; return the number
-        (``wseq``) of the last job it started, or None if its slot could not be locked
-        (the worker is dying, or was busy for a moment)."""
-        started = worker.slot.revoke(worker.sent)
-        if started is None:
-            return None
-        taken: list[WorkItem] = []
-        while worker.outstanding and worker.outstanding[-1].wseq > started:
-            taken.append(worker.outstanding.pop())
-        worker.revoked += len(taken)
-        if worker.stop_reason == "retire" and taken:  # it will not reach max_tasks now
-            worker.outbox.push([encode(Kind.STOP)])
-            self._flush(worker)
-        if taken:
-            log.debug("took %d unstarted jobs back from worker %d", len(taken), worker.pid)
-            self._release(taken[::-1])
-        return started
-
-    def _release(self, items: list[WorkItem]) -> None:
-        """Jobs a worker held but never started go back to the queue, in their place
-        (or are cancelled, when the pool is being terminated)."""
-        if not items:
-            return
-        if self._terminating:
-            self._ledger.ended(items, _cancelled("the pool was terminated"), running=True)
-            return
-        self._ledger.released(items)
-        for item in items:
-            self._queue.release(item, keep_place=True)
-
-    def _rebalance(self) -> None:
-        stuck, recheck = self._dispatcher.stuck(list(self._workers.values()), time.monotonic())
-        for worker in stuck:
-            if self._revoke(worker) is None:  # its slot was busy: try again shortly
-                recheck = time.monotonic() + NOT_STARTED_RECHECK
-        if stuck:
-            self._dispatch()  # the idle worker takes them now
-        if recheck is not None and not self._rebalance_armed:
-            self._rebalance_armed = True
-            self._at(recheck, self._rearm_rebalance)
-
-    def _rearm_rebalance(self) -> None:
-        self._rebalance_armed = False
-        self._rebalance()
 
     # -- collect: replies and exits -------------------------------------------------
 
@@ -513,7 +302,7 @@ class Manager:
         if plan.init_failure is not None:
             self._on_init_failure(worker, plan.release, plan.init_failure)
             return
-        self._release(plan.release)
+        self._handoff.release(plan.release)
         if plan.blamed is not None:
             self._blame(worker, plan.blamed, exitcode)
         elif worker.stop_reason is None and exitcode != 0:
@@ -573,7 +362,7 @@ class Manager:
         that it cannot start another, so the signal can only hit ``item``. If
         ``item`` itself was not started it is simply taken back (no worker lost).
         """
-        started = self._revoke(worker)
+        started = self._handoff.revoke(worker)
         if item.state is State.QUEUED:  # taken back: it never ran
             return True
         if started is None:  # its slot could not be locked: look again in a moment
@@ -594,7 +383,7 @@ class Manager:
 
     def kill(self, item: WorkItem) -> bool:
         """Stop one job wherever it is (runs on the manager)."""
-        cancelled = _cancelled("was cancelled by pool.kill()")
+        cancelled = cancelled_as("was cancelled by pool.kill()")
         if item.state is State.QUEUED:
             if not self._queue.cancel(item):
                 return False
@@ -630,7 +419,7 @@ class Manager:
 
     def cancel_queued(self) -> None:
         """Cancel every job not yet handed to a worker (runs on the manager)."""
-        why = _cancelled("was cancelled by shutdown(cancel_futures=True)")
+        why = cancelled_as("was cancelled by shutdown(cancel_futures=True)")
         self._ledger.ended(self._queue.drain(), why, running=False)
         self._end_waiting(why)
 
@@ -639,9 +428,7 @@ class Manager:
             return
         for worker in self._workers.values():
             if worker.accepting and not worker.outstanding:
-                worker.stop_reason = "stop"
-                worker.outbox.push([encode(Kind.STOP)])
-                self._flush(worker)
+                self._handoff.stop_sending(worker)
 
     def _give_up(self, error: PoolBroken) -> None:
         """The pool cannot go on: fail everything waiting, refuse new jobs."""
@@ -657,21 +444,6 @@ class Manager:
         waiting = list(self._waiting)
         self._waiting.clear()
         self._ledger.ended(waiting, error_for, running=False)
-
-    def _close(self) -> None:
-        self._workforce.close()
-        self._selector.close()
-        with self._wake_lock:
-            self._closed = True
-            os.close(self._wake_read)
-            os.close(self._wake_write)
-        self._lifeline_write.close()
-        self._lifeline_read.close()
-        log.debug("taskq manager stopped")
-
-
-def _cancelled(why: str) -> ErrorFor:
-    return lambda item: CancelledError(f"job {item.job_id} ({item.name}) {why}")
 
 
 def _init_error(item: WorkItem, text: str) -> BaseException:

@@ -1,0 +1,166 @@
+"""Handing jobs to workers, and taking back the ones a worker has not started.
+
+    dispatch: the Dispatcher's plan -> CALL frames into each worker's pipe
+    revoke:   a worker's unstarted jobs -> back to the queue, in their place
+              (a more urgent job waits, a worker is stuck, a job is killed)
+
+A job is taken back only through the worker's slot (``_slot.py``): the
+worker claims each job there before starting it, so a job is either started
+or taken back, never both. Runs under the manager's lock; a submitting
+thread may dispatch too (``dispatch(idle_only=True)``), but only the manager
+thread changes the selector or starts processes.
+"""
+
+from __future__ import annotations
+
+import selectors
+import signal
+import time
+from collections.abc import Callable
+
+from taskq._dispatch import NOT_STARTED_RECHECK, Dispatcher
+from taskq._job import WorkItem
+from taskq._ledger import Ledger, cancelled_as
+from taskq._log import log
+from taskq._loop import EventLoop
+from taskq._process import WorkerHandle
+from taskq._protocol import Kind, encode, encode_parts
+from taskq._queue import JobQueue
+from taskq._timeouts import TimeoutWatch
+from taskq._workforce import Workforce
+
+
+class Handoff:
+    def __init__(
+        self,
+        *,
+        queue: JobQueue[WorkItem],
+        dispatcher: Dispatcher,
+        ledger: Ledger,
+        workforce: Workforce,
+        timeouts: TimeoutWatch,
+        loop: EventLoop,
+        max_tasks: int | None,
+        terminating: Callable[[], bool],
+    ):
+        self._queue = queue
+        self._dispatcher = dispatcher
+        self._ledger = ledger
+        self._workforce = workforce
+        self._timeouts = timeouts
+        self._loop = loop
+        self._max_tasks = max_tasks
+        self._terminating = terminating
+        self._rebalance_armed = False
+
+    def dispatch(self, idle_only: bool = False) -> None:
+        workers = list(self._workforce.workers.values())
+        for worker in self._dispatcher.make_way(workers, self._queue.snapshot().head):
+            self.revoke(worker)
+        for worker, items in self._dispatcher.plan(workers, idle_only):
+            self.send(worker, items)
+
+    def send(self, worker: WorkerHandle, items: list[WorkItem]) -> None:
+        live = self._ledger.started(items)
+        if not live:
+            return
+        was_idle = not worker.outstanding
+        for item in live:
+            worker.sent += 1
+            item.wseq = worker.sent
+        worker.outstanding.extend(live)
+        worker.reported = False
+        if self._max_tasks is not None and worker.sent - worker.revoked >= self._max_tasks:
+            self._retire(worker)
+        buffers: list[bytes] = []
+        for item in live:
+            buffers += encode_parts(Kind.CALL, item.job_id, item.call)
+        worker.outbox.push(buffers)
+        self.flush(worker, on_manager=self._loop.on_loop_thread())
+        if was_idle:
+            self._timeouts.head_changed(worker)
+
+    def _retire(self, worker: WorkerHandle) -> None:
+        # Only the manager thread starts processes; a caller's thread leaves it to it.
+        if self._loop.on_loop_thread():
+            self._workforce.retire(worker)
+        else:
+            worker.stop_reason = "retire"
+            self._loop.post(lambda: self._workforce.replenish(predecessor=worker))
+
+    def flush(self, worker: WorkerHandle, on_manager: bool = True) -> None:
+        """Write what waits in the worker's outbox; the rest when its pipe has room."""
+        try:
+            done = worker.outbox.flush()
+        except OSError as exc:
+            # EPIPE: the worker is gone, its sentinel will tell. Anything else leaves
+            # the pipe unusable: stop the worker, so its jobs are dealt with as at a crash
+            # instead of waiting forever for calls that never arrive.
+            if not isinstance(exc, BrokenPipeError):
+                log.error("cannot write to worker %d (%r): stopping it", worker.pid, exc)
+                worker.signal(signal.SIGKILL)
+            done = True
+            worker.outbox = type(worker.outbox)(worker.calls_fd)
+        if not on_manager:  # only the manager thread changes the selector
+            return
+        key = self._loop.selector.get_map().get(worker.calls_fd)
+        if not done and key is None:
+            self._loop.selector.register(
+                worker.calls_fd, selectors.EVENT_WRITE, lambda _: self.flush(worker)
+            )
+        elif done and key is not None:
+            self._loop.selector.unregister(worker.calls_fd)
+
+    def revoke(self, worker: WorkerHandle) -> int | None:
+        """Take back the jobs ``worker`` holds but has not started; return the number
+        (``wseq``) of the last job it started, or None if its slot could not be locked
+        (the worker is dying, or was busy for a moment)."""
+        started = worker.slot.revoke(worker.sent)
+        if started is None:
+            return None
+        taken: list[WorkItem] = []
+        while worker.outstanding and worker.outstanding[-1].wseq > started:
+            taken.append(worker.outstanding.pop())
+        worker.revoked += len(taken)
+        if worker.stop_reason == "retire" and taken:  # it will not reach max_tasks now
+            worker.outbox.push([encode(Kind.STOP)])
+            self.flush(worker)
+        if taken:
+            log.debug("took %d unstarted jobs back from worker %d", len(taken), worker.pid)
+            self.release(taken[::-1])
+        return started
+
+    def release(self, items: list[WorkItem]) -> None:
+        """Jobs a worker held but never started go back to the queue, in their place
+        (or are cancelled, when the pool is being terminated)."""
+        if not items:
+            return
+        if self._terminating():
+            why = cancelled_as("was cancelled: the pool was terminated")
+            self._ledger.ended(items, why, running=True)
+            return
+        self._ledger.released(items)
+        for item in items:
+            self._queue.release(item, keep_place=True)
+
+    def rebalance(self) -> None:
+        workers = list(self._workforce.workers.values())
+        stuck, recheck = self._dispatcher.stuck(workers, time.monotonic())
+        for worker in stuck:
+            if self.revoke(worker) is None:  # its slot was busy: try again shortly
+                recheck = time.monotonic() + NOT_STARTED_RECHECK
+        if stuck:
+            self.dispatch()  # the idle worker takes them now
+        if recheck is not None and not self._rebalance_armed:
+            self._rebalance_armed = True
+            self._loop.at(recheck, self._rearm_rebalance)
+
+    def _rearm_rebalance(self) -> None:
+        self._rebalance_armed = False
+        self.rebalance()
+
+    def stop_sending(self, worker: WorkerHandle) -> None:
+        """Tell an idle worker to exit (the pool is winding down)."""
+        worker.stop_reason = "stop"
+        worker.outbox.push([encode(Kind.STOP)])
+        self.flush(worker)
