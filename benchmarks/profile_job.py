@@ -30,7 +30,7 @@ from typing import Any
 
 import taskq
 from benchmarks import _jobs
-from taskq import _channel, _manager
+from taskq import _channel, _loop
 
 STAGES = ("submit -> write", "write -> started", "started -> reply read", "read -> caller")
 
@@ -73,7 +73,7 @@ def latency_stages(n: int) -> dict[str, float]:
 
 def _profile_manager() -> cProfile.Profile:
     profile = cProfile.Profile()
-    run: Callable[[Any], None] = _manager.Manager._run
+    run: Callable[[Any], None] = _loop.EventLoop._run
 
     def profiled_run(self: Any) -> None:
         profile.enable()
@@ -82,7 +82,7 @@ def _profile_manager() -> cProfile.Profile:
         finally:
             profile.disable()
 
-    _manager.Manager._run = profiled_run  # type: ignore[method-assign]
+    _loop.EventLoop._run = profiled_run  # type: ignore[method-assign]
     return profile
 
 
@@ -123,7 +123,7 @@ def throughput_costs(n: int) -> dict[str, float]:
             future.result()
         caller.disable()
         wall = time.perf_counter() - start
-        worker_seconds = pool._manager._policy.average or 0.0
+        worker_seconds = pool._manager._dispatcher.policy.average or 0.0
     m = manager_profile
     return {
         "submit() in the caller": _inclusive_us(caller, "_pool.py", "submit", n),
@@ -132,19 +132,19 @@ def throughput_costs(n: int) -> dict[str, float]:
             caller, "_job.py", "__init__", n
         ),
         "  queueing (lock, bucket, stats)": _inclusive_us(caller, "_queue.py", "put", n)
-        + _inclusive_us(caller, "_counters.py", "add_many", n),
+        + _inclusive_us(caller, "_counters.py|_stats.py", "add_many", n),
         "  direct hand-off to an idle worker": _inclusive_us(
             caller, "_manager.py", "dispatch_now", n
         ),
         "result() in the caller": _inclusive_us(caller, "_base.py", "result", n),
         "manager: dispatch (take, claim, frame, write)": _inclusive_us(
-            m, "_dispatch.py|_manager.py", "_send", n
+            m, "_dispatch.py|_manager.py|_handoff.py", "_send|send", n
         ),
         "manager: collect (read, parse, unpickle)": _inclusive_us(
             m, "_collect.py|_manager.py", "_on_results", n
         ),
         "manager: resolve futures": _inclusive_us(
-            m, "_collect.py|_manager.py", "deliver|_deliver|_resolve", n
+            m, "_collect.py|_manager.py|_ledger.py", "deliver|_resolve", n
         ),
         "worker: one job (its own report: read, unpickle, run, pickle, write)": worker_seconds
         * 1e6,

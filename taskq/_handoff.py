@@ -54,8 +54,12 @@ class Handoff:
         self._rebalance_armed = False
 
     def dispatch(self, idle_only: bool = False) -> None:
+        """Take back what must make way for a more urgent job, then hand out jobs."""
+        depth, head, _ = self._queue.snapshot()
+        if not depth:
+            return
         workers = list(self._workforce.workers.values())
-        for worker in self._dispatcher.make_way(workers, self._queue.snapshot().head):
+        for worker in self._dispatcher.make_way(workers, head):
             self.revoke(worker)
         for worker, items in self._dispatcher.plan(workers, idle_only):
             self.send(worker, items)

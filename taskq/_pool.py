@@ -2,46 +2,47 @@
 
 How a job flows::
 
-    caller thread                    manager thread (one)                worker processes
-    ─────────────                    ────────────────────                ────────────────
-    submit()/schedule()/map()
-      │ pickle the call
+    caller threads                manager thread (_loop.py, one)              worker processes
+    ──────────────                ──────────────────────────────              ────────────────
+    submit/schedule/map
+      │ pickle the call (an unpicklable call fails its future here)
       ▼
-    JobQueue  ── what runs next ──▶  dispatch: most urgent first   ──CALL──▶  run_worker
-    (_queue.py, priority/FIFO/LIFO,  to workers with room          pipe     (_worker.py)
-     maxsize backpressure)           (_dispatch.py)                           │ fn(*args)
-                                                                              ▼
-    JobFuture  ◀── resolve ────────  collect: OK / ERROR frames    ◀─OK/ERR─  one reply per
-    (_job.py)                        sentinels: crash, timeout,       pipe    job, in order
-                                     kill → fail that job only,
-                                     start a replacement
-                                     (_collect.py)
+    JobQueue ── what runs next ──▶ dispatch: claim the most urgent  ──CALL──▶ run_worker
+    (_queue.py: priority, FIFO,    jobs for workers with room          pipe   (_worker.py)
+     LIFO, maxsize, cancel)        (_dispatch.py decides,                     claims the job
+      │                             _handoff.py writes)                       in its slot,
+      └ dispatch_now: an idle worker                                           │ fn(*args)
+        gets the job from the                                                  ▼
+        caller's thread            collect: OK / ERROR frames      ◀─OK/ERR─ one reply per
+                                   and exits (sentinels)             pipe    job, in order
+    JobFuture ◀── resolve ──────── (_collect.py decides, _ledger.py
+    (_job.py)     (no lock held:    records; a crash fails that job
+                   callbacks run    only, a replacement starts:
+                   here)            _workforce.py)
 
-    The manager thread (_manager.py) runs dispatch and collect in one loop;
-    _process.py is its handle on each worker process.
-
-    shared memory beside it: the pool's stats and the user's counters (_counters.py),
-    and one slot per worker saying which job it is on, since when (_worker.py).
+    commands ── call/post + wake-up pipe ──▶ kill, shutdown, terminate (run on the manager)
+    timers   (_timers.py) ──▶ job timeouts (_timeouts.py), retry backoffs, SIGKILL after
+                              SIGTERM, take-back re-checks
+    shared memory: the user's counters (_counters.py) and one slot per worker saying
+    which job it is on and since when (_slot.py); the pool's stats stay in the parent.
 
 Bytes move through ``_channel.py`` (framing over OS pipes); what the frames
 mean is in ``_protocol.py``.
 
-* ``schedule()`` pickles the call in the caller's thread (an unpicklable call
-  fails its own future at once), puts a ``WorkItem`` in the ``JobQueue`` and
-  wakes the manager.
-* The manager hands jobs to idle workers at once, and tops up a busy worker
-  only when it replies, with as many jobs as fit its time budget: jobs queued
-  meanwhile keep their priority order.
-* A worker replies to each job before starting the next, so when one dies the
-  manager knows exactly which job it was running: that job fails (or is
-  retried), the jobs it had not started go back to the queue in their place.
+* ``schedule()`` pickles the call in the caller's thread, puts a ``WorkItem``
+  in the queue, and hands it to an idle worker right away if the manager's
+  lock is free (otherwise the manager does, woken by the wake-up pipe).
+* A busy worker is topped up only when it replies, with as many jobs as fit
+  its time budget: jobs queued meanwhile keep their priority order.
+* A worker replies to each job before starting the next, and claims each job
+  in its slot before starting it, so when one dies the manager knows exactly
+  which job it was running: that job fails (or is retried); the jobs it had not
+  started go back to the queue in their place.
 """
 
 from __future__ import annotations
 
-import atexit
 import itertools
-import math
 import multiprocessing
 import os
 import threading
@@ -52,21 +53,30 @@ from concurrent.futures import Executor
 from multiprocessing.context import BaseContext
 from typing import Any
 
-from taskq import _map
+from taskq import _exit, _map
 from taskq._counters import Counter, CounterBlock
 from taskq._errors import PicklingFailed
 from taskq._job import JobFuture, WorkItem
 from taskq._log import log
 from taskq._manager import Manager
+from taskq._options import (
+    RetryOn,
+    check_callable,
+    check_chunksize,
+    check_delay,
+    check_options,
+    check_priority,
+    check_retries,
+    check_retry_on,
+    check_timeout,
+)
 from taskq._protocol import dump_call
-from taskq._queue import ORDERS, JobQueue, MemoryQueue, QueueClosed
+from taskq._queue import JobQueue, MemoryQueue, QueueClosed
 from taskq._stats import (
     STAT_FIELDS,
     PoolStats,
     StatsBlock,
 )
-
-RetryOn = tuple[type[BaseException], ...] | type[BaseException] | None
 
 
 def _default_workers() -> int:
@@ -108,11 +118,11 @@ class Pool(Executor):
         retry_delay: float = 0.1,
     ):
         max_workers = _default_workers() if max_workers is None else max_workers
-        counter_names = _check_options(
+        counter_names = check_options(
             max_workers, initializer, max_tasks_per_child, maxsize, counters, order
         )
-        self._job_timeout = _check_timeout(job_timeout, "job_timeout")
-        self._retry_delay = _check_delay(retry_delay)
+        self._job_timeout = check_timeout(job_timeout, "job_timeout")
+        self._retry_delay = check_delay(retry_delay)
         ctx = mp_context if mp_context is not None else multiprocessing.get_context()
         self._max_workers = max_workers
         self._queue: JobQueue[WorkItem] = MemoryQueue(order, maxsize)
@@ -137,8 +147,8 @@ class Pool(Executor):
         self._ledger = self._manager.ledger
         self._manager.start()
         self._pid = os.getpid()
-        _running.add(self._manager)
-        _open_pools.add(self)
+        _exit.running.add(self._manager)
+        _exit.open_pools.add(self)
         # A pool dropped without shutdown() still stops its workers once jobs are done.
         weakref.finalize(self, self._manager.post, self._manager.request_stop)
         log.debug("pool started: %d workers (%s)", max_workers, ctx.get_start_method())
@@ -147,7 +157,7 @@ class Pool(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
         """Queue ``fn(*args, **kwargs)`` at priority 0; wait for room if the queue is full."""
-        _check_callable(fn, "submit")
+        check_callable(fn, "submit")
         return self._enqueue(
             fn, args, kwargs, priority=0, timeout=self._job_timeout, retry_delay=self._retry_delay
         )
@@ -180,18 +190,18 @@ class Pool(Executor):
         block:       with a full queue (``maxsize``), wait for room (True) or
                      raise ``Full`` at once (False).
         """
-        _check_callable(fn, "schedule")
-        _check_priority(priority)
-        timeout = _check_timeout(timeout, "timeout")
+        check_callable(fn, "schedule")
+        check_priority(priority)
+        timeout = check_timeout(timeout, "timeout")
         return self._enqueue(
             fn,
             tuple(args),
             {} if kwargs is None else dict(kwargs),
             priority=priority,
             timeout=self._job_timeout if timeout is None else timeout,
-            retries=_check_retries(retries),
-            retry_delay=self._retry_delay if retry_delay is None else _check_delay(retry_delay),
-            retry_on=_check_retry_on(retry_on),
+            retries=check_retries(retries),
+            retry_delay=self._retry_delay if retry_delay is None else check_delay(retry_delay),
+            retry_on=check_retry_on(retry_on),
             block=block,
         )
 
@@ -337,8 +347,8 @@ class Pool(Executor):
     def _chunk_submitter(
         self, fn: Callable[..., Any], star: bool, priority: float
     ) -> Callable[[list[Any]], JobFuture]:
-        _check_callable(fn, "map")
-        _check_priority(priority)
+        check_callable(fn, "map")
+        check_priority(priority)
         make_call = _map.chunk_call(fn, star)
         name = getattr(fn, "__qualname__", repr(fn))
 
@@ -354,7 +364,7 @@ class Pool(Executor):
         # A pool-wide job_timeout is a limit per item: items are not grouped then,
         # or several short items could add up past it.
         adaptive = chunksize == 1 and self._job_timeout is None
-        return _map.ChunkFeeder(items, _check_chunksize(chunksize), adaptive=adaptive)
+        return _map.ChunkFeeder(items, check_chunksize(chunksize), adaptive=adaptive)
 
     def _window_size(self) -> int:
         return _map.WINDOW_PER_WORKER * self._max_workers
@@ -439,132 +449,3 @@ class Pool(Executor):
             f"<taskq.Pool workers={s.workers} queued={s.queued} running={s.running} "
             f"done={s.succeeded + s.failed + s.cancelled}{' shut down' if self._shutdown else ''}>"
         )
-
-
-# -- argument checks (clear errors for bad input) ------------------------------------
-
-
-def _check_callable(fn: object, method: str) -> None:
-    if not callable(fn):
-        raise TypeError(f"{method}() needs a callable; got {fn!r}")
-
-
-def _check_options(
-    max_workers: int,
-    initializer: Callable[..., object] | None,
-    max_tasks_per_child: int | None,
-    maxsize: int,
-    counters: Iterable[str],
-    order: str,
-) -> tuple[str, ...]:
-    if not isinstance(max_workers, int) or isinstance(max_workers, bool):
-        raise TypeError(f"max_workers must be an int or None; got {max_workers!r}")
-    if max_workers <= 0:
-        raise ValueError("max_workers must be greater than 0")
-    if initializer is not None and not callable(initializer):
-        raise TypeError(f"initializer must be callable; got {initializer!r}")
-    if max_tasks_per_child is not None and (
-        not isinstance(max_tasks_per_child, int) or max_tasks_per_child <= 0
-    ):
-        raise ValueError(
-            f"max_tasks_per_child must be a positive int or None; got {max_tasks_per_child!r}"
-        )
-    if not isinstance(maxsize, int) or maxsize < 0:
-        raise ValueError(f"maxsize must be an int >= 0 (0: unbounded); got {maxsize!r}")
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {', '.join(map(repr, ORDERS))}; got {order!r}")
-    if isinstance(counters, str):
-        raise TypeError(f"counters takes a sequence of names, e.g. ({counters!r},)")
-    names = tuple(counters)
-    for name in names:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"counter names must be non-empty strings; got {name!r}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"counter names must be unique; got {names!r}")
-    return names
-
-
-def _check_priority(priority: object) -> None:
-    if not isinstance(priority, (int, float)) or (
-        isinstance(priority, float) and math.isnan(priority)
-    ):
-        raise TypeError(f"priority must be an int or float (not NaN); got {priority!r}")
-
-
-def _check_timeout(timeout: float | None, name: str) -> float | None:
-    if timeout is None:
-        return None
-    if not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"{name} must be a positive number of seconds or None; got {timeout!r}")
-    return float(timeout)
-
-
-def _check_retries(retries: int) -> int:
-    if not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be an int >= 0; got {retries!r}")
-    return retries
-
-
-def _check_delay(delay: float) -> float:
-    if not isinstance(delay, (int, float)) or delay < 0:
-        raise ValueError(f"retry_delay must be a number of seconds >= 0; got {delay!r}")
-    return float(delay)
-
-
-def _check_retry_on(retry_on: RetryOn) -> tuple[type[BaseException], ...] | None:
-    if retry_on is None:
-        return None
-    types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
-    for t in types:
-        if not (isinstance(t, type) and issubclass(t, BaseException)):
-            raise TypeError(f"retry_on takes exception types; got {t!r}")
-    return types
-
-
-def _check_chunksize(chunksize: int) -> int:
-    if not isinstance(chunksize, int) or chunksize < 1:
-        raise ValueError(f"chunksize must be an int >= 1; got {chunksize!r}")
-    return chunksize
-
-
-# -- process exit --------------------------------------------------------------------
-
-_running: weakref.WeakSet[Manager] = weakref.WeakSet()
-_open_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
-
-
-def _finish_at_exit() -> None:
-    """At interpreter exit, let every pool finish the work it was given, as
-    ``ProcessPoolExecutor`` does (after ``shutdown(wait=False)`` too). Ctrl-C
-    while waiting stops them instead.
-
-    Registered with ``threading._register_atexit``, like CPython's executors: it
-    runs when the main thread ends, before ``atexit`` hooks and before threads
-    are joined.
-    """
-    # A worker forked from this process inherits the registry; only the pools'
-    # own process may wait for them.
-    pools = [pool for pool in _open_pools if pool._pid == os.getpid()]
-    try:
-        for pool in pools:
-            pool._run_unstarted_maps()
-            pool._manager.post(pool._manager.request_stop)
-        for pool in pools:
-            pool._manager.join()
-    except KeyboardInterrupt:
-        for pool in pools:
-            pool.terminate()
-
-
-@atexit.register
-def _terminate_at_exit() -> None:
-    """Last resort at interpreter exit: stop every pool still running, so no worker
-    is orphaned (a pool whose work could not finish, or an exit without threading)."""
-    for manager in list(_running):
-        if manager.alive:
-            manager.post(manager.terminate)
-            manager.join(timeout=5)
-        manager.kill_workers()  # if the manager did not finish in time
-
-
-threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]

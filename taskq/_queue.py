@@ -66,8 +66,9 @@ class JobQueue(Protocol[R]):
       them wins, atomically; the loser sees False (cancel) or never gets the
       job (claim). The winner owns the job's fate from then on.
     * ``drain()`` removes and returns every queued job (shutdown, broken pool).
-    * ``snapshot()`` is one cheap read of depth, head priority and mix (a
-      broker answers it in one round trip).
+    * ``snapshot()`` is one cheap read of depth, head priority and mix: a hint
+      for the dispatcher, which may be stale by the time it acts (``claim``
+      decides); a broker answers it in one round trip.
     * ``close()`` refuses new jobs and wakes writers blocked on a full queue.
     """
 
@@ -112,10 +113,14 @@ class MemoryQueue(JobQueue[R]):
         return self._live
 
     def snapshot(self) -> QueueSnapshot:
-        with self._lock:
-            levels = self._levels
+        # Read without the lock: it is called on every dispatch and is a hint only
+        # (claim() decides). A concurrent claim may empty the levels under us.
+        levels = self._levels
+        try:
             head = levels[0] if levels and self.order == "priority" else None
-            return QueueSnapshot(self._live, head, len(levels) > 1)
+        except IndexError:
+            head = None
+        return QueueSnapshot(self._live, head, len(levels) > 1)
 
     def put(
         self,

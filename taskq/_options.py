@@ -1,0 +1,93 @@
+"""Argument checks for ``Pool`` and its methods: a clear error for each bad input."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+from taskq._queue import ORDERS
+
+RetryOn = tuple[type[BaseException], ...] | type[BaseException] | None
+
+
+def check_callable(fn: object, method: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{method}() needs a callable; got {fn!r}")
+
+
+def check_options(
+    max_workers: int,
+    initializer: Callable[..., object] | None,
+    max_tasks_per_child: int | None,
+    maxsize: int,
+    counters: Iterable[str],
+    order: str,
+) -> tuple[str, ...]:
+    if not isinstance(max_workers, int) or isinstance(max_workers, bool):
+        raise TypeError(f"max_workers must be an int or None; got {max_workers!r}")
+    if max_workers <= 0:
+        raise ValueError("max_workers must be greater than 0")
+    if initializer is not None and not callable(initializer):
+        raise TypeError(f"initializer must be callable; got {initializer!r}")
+    if max_tasks_per_child is not None and (
+        not isinstance(max_tasks_per_child, int) or max_tasks_per_child <= 0
+    ):
+        raise ValueError(
+            f"max_tasks_per_child must be a positive int or None; got {max_tasks_per_child!r}"
+        )
+    if not isinstance(maxsize, int) or maxsize < 0:
+        raise ValueError(f"maxsize must be an int >= 0 (0: unbounded); got {maxsize!r}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(map(repr, ORDERS))}; got {order!r}")
+    if isinstance(counters, str):
+        raise TypeError(f"counters takes a sequence of names, e.g. ({counters!r},)")
+    names = tuple(counters)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"counter names must be non-empty strings; got {name!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"counter names must be unique; got {names!r}")
+    return names
+
+
+def check_priority(priority: object) -> None:
+    if not isinstance(priority, (int, float)) or (
+        isinstance(priority, float) and math.isnan(priority)
+    ):
+        raise TypeError(f"priority must be an int or float (not NaN); got {priority!r}")
+
+
+def check_timeout(timeout: float | None, name: str) -> float | None:
+    if timeout is None:
+        return None
+    if not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"{name} must be a positive number of seconds or None; got {timeout!r}")
+    return float(timeout)
+
+
+def check_retries(retries: int) -> int:
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an int >= 0; got {retries!r}")
+    return retries
+
+
+def check_delay(delay: float) -> float:
+    if not isinstance(delay, (int, float)) or delay < 0:
+        raise ValueError(f"retry_delay must be a number of seconds >= 0; got {delay!r}")
+    return float(delay)
+
+
+def check_retry_on(retry_on: RetryOn) -> tuple[type[BaseException], ...] | None:
+    if retry_on is None:
+        return None
+    types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    for t in types:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise TypeError(f"retry_on takes exception types; got {t!r}")
+    return types
+
+
+def check_chunksize(chunksize: int) -> int:
+    if not isinstance(chunksize, int) or chunksize < 1:
+        raise ValueError(f"chunksize must be an int >= 1; got {chunksize!r}")
+    return chunksize
