@@ -116,8 +116,11 @@ class RemoteError(TaskqError):
         return (RemoteError, (self.type_name, self.message, self.traceback_text), self.__dict__)
 
 
-class InitializerError(TaskqError):
-    """Raised on jobs sent to a worker whose ``initializer`` raised (text: its traceback)."""
+class InitializerError(TaskqError, BrokenProcessPool):
+    """Raised on jobs sent to a worker whose ``initializer`` failed: it raised (the text
+    holds its traceback) or the process died before it was ready. A
+    ``BrokenProcessPool``, as ``ProcessPoolExecutor`` raises then; the pool
+    retries starting workers and breaks only after several failures in a row."""
 
 
 class PoolBroken(TaskqError, BrokenProcessPool):
@@ -130,6 +133,11 @@ class RemoteTraceback(Exception):
     def __init__(self, traceback_text: str):
         super().__init__(traceback_text)
         self.traceback_text = traceback_text
+
+    @property
+    def tb(self) -> str:
+        """The traceback text (the name ``ProcessPoolExecutor``'s own class uses)."""
+        return self.traceback_text
 
     def __str__(self) -> str:
         return f'\n"""\n{self.traceback_text}"""'

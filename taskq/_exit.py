@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from taskq._manager import Manager
     from taskq._pool import Pool
 
+exiting = False  # the interpreter is shutting down: no pool takes new jobs
 running: weakref.WeakSet[Manager] = weakref.WeakSet()
 open_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
@@ -29,10 +30,11 @@ def _finish_at_exit() -> None:
     # A worker forked from this process inherits the registry; only the pools'
     # own process may wait for them.
     pools = [pool for pool in open_pools if pool._pid == os.getpid()]
+    global exiting
+    exiting = True
     try:
         for pool in pools:
-            pool._run_unstarted_maps()
-            pool._manager.post(pool._manager.request_stop)
+            pool.shutdown(wait=False)  # runs unstarted maps, refuses new jobs
         for pool in pools:
             pool._manager.join()
     except KeyboardInterrupt:

@@ -112,9 +112,17 @@ class MapIterator(Iterator[Any]):
         self._window.cancel_rest()  # also when it was never started
 
 
+def _handing_out(values: list[Any]) -> Iterator[Any]:
+    """The chunk's results in order, each dropped from the chunk as it is handed out
+    (as ``Executor.map`` does: the caller may be the last one holding a result).
+    Pops from the reversed list, in C: no Python frame per item."""
+    values.reverse()
+    return itertools.starmap(values.pop, itertools.repeat((), len(values)))
+
+
 def _then_raise(values: list[Any], error: bytes) -> Iterator[Any]:
     """The results before the item that raised, then its exception."""
-    yield from values
+    yield from _handing_out(values)
     raise unpack_exception(error)
 
 
@@ -204,7 +212,7 @@ def ordered_results(
                 values, error = _chunk_outcome(future, feeder, deadline)
                 window.pending.popleft()
                 window.top_up()
-                yield values if error is None else _then_raise(values, error)
+                yield _handing_out(values) if error is None else _then_raise(values, error)
             window.check_not_stopped()
         finally:
             window.cancel_rest()
@@ -240,7 +248,7 @@ def unordered_results(
                 window.pending.remove(future)
                 values, error = _chunk_outcome(future, feeder, None)
                 window.top_up()
-                yield values if error is None else _then_raise(values, error)
+                yield _handing_out(values) if error is None else _then_raise(values, error)
             window.check_not_stopped()
         finally:
             window.cancel_rest()

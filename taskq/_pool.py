@@ -57,6 +57,7 @@ from taskq import _exit, _map
 from taskq._counters import Counter, CounterBlock
 from taskq._errors import PicklingFailed
 from taskq._job import JobFuture, WorkItem
+from taskq._ledger import Ledger
 from taskq._log import log
 from taskq._manager import Manager
 from taskq._options import (
@@ -139,7 +140,9 @@ class Pool(Executor):
             max_tasks=max_tasks_per_child,
         )
         self._job_ids = itertools.count(1)
-        self._withdraw_hook = self._withdraw  # one bound method, not one per job
+        # One hook for every job's future, holding no reference to the pool: a pool
+        # dropped after shutdown() is freed at once (no cycle to wait for the GC).
+        self._withdraw_hook = _Withdraw(self._queue, self._manager.ledger)
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._maps_lock = threading.Lock()
@@ -242,7 +245,7 @@ class Pool(Executor):
         except QueueClosed:
             if self._manager.broken is not None:  # it broke while we waited for room
                 raise self._manager.broken from None
-            raise RuntimeError("cannot schedule new jobs after shutdown") from None
+            raise RuntimeError("cannot schedule new futures after shutdown") from None
         # Queued: from here on the future is the answer, even if the pool breaks now
         # (the manager then fails it like every queued job).
         self._ledger.submitted()
@@ -258,21 +261,15 @@ class Pool(Executor):
         self._ledger.refused()
         return future
 
-    def _withdraw(self, item: WorkItem) -> bool:
-        """``JobFuture.cancel()`` hook: free the queue slot of a cancelled job.
-
-        True if it was still queued; False if the pool had already taken it
-        (the pool then sees the cancellation and drops the job itself)."""
-        if not self._queue.cancel(item):
-            return False
-        self._ledger.withdrawn(item)
-        return True
-
     def _check_open(self) -> None:
         if self._manager.broken is not None:
             raise self._manager.broken
         if self._shutdown:
-            raise RuntimeError("cannot schedule new jobs after shutdown")
+            raise RuntimeError(
+                "cannot schedule new futures after interpreter shutdown"
+                if _exit.exiting
+                else "cannot schedule new futures after shutdown"
+            )
 
     # -- map --------------------------------------------------------------------
 
@@ -449,3 +446,22 @@ class Pool(Executor):
             f"<taskq.Pool workers={s.workers} queued={s.queued} running={s.running} "
             f"done={s.succeeded + s.failed + s.cancelled}{' shut down' if self._shutdown else ''}>"
         )
+
+
+class _Withdraw:
+    """``JobFuture.cancel()`` hook: free the queue slot of a cancelled job.
+
+    True if it was still queued; False if the pool had already taken it (the
+    pool then sees the cancellation and drops the job itself).
+    """
+
+    __slots__ = ("_ledger", "_queue")
+
+    def __init__(self, queue: JobQueue[WorkItem], ledger: Ledger):
+        self._queue, self._ledger = queue, ledger
+
+    def __call__(self, item: WorkItem) -> bool:
+        if not self._queue.cancel(item):
+            return False
+        self._ledger.withdrawn(item)
+        return True

@@ -136,7 +136,7 @@ class MemoryQueue(JobQueue[R]):
             if self.maxsize > 0 and not force:
                 self._wait_for_room(block, timeout)  # may wait on _not_full (same lock)
             if self._closed:
-                raise QueueClosed("cannot schedule new jobs after shutdown")
+                raise QueueClosed("cannot schedule new futures after shutdown")
             item.seq = next(self._seq)
             item.state = State.QUEUED
             self._bucket(item).append(item)

@@ -45,7 +45,7 @@ class Workforce:
         give_up: Callable[[PoolBroken], None],
     ):
         self.workers: dict[int, WorkerHandle] = {}
-        self._launcher = launcher
+        self._launcher: WorkerLauncher | None = launcher
         self._max_workers = max_workers
         self._selector = selector
         self._at = at  # at(when, action, *args): the manager's timer
@@ -58,6 +58,8 @@ class Workforce:
 
     def start(self, index: int, replacement: bool = False) -> bool:
         """Start worker ``index``; False if the OS refused (a retry is then scheduled)."""
+        if self._launcher is None:  # closed
+            return False
         try:
             worker = self._launcher.spawn(index)
         except OSError as exc:
@@ -146,7 +148,10 @@ class Workforce:
             worker.signal(signal.SIGKILL)
             worker.close()
         self.workers.clear()
-        self._launcher.close()
+        if self._launcher is not None:
+            self._launcher.close()
+            # It holds the initializer and its arguments: let them go with the pool.
+            self._launcher = None
 
     def kill_all(self) -> None:
         """Last resort at interpreter exit: SIGKILL and reap every worker still alive."""

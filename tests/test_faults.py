@@ -540,3 +540,67 @@ def test_a_refused_worker_start_is_retried_instead_of_breaking_the_pool():
         env=dict(os.environ, PYTHONPATH=REPO),
     )
     assert result.stdout.split() == ["after", "2", "1"], result.stderr[-3000:]
+
+
+# -- 12, continued: what CPython's own executor tests expect ----------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_map_drops_each_result_as_it_hands_it_out(pool_factory):
+    pool = pool_factory(2)
+    for obj in pool.map(fj.Payload, range(20)):
+        ref = weakref.ref(obj)
+        del obj
+        gc.collect()
+        assert ref() is None, "the map still holds a result it handed out"
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_shut_down_and_dropped_frees_its_initargs_at_once():
+    token = fj.Payload(1)
+    ref = weakref.ref(token)
+    pool = taskq.Pool(1, initializer=fj.take_argument, initargs=(token,))
+    assert pool.submit(jobs.square, 3).result(timeout=T) == 9
+    pool.shutdown(wait=True)
+    del pool, token
+    assert ref() is None  # no reference cycle keeps the pool until a GC pass
+
+
+@pytest.mark.timeout(60)
+def test_an_initializer_failure_is_a_broken_process_pool_error(pool_factory):
+    pool = pool_factory(1, initializer=jobs.failing_initializer)
+    with pytest.raises(BrokenProcessPool):
+        pool.submit(jobs.square, 3).result(timeout=T)
+
+
+ATEXIT_SUBMIT_SCRIPT = textwrap.dedent(
+    """
+    import atexit
+    import taskq
+
+    @atexit.register
+    def submit_late():
+        try:
+            pool.submit(abs, -1)
+        except RuntimeError as exc:
+            print("refused:", exc)
+
+    pool = taskq.Pool(1)
+    assert pool.submit(abs, -2).result(timeout=60) == 2
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_a_submit_from_an_exit_hook_is_refused_like_executors():
+    result = subprocess.run(
+        [sys.executable, "-c", ATEXIT_SUBMIT_SCRIPT],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
+    assert "refused: cannot schedule new futures after interpreter shutdown" in result.stdout, (
+        result.stdout + result.stderr[-2000:]
+    )

@@ -274,12 +274,10 @@ def test_shutdown_cancel_futures_cancels_the_queued_jobs(pool_factory, gate):
 @pytest.mark.timeout(30)
 def test_shutdown_without_wait_returns_at_once_and_workers_are_reaped_later(pool_factory, pid_file):
     pool = pool_factory(2, initializer=jobs.record_pid_initializer, initargs=(pid_file,))
-    futs = [pool.submit(jobs.sleep_then, 1.0, i) for i in range(2)]
+    futs = [pool.submit(jobs.sleep_then, 5.0, i) for i in range(2)]
     wait_until(lambda: len(read_pids(pid_file)) == 2, 10, "both workers to start")
-    time.sleep(0.1)
-    t0 = time.monotonic()
     pool.shutdown(wait=False)
-    assert time.monotonic() - t0 < 0.5
+    assert not all(f.done() for f in futs)  # it returned while the jobs still ran
     assert [f.result(timeout=T) for f in futs] == [0, 1]
     assert_all_gone(read_pids(pid_file), timeout=10)
 
@@ -293,7 +291,7 @@ def test_shutdown_returns_while_an_abandoned_map_is_still_open(pool_factory):
     assert list(itertools.islice(it, 100)) == [i * i for i in range(100)]
     t0 = time.monotonic()
     pool.shutdown(wait=True)
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 60  # it does not read the endless input
     it.close()
 
 
@@ -466,6 +464,7 @@ def test_stats_add_up_when_the_pool_is_idle(pool_factory, gate):
     pool = pool_factory(2)
     ok = [pool.submit(jobs.square, i) for i in range(10)]
     bad = [pool.submit(jobs.raise_value_error) for _ in range(3)]
+    concurrent.futures.wait(ok + bad, timeout=T)  # so that only the blockers run below
     fn, args = gate.job("a")
     blockers = [pool.submit(fn, *args)]
     fn, args = gate.job("b")
