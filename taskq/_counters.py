@@ -1,18 +1,128 @@
-"""Counters in shared memory: one block of 64-bit integers behind one Lock.
+"""Counters in shared memory, and the lock that no dying process can leave held.
 
-The user's named counters are a ``CounterBlock``.
-Each block is a ``RawArray`` guarded by a single ``multiprocessing.Lock``, so an
-``add`` is exact under contention from any number of processes, and a snapshot
-of the whole block is never torn (``multiprocessing.Value(lock=True)`` would
-lock each value on its own). Workers receive the block when they start: a
-shared ``RawArray`` can only be passed on by inheritance, never through a pipe.
+The user's named counters are a ``CounterBlock``: a ``RawArray`` of 64-bit
+integers guarded by one ``RecordLock``, so an ``add`` is exact under contention
+from any number of processes and threads, and a snapshot of the whole block is
+never torn. Workers receive the block when they start: a shared ``RawArray``
+(and the lock's file) can only be passed on by inheritance, never through a pipe.
+
+Any process may die at any instant, holding the lock or not: a job stopped by
+its timeout or by ``pool.kill()``, a crash. A ``multiprocessing.Lock`` would then
+stay held for ever and hang every later ``add`` in every process. A
+``RecordLock`` is a POSIX record lock (``fcntl``) on one byte of a small unlinked
+file, which the kernel releases when its holder dies. The workers' slots
+(``_slot.py``) use the same lock, for the same reason.
+
+Record locks belong to a process, not to a thread, so each ``RecordLock`` also
+takes a ``threading.Lock`` to exclude the other threads of its own process.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
+import tempfile
+import threading
+import time
+import weakref
 from collections.abc import Iterable, Sequence
+from multiprocessing import context, reduction
 from multiprocessing.context import BaseContext
 from typing import Any
+
+# The kernel's deadlock detector sees processes, not threads: with threads it may
+# refuse a wait that is no deadlock (EDEADLK). The holder will release: try again.
+_FALSE_DEADLOCK_PAUSE = 0.001
+_lockf = fcntl.lockf
+_EXCLUSIVE, _UNLOCK = fcntl.LOCK_EX, fcntl.LOCK_UN
+
+
+class LockFile:
+    """An unlinked temporary file; each of its bytes can be one ``RecordLock``.
+
+    Beware: closing *any* descriptor of this file in a process releases every
+    record lock that process holds on it, so it is opened once per process and
+    closed only when no lock of it is in use.
+    """
+
+    def __init__(self, fd: int | None = None):
+        if fd is None:
+            fd, path = tempfile.mkstemp(prefix="taskq-locks-")
+            os.unlink(path)
+        self.fd = fd
+        finalizer = weakref.finalize(self, os.close, fd)
+        finalizer.atexit = False  # at exit the process is going away: its locks go with it
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # To a spawn or forkserver child: the descriptor travels with the new process.
+        context.assert_spawning(self)
+        return _open_passed_lock_file, (reduction.DupFd(self.fd),)
+
+
+def _open_passed_lock_file(passed: Any) -> LockFile:
+    return LockFile(passed.detach())
+
+
+class RecordLock:
+    """A lock on one byte of a ``LockFile``: exclusive among every thread of every
+    process, and released by the kernel when the process holding it dies."""
+
+    __slots__ = ("__weakref__", "_fd", "_file", "_offset", "_threads")
+
+    def __init__(self, file: LockFile, offset: int):
+        self._file = file  # keeps the descriptor open
+        self._fd = file.fd
+        self._offset = offset
+        self._threads = threading.Lock()
+        _all_locks.add(self)
+
+    def acquire(self) -> None:
+        self._threads.acquire()
+        try:
+            while True:
+                try:
+                    _lockf(self._fd, _EXCLUSIVE, 1, self._offset)
+                    return
+                except OSError as exc:
+                    if exc.errno != errno.EDEADLK:
+                        raise
+                time.sleep(_FALSE_DEADLOCK_PAUSE)
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def release(self) -> None:
+        try:
+            _lockf(self._fd, _UNLOCK, 1, self._offset)
+        finally:
+            self._threads.release()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return RecordLock, (self._file, self._offset)
+
+    def _forget_threads(self) -> None:
+        # In a forked child only the forking thread exists: a thread that held the
+        # threading.Lock at the fork is not there to release it. (The record lock
+        # itself is not inherited: the child holds none.)
+        self._threads = threading.Lock()
+
+
+_all_locks: weakref.WeakSet[RecordLock] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for lock in list(_all_locks):
+        lock._forget_threads()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class CounterBlock:
@@ -21,12 +131,12 @@ class CounterBlock:
     def __init__(self, names: Sequence[str], ctx: BaseContext):
         self.names = tuple(names)
         self._index = {name: i for i, name in enumerate(self.names)}
-        self._lock = ctx.Lock()
+        self._lock = RecordLock(LockFile(), 0)
         self._values: Any = ctx.RawArray("q", max(1, len(self.names)))
         self._bind()
 
     def _bind(self) -> None:
-        # The lock's C-level acquire/release: ``with lock`` adds two Python calls.
+        # Bound once: ``with lock`` would add two more Python calls to every add.
         self._acquire = self._lock.acquire
         self._release = self._lock.release
 

@@ -10,27 +10,40 @@ jobs waiting behind the long one are taken back and given to the idle worker.
 Starting a job and revoking it are decided under the slot's lock, so a job is
 either started by the worker or taken back by the parent, never both.
 
+The lock is a ``RecordLock`` (``_counters.py``): a worker killed while it holds
+the lock (a timeout's SIGKILL can come at any instant) releases it as it dies,
+so the parent can always wait for it.
+
 Jobs are numbered per worker in the order it receives them (``seq``).
 """
 
 from __future__ import annotations
 
 import time
-from multiprocessing.context import BaseContext
 from typing import Any
+
+from taskq._counters import LockFile, RecordLock
 
 JOB, STARTED_NS, STARTED_SEQ, REVOKED_UPTO = range(4)
 WIDTH = 4
-LOCK_PATIENCE = 0.05  # the parent never waits long on a lock a dying worker may hold
+
+
+def slot_locks(count: int) -> list[RecordLock]:
+    """One lock per slot, bytes of one file: made once per pool, inherited by its workers."""
+    file = LockFile()
+    return [RecordLock(file, index) for index in range(count)]
 
 
 class WorkerSlot:
-    def __init__(self, array: Any, index: int, ctx: BaseContext):
+    def __init__(self, array: Any, index: int, lock: RecordLock):
         self._array = array
         self._base = index * WIDTH
-        self._lock = ctx.Lock()  # new for every worker: a dead one may have held the old
+        self._lock = lock
+
+    def clear(self) -> None:
+        """Zero the slot for a new worker (the parent, before the worker starts)."""
         for field in range(WIDTH):
-            array[self._base + field] = 0
+            self._array[self._base + field] = 0
 
     # -- worker side -----------------------------------------------------------------
 
@@ -52,21 +65,13 @@ class WorkerSlot:
 
     def running(self) -> tuple[int, int]:
         """(job id, start time in monotonic ns) of the job the worker is on; id 0 if none."""
-        locked = self._lock.acquire(timeout=LOCK_PATIENCE)
-        try:
+        with self._lock:
             return self._array[self._base + JOB], self._array[self._base + STARTED_NS]
-        finally:
-            if locked:
-                self._lock.release()
 
     def revoke(self, sent: int) -> int | None:
         """Take back every job numbered up to ``sent`` not yet started; return the number
-        of the last started job, or None if the slot could not be locked (dying worker)."""
-        if not self._lock.acquire(timeout=LOCK_PATIENCE):
-            return None
-        try:
+        of the last started job. (Never None now: a dead worker's lock is released.)"""
+        with self._lock:
             self._array[self._base + REVOKED_UPTO] = sent
             started: int = self._array[self._base + STARTED_SEQ]
             return started
-        finally:
-            self._lock.release()

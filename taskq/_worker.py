@@ -28,9 +28,18 @@ from typing import Any, NamedTuple
 
 from taskq import _counters
 from taskq._channel import FrameReader, enlarge_pipe, write_all
-from taskq._errors import SerializationError
+from taskq._errors import PicklingFailed, UnpicklingFailed
 from taskq._protocol import Kind, dumps, encode, encode_parts, pack_exception
 from taskq._slot import WorkerSlot
+
+RESET_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGALRM,
+    signal.SIGCHLD,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 
 
 class WorkerSpec(NamedTuple):
@@ -39,7 +48,6 @@ class WorkerSpec(NamedTuple):
     calls: Connection
     results: Connection
     lifeline: Connection
-    fds_to_close: tuple[int, ...]  # parent-only descriptors inherited through fork
     slot: WorkerSlot
     counters: _counters.CounterBlock
     initializer: Callable[..., object] | None
@@ -49,10 +57,7 @@ class WorkerSpec(NamedTuple):
 
 def run_worker(spec: WorkerSpec) -> None:
     """Entry point of a worker process."""
-    # Ctrl-C in a terminal reaches the whole process group; the parent decides what stops.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for fd in spec.fds_to_close:
-        _close_quietly(fd)
+    reset_signals()
     _watch_parent(spec.lifeline.fileno())
     _counters.install_worker_counters(spec.counters)
     out_fd = spec.results.fileno()
@@ -61,6 +66,21 @@ def run_worker(spec: WorkerSpec) -> None:
         return
     write_all(out_fd, [encode(Kind.READY)])
     _serve(spec, FrameReader(spec.calls.fileno()), out_fd)
+
+
+def reset_signals() -> None:
+    """Undo the signal set-up a forked process inherits from the application.
+
+    The SIGTERM that stops a job past its timeout must end the process, not run
+    the application's handler; the same goes for the other signals an
+    application commonly handles. Ctrl-C in a terminal reaches the whole process
+    group: SIGINT is ignored, the parent decides what stops.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in RESET_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    # Signals must not wake the application's event loop through its wake-up pipe.
+    signal.set_wakeup_fd(-1)
 
 
 def _initialize(spec: WorkerSpec, out_fd: int) -> bool:
@@ -104,28 +124,30 @@ def _call(job_id: int, payload: bytes | bytearray) -> tuple[Kind, bytes]:
     try:
         fn, args, kwargs = pickle.loads(payload)
     except BaseException as exc:
-        return Kind.ERROR, _serialization_error(
+        return Kind.ERROR, _packed(UnpicklingFailed(
             f"job {job_id}: its call could not be unpickled in the worker ({exc!r}); "
-            "check that the function and arguments are importable and picklable",
-            exc,
-        )
+            "check that the function and arguments are importable and picklable"
+        ), exc)  # fmt: skip
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
         return Kind.ERROR, pack_exception(exc)
     try:
         return Kind.OK, dumps(result)
-    except BaseException as exc:
+    except Exception as exc:
         name = getattr(fn, "__qualname__", repr(fn))
-        return Kind.ERROR, _serialization_error(
+        return Kind.ERROR, _packed(PicklingFailed(
             f"job {job_id} ({name}): its result of type {type(result).__qualname__} "
-            f"could not be pickled ({exc!r}); return picklable data",
-            exc,
-        )
+            f"could not be pickled ({exc!r}); return picklable data"
+        ), exc)  # fmt: skip
+    except BaseException as exc:  # SystemExit from a __reduce__: the job gets it as itself
+        add_note = getattr(exc, "add_note", None)  # Python 3.11+
+        if add_note is not None:
+            add_note(f"taskq: raised while pickling the result of job {job_id}")
+        return Kind.ERROR, pack_exception(exc)
 
 
-def _serialization_error(message: str, cause: BaseException) -> bytes:
-    error = SerializationError(message)
+def _packed(error: BaseException, cause: BaseException) -> bytes:
     error.__cause__ = cause
     return pack_exception(error)
 
@@ -139,18 +161,12 @@ def _watch_parent(lifeline_fd: int) -> None:
             readable, _, _ = select.select([lifeline_fd], [], [], 1.0)
             # Nobody writes to the lifeline: it turns readable at end of file, when the
             # parent's end closes. The ppid check is a fallback for a lifeline held open
-            # by a stray fork.
+            # by a stray fork; under fork the ppid is the fork server (_forkserver.py),
+            # which exits when the pool's parent does.
             if (readable and not os.read(lifeline_fd, 64)) or os.getppid() != parent:
                 os._exit(0)
 
     threading.Thread(target=watch, name="taskq-lifeline", daemon=True).start()
-
-
-def _close_quietly(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
 
 
 # -- map chunks -----------------------------------------------------------------

@@ -502,3 +502,60 @@ def exit_at(x, bad):
     if x == bad:
         os._exit(3)
     return x
+
+
+# --------------------------------------------------------------------------------------------
+# counters under fire, fork server, inherited signal handlers
+# --------------------------------------------------------------------------------------------
+
+
+class _OneThatWaits(int):
+    """The integer 1; adding it to a counter runs ``__radd__`` *inside* the counters' lock
+    (``stored + amount`` asks an int subclass first), where it announces itself and waits."""
+
+    def __new__(cls, started_path):
+        one = super().__new__(cls, 1)
+        one.started_path = started_path
+        return one
+
+    def __radd__(self, other):
+        tmp = f"{self.started_path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(tmp, self.started_path)
+        time.sleep(60)  # whatever stops the job comes now, while the lock is held
+        return other + 1
+
+
+def add_holding_the_lock(name, started_path):
+    """Add 1 to counter ``name``, then start another add and stay inside it (lock held);
+    this worker's pid is written to ``started_path`` once it is in there."""
+    import taskq
+
+    c = taskq.counter(name)
+    c.add(1)
+    return c.add(_OneThatWaits(started_path))
+
+
+CREATION_STATE = "unset"  # a test sets it before creating a pool and changes it after
+
+
+def creation_state():
+    """(pid, parent pid, CREATION_STATE) as this worker sees them."""
+    return os.getpid(), os.getppid(), CREATION_STATE
+
+
+def signal_dispositions():
+    """{signal name: "default" | "ignore" | "handler"} for the signals a worker resets."""
+    names = ["SIGINT", "SIGTERM", "SIGHUP", "SIGALRM", "SIGCHLD", "SIGUSR1", "SIGUSR2"]
+    kinds = {signal.SIG_DFL: "default", signal.SIG_IGN: "ignore"}
+    return {n: kinds.get(signal.getsignal(getattr(signal, n)), "handler") for n in names}
+
+
+def thread_count(pid):
+    """How many threads process ``pid`` runs (from /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no thread count for pid {pid}")

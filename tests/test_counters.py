@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import threading
+import time
+from concurrent.futures import CancelledError
 
 import pytest
 
 import taskq
 from tests import jobs
+from tests.jobs import wait_until
 
 T = 30
 
@@ -119,8 +125,11 @@ def test_a_pool_without_counters_has_an_empty_snapshot(pool_factory):
 
 
 def test_counters_of_two_pools_are_independent(pool_factory):
-    a = pool_factory(1, counters=("n",))
-    b = pool_factory(1, counters=("n",))
+    # Not fork: creating a fork pool while another pool's threads run forks a
+    # multi-threaded process (Python 3.12+ warns), which is not what this test is about.
+    ctx = multiprocessing.get_context("forkserver")
+    a = pool_factory(1, ctx, counters=("n",))
+    b = pool_factory(1, ctx, counters=("n",))
     a.submit(jobs.counter_add, "n", 5).result(timeout=T)
     b.submit(jobs.counter_add, "n", 7).result(timeout=T)
     assert a.counter("n").value == 5
@@ -135,3 +144,186 @@ def test_counters_survive_a_worker_crash(pool_factory):
         pool.submit(jobs.exit_with, 3).result(timeout=T)
     assert pool.submit(jobs.counter_add, "n", 1).result(timeout=T) == 4
     assert pool.counter("n").value == 4
+
+
+# --------------------------------------------------------------------------------------------
+# a process that dies inside add() (timeout, pool.kill(), SIGKILL) never leaves counters locked
+# (jobs.add_holding_the_lock is stopped while it holds the lock, every time)
+# --------------------------------------------------------------------------------------------
+
+
+def assert_counter_still_works(pool, name="n"):
+    """The parent and new jobs can use the counter, and every add that completed counts once.
+    Returns the value found before the checks.
+
+    The parent's side runs in a thread: on a lock left held it would block for ever, and the
+    test must fail, not hang.
+    """
+    seen = []
+
+    def parent_side():
+        c = pool.counter(name)
+        before = c.value
+        seen.append((before, c.add(1)))
+
+    t = threading.Thread(target=parent_side, name="counter-check", daemon=True)
+    t.start()
+    t.join(T)
+    assert not t.is_alive(), "pool.counter().add() blocks: the stopped job left the lock held"
+    before, after = seen[0]
+    assert after == before + 1
+    futures = [pool.submit(jobs.counter_add, name) for _ in range(20)]
+    got = sorted(f.result(timeout=T) for f in futures)
+    assert got == list(range(after + 1, after + 21))
+    assert pool.counters() == {name: after + 20}
+    return before
+
+
+@pytest.mark.timeout(90)
+def test_a_job_stopped_by_its_timeout_while_adding_leaves_the_counter_usable(
+    pool_factory, tmp_path
+):
+    pool = pool_factory(1, counters=("n",))
+    started = str(tmp_path / "started")
+    future = pool.schedule(jobs.add_holding_the_lock, ("n", started), timeout=0.3)
+    with pytest.raises(taskq.JobTimeout):
+        future.result(timeout=T)
+    assert_counter_still_works(pool)
+
+
+@pytest.mark.timeout(90)
+def test_a_job_stopped_by_pool_kill_while_adding_leaves_the_counter_usable(pool_factory, tmp_path):
+    pool = pool_factory(1, counters=("n",))
+    started = str(tmp_path / "started")
+    future = pool.submit(jobs.add_holding_the_lock, "n", started)
+    wait_until(lambda: os.path.exists(started), T, "the job to hold the lock")
+    assert pool.kill(future)
+    with pytest.raises(CancelledError):
+        future.result(timeout=T)
+    assert assert_counter_still_works(pool) == 1  # its first add counts, the one it was in not
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_sigkilled_while_adding_leaves_the_counter_usable(pool_factory, ctx, tmp_path):
+    pool = pool_factory(1, ctx, counters=("n",))
+    started = tmp_path / "started"
+    future = pool.submit(jobs.add_holding_the_lock, "n", str(started))
+    wait_until(started.exists, T, "the job to hold the lock")
+    os.kill(int(started.read_text()), signal.SIGKILL)
+    with pytest.raises(taskq.WorkerCrashed):
+        future.result(timeout=T)
+    assert assert_counter_still_works(pool) == 1  # its first add counts, the one it was in not
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_counter_lock_another_thread_holds_at_a_fork_does_not_block_the_child():
+    # The lock's threading.Lock is copied locked into the child, without the thread
+    # that would release it: the child must renew it (the record lock is the parent's
+    # until its thread releases it, then the child's turn comes).
+    from taskq._counters import LockFile, RecordLock
+
+    lock = RecordLock(LockFile(), 0)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with lock:
+            holding.set()
+            release.wait(T)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(T)
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            lock.acquire()
+            lock.release()
+            code = 0
+        finally:
+            os._exit(code)
+    time.sleep(0.2)
+    release.set()
+    holder.join(T)
+    assert wait_for_exit(pid, timeout=T) == 0
+    with lock:  # and the parent still can
+        pass
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_deadlock_the_kernel_sees_between_processes_but_not_threads_is_waited_out():
+    # Record locks belong to processes. Here the child holds `second` and waits for
+    # `first`, which a thread of the parent holds; when another parent thread asks for
+    # `second`, the kernel sees "parent waits for child, child waits for parent" and
+    # refuses (EDEADLK), although the holding thread is about to release `first`.
+    from taskq._counters import LockFile, RecordLock
+
+    file = LockFile()
+    first, second = RecordLock(file, 0), RecordLock(file, 1)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_first():
+        with first:
+            holding.set()
+            release.wait(T)
+
+    holder = threading.Thread(target=hold_first)
+    holder.start()
+    assert holding.wait(T)
+    ready, ready_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            second.acquire()
+            os.write(ready_end, b"!")
+            first.acquire()
+            first.release()
+            second.release()
+            code = 0
+        finally:
+            os._exit(code)
+    os.read(ready, 1)
+    os.close(ready)
+    os.close(ready_end)
+    wait_until(lambda: blocked_on_a_lock(pid), T, "the child to wait for the lock")
+    got = []
+
+    def take_second():
+        with second:
+            got.append("second")
+
+    taker = threading.Thread(target=take_second)
+    taker.start()
+    time.sleep(0.1)  # let it meet the refusal (not a measured window: it passes either way)
+    release.set()
+    holder.join(T)
+    taker.join(T)
+    assert got == ["second"]
+    assert wait_for_exit(pid, timeout=T) == 0
+
+
+def blocked_on_a_lock(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        state = f.read().rsplit(")", 1)[1].split()[0]
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            where = f.read()
+    except OSError:
+        where = ""
+    return state == "S" and (where in ("", "0") or "lk" in where or "lock" in where)
+
+
+def wait_for_exit(pid, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"process {pid} still blocked after {timeout}s")
+        time.sleep(0.01)

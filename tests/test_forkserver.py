@@ -1,0 +1,363 @@
+"""Under fork, workers come from a single-threaded fork server, never from the parent.
+
+- every worker, initial or replacement (crash, timeout, kill, recycling), is a child of
+  one fork server that runs one thread, and inherits the parent as it was at pool creation;
+- the server: exit codes, pids kept until reaped, OSError once it is gone, SIGINT ignored,
+  gone with its workers on close() and when the pool's parent is SIGKILLed;
+- workers reset the signal handlers an application installed (a timeout's SIGTERM must
+  stop the job, not run the application's handler);
+- a closed worker handle uses none of its descriptor numbers again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from concurrent.futures import CancelledError
+from pathlib import Path
+
+import pytest
+
+import taskq
+from taskq._forkserver import RPC_TIMEOUT, ForkServer
+from tests import jobs
+from tests.jobs import assert_all_gone, wait_until
+
+T = 30
+FORK = multiprocessing.get_context("fork")
+REPO = str(Path(__file__).resolve().parent.parent)
+
+
+def worker_views(pool, n):
+    """(pid, parent pid, jobs.CREATION_STATE) from ``n`` jobs."""
+    return [pool.submit(jobs.creation_state).result(timeout=T) for _ in range(n)]
+
+
+def crash_one(pool):
+    with pytest.raises(taskq.WorkerCrashed):
+        pool.submit(jobs.exit_with, 3).result(timeout=T)
+
+
+# --------------------------------------------------------------------------------------------
+# workers come from the fork server
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_every_fork_worker_is_a_child_of_one_single_threaded_server(pool_factory, tmp_path):
+    pool = pool_factory(2, FORK)
+    first = worker_views(pool, 2)
+    servers = {ppid for _, ppid, _ in first}
+    assert len(servers) == 1
+    server = servers.pop()
+    assert server != os.getpid()
+    assert jobs.thread_count(server) == 1
+    crash_one(pool)
+    with pytest.raises(taskq.JobTimeout):
+        pool.schedule(jobs.sleep_then, (30,), timeout=0.3).result(timeout=T)
+    started = tmp_path / "started"
+    killed = pool.submit(jobs.mark_started_then_sleep, str(started), 30)
+    wait_until(started.exists, T, "the job to start")
+    assert pool.kill(killed)
+    with pytest.raises(CancelledError):
+        killed.result(timeout=T)
+    later = worker_views(pool, 4)
+    assert pool.stats().worker_restarts >= 3
+    assert {ppid for _, ppid, _ in later} == {server}
+    assert jobs.thread_count(server) == 1
+
+
+@pytest.mark.timeout(60)
+def test_recycled_fork_workers_come_from_the_server_too(pool_factory):
+    pool = pool_factory(1, FORK, max_tasks_per_child=1)
+    views = worker_views(pool, 4)
+    assert len({pid for pid, _, _ in views}) == 4  # one worker per job
+    assert len({ppid for _, ppid, _ in views}) == 1
+    assert os.getpid() not in {ppid for _, ppid, _ in views}
+
+
+@pytest.mark.timeout(60)
+def test_replacing_fork_workers_never_forks_the_multithreaded_parent(pool_factory):
+    # Python 3.12+ warns at each fork() of a process that runs threads; earlier versions
+    # don't, and the test above checks the same promise through the workers' parent.
+    pool = pool_factory(1, FORK)
+    pool.submit(jobs.noop).result(timeout=T)
+    assert threading.active_count() > 1  # the pool's manager thread, at least
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            crash_one(pool)
+        pool.submit(jobs.noop).result(timeout=T)
+    assert not [w for w in caught if "multi-threaded" in str(w.message)]
+
+
+@pytest.mark.timeout(60)
+def test_workers_inherit_the_parent_as_it_was_when_the_pool_was_created(pool_factory, monkeypatch):
+    monkeypatch.setattr(jobs, "CREATION_STATE", "as the pool was created")
+    pool = pool_factory(1, FORK)
+    monkeypatch.setattr(jobs, "CREATION_STATE", "changed afterwards")
+    (first,) = worker_views(pool, 1)
+    crash_one(pool)
+    (replacement,) = worker_views(pool, 1)
+    assert first[0] != replacement[0]
+    assert first[2] == replacement[2] == "as the pool was created"
+
+
+# --------------------------------------------------------------------------------------------
+# the server itself
+# --------------------------------------------------------------------------------------------
+
+SLEEPER = 99  # a child started with this index sleeps; any other exits with its index
+
+
+def child_exits_with_its_index(index, fds):
+    if index == SLEEPER:
+        time.sleep(60)
+    os._exit(index)
+
+
+@contextlib.contextmanager
+def fork_server():
+    server = ForkServer(child_exits_with_its_index, name="taskq-test")
+    try:
+        yield server
+    finally:
+        server.close()
+    assert_all_gone([server.pid], timeout=10, what="fork server")
+
+
+def process_state(pid):
+    """(state letter, parent pid) from /proc, or None if the pid is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[1])
+
+
+@pytest.mark.timeout(60)
+def test_the_server_reports_exit_codes_and_keeps_each_pid_until_it_is_reaped():
+    with fork_server() as server:
+        done = server.start(3, [])
+        done.join(T)
+        assert (done.exitcode, done.is_alive()) == (3, False)
+        sleeper = server.start(SLEEPER, [])
+        assert sleeper.is_alive()
+        assert sleeper.exitcode is None
+        os.kill(sleeper.pid, signal.SIGKILL)
+        # Dead but not reaped: the pid stays reserved until the parent joins it, so a
+        # late os.kill(pid) from the pool can never reach another process.
+        wait_until(lambda: process_state(sleeper.pid) == ("Z", server.pid), T, "a zombie")
+        assert not sleeper.is_alive()
+        sleeper.join(T)
+        assert sleeper.exitcode == -signal.SIGKILL
+        assert process_state(sleeper.pid) is None
+
+
+@pytest.mark.timeout(60)
+def test_starting_a_worker_raises_oserror_at_once_when_the_server_is_gone():
+    with fork_server() as server:
+        sleeper = server.start(SLEEPER, [])  # a child must not keep the server's socket open
+        try:
+            os.kill(server.pid, signal.SIGKILL)
+            wait_until(lambda: process_state(server.pid)[0] == "Z", T, "the server to die")
+            t0 = time.monotonic()
+            for _ in range(2):
+                with pytest.raises(OSError):
+                    server.start(1, [])
+            assert time.monotonic() - t0 < RPC_TIMEOUT / 2, "it waited for a reply"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(sleeper.pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(60)
+def test_closing_the_server_kills_and_reaps_the_workers_left():
+    with fork_server() as server:
+        sleepers = [server.start(SLEEPER, []) for _ in range(2)]
+    assert_all_gone([s.pid for s in sleepers], timeout=10, what="worker")
+
+
+@pytest.mark.timeout(60)
+def test_the_server_ignores_sigint():
+    with fork_server() as server:
+        os.kill(server.pid, signal.SIGINT)
+        child = server.start(5, [])
+        child.join(T)
+        assert child.exitcode == 5
+
+
+@pytest.mark.timeout(60)
+def test_a_closed_worker_handle_uses_no_descriptor_number_again(ctx):
+    from taskq._counters import CounterBlock
+    from taskq._process import CLOSED, WorkerLauncher
+    from taskq._slot import WIDTH
+
+    lifeline, lifeline_end = ctx.Pipe(duplex=False)
+    launcher = WorkerLauncher(
+        ctx,
+        lifeline=lifeline,
+        lifeline_write_fd=lifeline_end.fileno(),
+        slots=ctx.RawArray("q", 2 * WIDTH),
+        counters=CounterBlock((), ctx),
+        initializer=None,
+        initargs=(),
+        max_tasks=None,
+    )
+    try:
+        worker = launcher.spawn(0)
+        worker.signal(signal.SIGKILL)
+        worker.close()
+        assert worker.process.exitcode == -signal.SIGKILL
+        assert worker.calls_fd == worker.results_fd == CLOSED
+        with pytest.raises(OSError):
+            worker.reader.read()
+        worker.outbox.push([b"late"])
+        with pytest.raises(OSError):
+            worker.outbox.flush()
+    finally:
+        launcher.close()
+        lifeline.close()
+        lifeline_end.close()
+
+
+# --------------------------------------------------------------------------------------------
+# in a separate parent process
+# --------------------------------------------------------------------------------------------
+
+
+def run_python(script, *args, timeout=60):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+SIGKILLED_PARENT = """
+    import multiprocessing, sys, time
+    import taskq
+    from tests import jobs
+
+    pool = taskq.Pool(2, multiprocessing.get_context("fork"))
+    seen = [pool.submit(jobs.creation_state).result(timeout=30) for _ in range(2)]
+    try:
+        pool.submit(jobs.exit_with, 3).result(timeout=30)
+    except taskq.WorkerCrashed:
+        pass
+    seen += [pool.submit(jobs.creation_state).result(timeout=30) for _ in range(2)]
+    busy = [pool.submit(jobs.sleep_then, 60) for _ in range(2)]
+    pids = {pid for pid, _, _ in seen} | {ppid for _, ppid, _ in seen}
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write(" ".join(map(str, sorted(pids))))
+    import os; os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+    time.sleep(120)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_sigkilled_parent_leaves_no_worker_and_no_fork_server_behind(tmp_path):
+    pid_file = tmp_path / "pids"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(SIGKILLED_PARENT), str(pid_file)],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pids: list[int] = []
+    try:
+        wait_until(lambda: pid_file.exists() or proc.poll() is not None, T, "the pool to run")
+        assert proc.poll() is None, proc.communicate()
+        pids = [int(p) for p in pid_file.read_text().split()]
+        assert len(pids) >= 3  # two workers (one a replacement) and the server
+        proc.kill()
+        proc.wait(10)
+        assert_all_gone(pids, timeout=10, what="worker or fork server")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+APPLICATION_HANDLERS = """
+    import json, multiprocessing, os, signal
+    import taskq
+    from tests import jobs
+
+    def handler(signum, frame):
+        raise RuntimeError(f"the application's handler for signal {signum} ran in {os.getpid()}")
+
+    for name in ("SIGTERM", "SIGHUP", "SIGALRM", "SIGUSR1", "SIGUSR2"):
+        signal.signal(getattr(signal, name), handler)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    with taskq.Pool(1, multiprocessing.get_context("fork")) as pool:
+        dispositions = pool.submit(jobs.signal_dispositions).result(timeout=30)
+        try:
+            pool.schedule(jobs.sleep_then, (30,), timeout=0.5).result(timeout=30)
+            outcome = "finished"
+        except taskq.JobTimeout:
+            outcome = "JobTimeout"
+        except Exception as exc:
+            outcome = f"{type(exc).__name__}: {exc}"
+        after = pool.submit(jobs.signal_dispositions).result(timeout=30)
+    print(json.dumps({"dispositions": [dispositions, after], "outcome": outcome}))
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_timeout_stops_the_job_even_if_the_application_handles_sigterm():
+    done = run_python(APPLICATION_HANDLERS)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["outcome"] == "JobTimeout"
+    expected = {n: "default" for n in ("SIGTERM", "SIGHUP", "SIGALRM", "SIGCHLD")}
+    expected |= {"SIGUSR1": "default", "SIGUSR2": "default", "SIGINT": "ignore"}
+    for seen in report["dispositions"]:  # the first worker and its replacement
+        assert seen == expected
+
+
+STDIO_AND_ATEXIT = """
+    import atexit, multiprocessing, os, sys
+    import taskq
+    from tests import jobs
+
+    atexit.register(lambda: print(f"atexit ran in {os.getpid()}", flush=True))
+    sys.stdout.write("written once\\n")  # a pipe: block-buffered, still in the buffer
+    with taskq.Pool(1, multiprocessing.get_context("fork")) as pool:
+        pool.submit(jobs.noop).result(timeout=30)
+        try:
+            pool.submit(jobs.exit_with, 3).result(timeout=30)
+        except taskq.WorkerCrashed:
+            pass
+        pool.submit(jobs.noop).result(timeout=30)
+    print(f"parent {os.getpid()}")
+"""
+
+
+@pytest.mark.timeout(90)
+def test_the_server_and_its_workers_neither_repeat_buffered_output_nor_run_atexit_hooks():
+    done = run_python(STDIO_AND_ATEXIT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    parent = next(line.split()[1] for line in lines if line.startswith("parent "))
+    assert lines.count("written once") == 1, lines
+    assert [line for line in lines if line.startswith("atexit")] == [f"atexit ran in {parent}"]
