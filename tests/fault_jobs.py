@@ -111,3 +111,7 @@ class Payload:
 
     def method(self, extra: Payload) -> Payload:
         return Payload(len(self.data) + len(extra.data))
+
+
+def return_instance_of(cls: type) -> object:
+    return cls()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import gc
+import multiprocessing
 import os
 import pickle
 import random
@@ -421,7 +422,10 @@ def test_shutdown_wait_from_a_done_callback_returns_once_the_workers_exited(pool
 
 @pytest.mark.timeout(60)
 def test_kill_of_another_pools_future_is_refused(pool_factory, gate):
-    first, second = pool_factory(1), pool_factory(1)
+    # The second pool under forkserver: forking it while the first pool's thread
+    # runs is the hazard the fork server exists to avoid.
+    first = pool_factory(1)
+    second = pool_factory(1, multiprocessing.get_context("forkserver"))
     future = first.submit(jobs.block_until, gate.release_path)
     with pytest.raises(ValueError, match="another pool"):
         second.kill(future)
@@ -604,3 +608,33 @@ def test_a_submit_from_an_exit_hook_is_refused_like_executors():
     assert "refused: cannot schedule new futures after interpreter shutdown" in result.stdout, (
         result.stdout + result.stderr[-2000:]
     )
+
+
+@pytest.mark.timeout(60)
+def test_a_result_that_cannot_be_pickled_is_a_pickling_error(pool_factory):
+    pool = pool_factory(1)
+    future = pool.submit(fj.return_unpicklable_result)
+    with pytest.raises(pickle.PicklingError):
+        future.result(timeout=T)
+    assert isinstance(future.exception(), taskq.SerializationError)
+    assert_serves(pool)
+
+
+@pytest.mark.timeout(60)
+def test_a_result_whose_pickling_raises_system_exit_gives_the_job_that_exit(pool_factory):
+    pool = pool_factory(1)
+    with pytest.raises(SystemExit):
+        pool.submit(fj.return_instance_of, fj.ExplodesWhenPickled).result(timeout=T)
+    assert_serves(pool)
+
+
+@pytest.mark.timeout(60)
+def test_a_call_that_cannot_be_unpickled_in_the_worker_is_a_broken_process_pool_error(
+    pool_factory,
+):
+    pool = pool_factory(1)
+    future = pool.submit(fj.take_argument, fj.CannotUnpickle())
+    with pytest.raises(BrokenProcessPool):
+        future.result(timeout=T)
+    assert isinstance(future.exception(), taskq.SerializationError)
+    assert_serves(pool)
