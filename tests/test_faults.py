@@ -56,9 +56,8 @@ def assert_serves(pool):
 # -- 1. cancel() racing dispatch ------------------------------------------------------------
 
 
-def test_cancel_of_a_job_the_pool_just_took_returns_true_and_never_raises():
-    # The interleaving, step by step and without processes: the dispatcher takes the
-    # job from the queue, the caller cancels, then the dispatcher starts the future.
+def queued_job():
+    """A queue holding one job whose future's cancel() withdraws it, as a pool's does."""
     from taskq._job import JobFuture, WorkItem
     from taskq._queue import MemoryQueue
 
@@ -67,6 +66,13 @@ def test_cancel_of_a_job_the_pool_just_took_returns_true_and_never_raises():
     item = WorkItem(1, future, b"", "job", 0, None, 0, 0.1, None)
     future._work, future._on_cancel = item, queue.cancel
     queue.put(item)
+    return queue, item, future
+
+
+def test_cancel_of_a_job_the_pool_just_took_returns_true_and_never_raises():
+    # The interleaving, step by step and without processes: the dispatcher takes the
+    # job from the queue, the caller cancels, then the dispatcher starts the future.
+    queue, item, future = queued_job()
     assert queue.claim(1) == [item]  # the dispatcher owns it now
     assert future.cancel() is True
     # The dispatcher's one call: it learns of the cancellation instead of raising.
@@ -75,14 +81,7 @@ def test_cancel_of_a_job_the_pool_just_took_returns_true_and_never_raises():
 
 
 def test_cancel_before_the_pool_takes_the_job_withdraws_it():
-    from taskq._job import JobFuture, WorkItem
-    from taskq._queue import MemoryQueue
-
-    queue: MemoryQueue[WorkItem] = MemoryQueue()
-    future = JobFuture()
-    item = WorkItem(1, future, b"", "job", 0, None, 0, 0.1, None)
-    future._work, future._on_cancel = item, queue.cancel
-    queue.put(item)
+    queue, _, future = queued_job()
     assert future.cancel() is True
     assert queue.snapshot().depth == 0 and queue.claim(1) == []
     done, _ = cf.wait([future], timeout=0)
