@@ -285,11 +285,15 @@ class Pool(Executor):
         """Like ``map(fn, *iterables)``, run on the pool; results in input order.
 
         Lazy: input is read only as results are taken (a bounded number of
-        chunks is in flight), so endless iterables work. ``timeout`` counts from
-        this call; the first exception is raised when its result is reached.
-        ``chunksize=1`` lets taskq group short items adaptively (results are the
-        same); a larger value is used as given. ``priority`` applies to every
-        chunk. ``progress=True`` shows a progress bar on stderr.
+        chunks is in flight), so endless iterables work. A map nobody has
+        started reading when the pool shuts down is run to the end of its input
+        first, as ``Executor.map`` (which queues everything at once) would have:
+        so never leave a map over *endless* input unread at shutdown. Leaving a
+        loop over it early cancels the chunks not started. ``timeout`` counts
+        from this call; the first exception is raised when its result is
+        reached. ``chunksize=1`` lets taskq group short items adaptively; a
+        larger value is used as given. ``priority`` applies to every chunk.
+        ``progress=True`` shows a progress bar on stderr.
         """
         if not iterables:
             raise TypeError("map() needs at least one iterable")
