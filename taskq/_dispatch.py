@@ -30,7 +30,7 @@ from collections.abc import Collection, Iterable
 
 from taskq._job import WorkItem
 from taskq._process import WorkerHandle
-from taskq._queue import JobQueue
+from taskq._queue import WorkQueue
 
 # Raising it batches more (fewer wake-ups, more throughput for tiny jobs);
 # lowering it lets urgent jobs overtake sooner. 2 ms keeps the urgent-job
@@ -82,7 +82,7 @@ class Dispatcher:
     workers and no processes.
     """
 
-    def __init__(self, queue: JobQueue[WorkItem], policy: BatchPolicy, max_tasks: int | None):
+    def __init__(self, queue: WorkQueue[WorkItem], policy: BatchPolicy, max_tasks: int | None):
         self.queue = queue
         self.policy = policy
         self.max_tasks = max_tasks

@@ -25,7 +25,7 @@ from taskq._log import log
 from taskq._loop import EventLoop
 from taskq._process import WorkerHandle
 from taskq._protocol import Kind, encode, encode_parts
-from taskq._queue import JobQueue
+from taskq._queue import WorkQueue
 from taskq._timeouts import TimeoutWatch
 from taskq._workforce import Workforce
 
@@ -34,7 +34,7 @@ class Handoff:
     def __init__(
         self,
         *,
-        queue: JobQueue[WorkItem],
+        queue: WorkQueue[WorkItem],
         dispatcher: Dispatcher,
         ledger: Ledger,
         workforce: Workforce,

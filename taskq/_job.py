@@ -105,7 +105,7 @@ class JobFuture(Future[Any]):
 
 
 class State(enum.Enum):
-    QUEUED = "queued"  # in the JobQueue
+    QUEUED = "queued"  # in the queue
     WAITING = "waiting"  # waiting out a retry backoff
     CLAIMED = "claimed"  # taken from the queue for a worker (held, or running)
     REMOVED = "removed"  # cancelled while queued or waiting

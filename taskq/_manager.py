@@ -45,7 +45,7 @@ from taskq._log import log
 from taskq._loop import EventLoop
 from taskq._process import WorkerHandle, WorkerLauncher
 from taskq._protocol import Frame
-from taskq._queue import JobQueue
+from taskq._queue import WorkQueue
 from taskq._stats import StatsBlock
 from taskq._timeouts import TimeoutWatch
 from taskq._workforce import STOPPED, Workforce
@@ -62,7 +62,7 @@ class Manager:
         *,
         ctx: BaseContext,
         max_workers: int,
-        queue: JobQueue[WorkItem],
+        queue: WorkQueue[WorkItem],
         stats: StatsBlock,
         counters: CounterBlock,
         initializer: Callable[..., object] | None,

@@ -7,7 +7,7 @@ How a job flows::
     submit/schedule/map
       │ pickle the call (an unpicklable call fails its future here)
       ▼
-    JobQueue ── what runs next ──▶ dispatch: claim the most urgent  ──CALL──▶ run_worker
+    WorkQueue ── what runs next ──▶ dispatch: claim the most urgent  ──CALL──▶ run_worker
     (_queue.py: priority, FIFO,    jobs for workers with room          pipe   (_worker.py)
      LIFO, maxsize, cancel)        (_dispatch.py decides,                     claims the job
       │                             _handoff.py writes)                       in its slot,
@@ -72,7 +72,7 @@ from taskq._options import (
     check_timeout,
 )
 from taskq._protocol import dump_call
-from taskq._queue import JobQueue, MemoryQueue, QueueClosed
+from taskq._queue import JobQueue, QueueClosed, WorkQueue
 from taskq._stats import (
     STAT_FIELDS,
     PoolStats,
@@ -126,7 +126,7 @@ class Pool(Executor):
         self._retry_delay = check_delay(retry_delay)
         ctx = mp_context if mp_context is not None else multiprocessing.get_context()
         self._max_workers = max_workers
-        self._queue: JobQueue[WorkItem] = MemoryQueue(order, maxsize)
+        self._queue: WorkQueue[WorkItem] = JobQueue(order, maxsize)
         self._stats = StatsBlock(len(STAT_FIELDS))
         self._counters = CounterBlock(counter_names, ctx)
         self._manager = Manager(
@@ -461,7 +461,7 @@ class _Withdraw:
 
     __slots__ = ("_ledger", "_queue")
 
-    def __init__(self, queue: JobQueue[WorkItem], ledger: Ledger):
+    def __init__(self, queue: WorkQueue[WorkItem], ledger: Ledger):
         self._queue, self._ledger = queue, ledger
 
     def __call__(self, item: WorkItem) -> bool:

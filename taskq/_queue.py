@@ -5,13 +5,14 @@ and jobs of equal priority run in submission order (a sequence number the
 queue assigns breaks ties). ``order="fifo"`` and ``order="lifo"`` ignore
 priorities and behave like ``queue.Queue`` and ``queue.LifoQueue``.
 
-``JobQueue`` is the contract the pool's manager relies on; ``MemoryQueue``, a
+``WorkQueue`` is the contract the pool's manager relies on; ``JobQueue``, a
 bucket per priority in this process, is its first implementation. A durable
 broker (a SQLite table, a Redis sorted set) implements the same calls over the
 same ``JobRecord`` fields.
 
-Locking follows ``Lib/queue.py``: public methods take the lock, helpers whose
-names start with ``_`` are only called with it held.
+Locking follows ``Lib/queue.py``: public methods take the lock (``snapshot``
+excepted: a hint, read without it), helpers whose names start with ``_`` are
+only called with it held.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class QueueSnapshot(NamedTuple):
     """More than one priority is waiting, so the order between them matters."""
 
 
-class JobQueue(Protocol[R]):
+class WorkQueue(Protocol[R]):
     """The contract between the pool and a queue of ``JobRecord``s.
 
     * ``put`` admits a new job: it assigns ``record.seq`` (the tie-breaker) and
@@ -86,7 +87,7 @@ class JobQueue(Protocol[R]):
     def close(self) -> None: ...
 
 
-class MemoryQueue(JobQueue[R]):
+class JobQueue(WorkQueue[R]):
     """Jobs waiting for a worker in this process's memory, in the order they must run.
 
     Jobs are kept in one FIFO bucket per distinct priority, and a heap holds

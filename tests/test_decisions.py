@@ -20,7 +20,7 @@ from taskq._dispatch import BatchPolicy, Dispatcher
 from taskq._job import JobFuture, State, WorkItem
 from taskq._ledger import Ledger, deliver
 from taskq._protocol import Frame, Kind, dumps
-from taskq._queue import MemoryQueue
+from taskq._queue import JobQueue
 from taskq._stats import STAT_FIELDS, PoolStats, StatsBlock
 from taskq._timeouts import TimeoutWatch
 
@@ -66,8 +66,8 @@ def item(job_id: int, priority: float = 0, timeout: float | None = None) -> Work
     return WorkItem(job_id, JobFuture(), b"", f"job{job_id}", priority, timeout, 0, 0.1, None)
 
 
-def queue_of(*items: WorkItem) -> MemoryQueue[WorkItem]:
-    queue: MemoryQueue[WorkItem] = MemoryQueue()
+def queue_of(*items: WorkItem) -> JobQueue[WorkItem]:
+    queue: JobQueue[WorkItem] = JobQueue()
     for i in items:
         queue.put(i)
     return queue
@@ -126,7 +126,7 @@ def test_max_tasks_per_child_caps_what_a_worker_is_handed():
 
 
 def test_a_worker_stuck_on_a_long_job_while_another_is_idle_is_reported():
-    queue: MemoryQueue[WorkItem] = MemoryQueue()
+    queue: JobQueue[WorkItem] = JobQueue()
     stuck, idle = FakeWorker(0), FakeWorker(1)
     long_job, waiting = item(1), item(2)
     stuck.hold(long_job, waiting)

@@ -59,9 +59,9 @@ def assert_serves(pool):
 def queued_job():
     """A queue holding one job whose future's cancel() withdraws it, as a pool's does."""
     from taskq._job import JobFuture, WorkItem
-    from taskq._queue import MemoryQueue
+    from taskq._queue import JobQueue
 
-    queue: MemoryQueue[WorkItem] = MemoryQueue()
+    queue: JobQueue[WorkItem] = JobQueue()
     future = JobFuture()
     item = WorkItem(1, future, b"", "job", 0, None, 0, 0.1, None)
     future._work, future._on_cancel = item, queue.cancel

@@ -1,4 +1,4 @@
-"""MemoryQueue and JobRecord, without processes: order, ties, release, cancel, bounds."""
+"""JobQueue and JobRecord, without processes: order, ties, release, cancel, bounds."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 import taskq
 from taskq._job import JobFuture, JobRecord, State, WorkItem
-from taskq._queue import MemoryQueue, QueueClosed, QueueSnapshot
+from taskq._queue import JobQueue, QueueClosed, QueueSnapshot
 
 
 def record(job_id: int, priority: float = 0) -> JobRecord:
@@ -20,7 +20,7 @@ def ids(records: list[JobRecord]) -> list[int]:
     return [r.job_id for r in records]
 
 
-def claim_all(queue: MemoryQueue[JobRecord]) -> list[int]:
+def claim_all(queue: JobQueue[JobRecord]) -> list[int]:
     out: list[int] = []
     while batch := queue.claim(1000):
         out += ids(batch)
@@ -28,7 +28,7 @@ def claim_all(queue: MemoryQueue[JobRecord]) -> list[int]:
 
 
 def test_smaller_priority_first_and_ties_in_submission_order():
-    queue: MemoryQueue[JobRecord] = MemoryQueue()
+    queue: JobQueue[JobRecord] = JobQueue()
     for job_id, priority in [(1, 5), (2, 0), (3, 5), (4, -1.5), (5, 0)]:
         queue.put(record(job_id, priority))
     assert claim_all(queue) == [4, 2, 5, 1, 3]
@@ -36,14 +36,14 @@ def test_smaller_priority_first_and_ties_in_submission_order():
 
 def test_fifo_and_lifo_ignore_priorities():
     for order, expected in [("fifo", [1, 2, 3]), ("lifo", [3, 2, 1])]:
-        queue: MemoryQueue[JobRecord] = MemoryQueue(order)
+        queue: JobQueue[JobRecord] = JobQueue(order)
         for job_id, priority in [(1, 9), (2, 0), (3, 5)]:
             queue.put(record(job_id, priority))
         assert claim_all(queue) == expected
 
 
 def test_claim_takes_one_priority_at_a_time_and_a_share_of_it():
-    queue: MemoryQueue[JobRecord] = MemoryQueue()
+    queue: JobQueue[JobRecord] = JobQueue()
     for job_id in range(1, 9):
         queue.put(record(job_id, 0))
     queue.put(record(9, 1))
@@ -54,7 +54,7 @@ def test_claim_takes_one_priority_at_a_time_and_a_share_of_it():
 
 
 def test_a_released_job_keeps_its_place_and_a_retry_goes_behind_its_equals():
-    queue: MemoryQueue[JobRecord] = MemoryQueue()
+    queue: JobQueue[JobRecord] = JobQueue()
     records = [record(i) for i in range(1, 5)]
     for r in records:
         queue.put(r)
@@ -66,7 +66,7 @@ def test_a_released_job_keeps_its_place_and_a_retry_goes_behind_its_equals():
 
 
 def test_cancel_wins_or_claim_wins_never_both():
-    queue: MemoryQueue[JobRecord] = MemoryQueue()
+    queue: JobQueue[JobRecord] = JobQueue()
     a, b = record(1), record(2)
     queue.put(a)
     queue.put(b)
@@ -77,7 +77,7 @@ def test_cancel_wins_or_claim_wins_never_both():
 
 
 def test_concurrent_cancel_and_claim_each_job_goes_to_exactly_one_side():
-    queue: MemoryQueue[JobRecord] = MemoryQueue()
+    queue: JobQueue[JobRecord] = JobQueue()
     records = [record(i) for i in range(5000)]
     for r in records:
         queue.put(r)
@@ -98,7 +98,7 @@ def test_concurrent_cancel_and_claim_each_job_goes_to_exactly_one_side():
 
 
 def test_cancelled_jobs_are_compacted_away():
-    queue: MemoryQueue[JobRecord] = MemoryQueue()
+    queue: JobQueue[JobRecord] = JobQueue()
     records = [record(i) for i in range(1000)]
     for r in records:
         queue.put(r)
@@ -110,17 +110,17 @@ def test_cancelled_jobs_are_compacted_away():
 
 
 def test_snapshot_reports_depth_head_and_mix():
-    queue: MemoryQueue[JobRecord] = MemoryQueue()
+    queue: JobQueue[JobRecord] = JobQueue()
     assert queue.snapshot() == QueueSnapshot(0, None, False)
     queue.put(record(1, 3))
     assert queue.snapshot() == QueueSnapshot(1, 3, False)
     queue.put(record(2, -2))
     assert queue.snapshot() == QueueSnapshot(2, -2, True)
-    assert MemoryQueue("fifo").snapshot().head is None
+    assert JobQueue("fifo").snapshot().head is None
 
 
 def test_maxsize_raises_full_and_released_jobs_ignore_it():
-    queue: MemoryQueue[JobRecord] = MemoryQueue(maxsize=2)
+    queue: JobQueue[JobRecord] = JobQueue(maxsize=2)
     queue.put(record(1))
     queue.put(record(2))
     with pytest.raises(taskq.Full):
@@ -134,7 +134,7 @@ def test_maxsize_raises_full_and_released_jobs_ignore_it():
 
 
 def test_a_writer_blocked_on_a_full_queue_is_woken_by_a_claim_and_by_close():
-    queue: MemoryQueue[JobRecord] = MemoryQueue(maxsize=1)
+    queue: JobQueue[JobRecord] = JobQueue(maxsize=1)
     queue.put(record(1))
     errors: list[BaseException] = []
 
@@ -157,7 +157,7 @@ def test_a_writer_blocked_on_a_full_queue_is_woken_by_a_claim_and_by_close():
 
 
 def test_drain_returns_what_waits_in_order_and_empties_the_queue():
-    queue: MemoryQueue[JobRecord] = MemoryQueue()
+    queue: JobQueue[JobRecord] = JobQueue()
     records = [record(1, 2), record(2, 1), record(3, 2)]
     for r in records:
         queue.put(r)
