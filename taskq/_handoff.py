@@ -18,7 +18,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from taskq._dispatch import NOT_STARTED_RECHECK, Dispatcher
+from taskq._dispatch import Dispatcher
 from taskq._job import WorkItem
 from taskq._ledger import Ledger, cancelled_as
 from taskq._log import log
@@ -115,13 +115,10 @@ class Handoff:
         elif done and key is not None:
             self._loop.selector.unregister(worker.calls_fd)
 
-    def revoke(self, worker: WorkerHandle) -> int | None:
+    def revoke(self, worker: WorkerHandle) -> int:
         """Take back the jobs ``worker`` holds but has not started; return the number
-        (``wseq``) of the last job it started, or None if its slot could not be locked
-        (the worker is dying, or was busy for a moment)."""
+        (``wseq``) of the last job it started."""
         started = worker.slot.revoke(worker.sent)
-        if started is None:
-            return None
         taken: list[WorkItem] = []
         while worker.outstanding and worker.outstanding[-1].wseq > started:
             taken.append(worker.outstanding.pop())
@@ -151,8 +148,7 @@ class Handoff:
         workers = list(self._workforce.workers.values())
         stuck, recheck = self._dispatcher.stuck(workers, time.monotonic())
         for worker in stuck:
-            if self.revoke(worker) is None:  # its slot was busy: try again shortly
-                recheck = time.monotonic() + NOT_STARTED_RECHECK
+            self.revoke(worker)
         if stuck:
             self.dispatch()  # the idle worker takes them now
         if recheck is not None and not self._rebalance_armed:

@@ -36,7 +36,7 @@ from typing import Any
 from taskq import _slot
 from taskq._collect import Collector, decode
 from taskq._counters import CounterBlock
-from taskq._dispatch import NOT_STARTED_RECHECK, BatchPolicy, Dispatcher
+from taskq._dispatch import BatchPolicy, Dispatcher
 from taskq._errors import InitializerError, PoolBroken
 from taskq._handoff import Handoff
 from taskq._job import State, WorkItem
@@ -365,9 +365,6 @@ class Manager:
         started = self._handoff.revoke(worker)
         if item.state is State.QUEUED:  # taken back: it never ran
             return True
-        if started is None:  # its slot could not be locked: look again in a moment
-            self._at(time.monotonic() + NOT_STARTED_RECHECK, self._retry_stop, worker, item, reason)
-            return True
         job_id, _ = worker.running_job()
         if started != item.wseq or job_id != item.job_id:
             return False  # it finished; its reply is on its way
@@ -376,10 +373,6 @@ class Manager:
                         item.job_id, item.name, item.timeout, worker.pid)  # fmt: skip
         self._workforce.stop(worker, reason, item)
         return True
-
-    def _retry_stop(self, worker: WorkerHandle, item: WorkItem, reason: str) -> None:
-        if item.state is State.CLAIMED and item in worker.outstanding:
-            self._stop_running(worker, item, reason)
 
     def kill(self, item: WorkItem) -> bool:
         """Stop one job wherever it is (runs on the manager)."""

@@ -68,9 +68,10 @@ class WorkerSlot:
         with self._lock:
             return self._array[self._base + JOB], self._array[self._base + STARTED_NS]
 
-    def revoke(self, sent: int) -> int | None:
+    def revoke(self, sent: int) -> int:
         """Take back every job numbered up to ``sent`` not yet started; return the number
-        of the last started job. (Never None now: a dead worker's lock is released.)"""
+        of the last started job. (A dead worker's lock is released by the kernel, so
+        this never waits for long.)"""
         with self._lock:
             self._array[self._base + REVOKED_UPTO] = sent
             started: int = self._array[self._base + STARTED_SEQ]
