@@ -49,6 +49,18 @@ def run_in_thread(fn, timeout=T):
     return box.get("value")
 
 
+def run_script(script, *args):
+    """Run ``script`` with ``python -c`` in the repository, bounded in time."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
+
+
 def assert_serves(pool):
     assert pool.submit(jobs.square, 7).result(timeout=T) == 49
 
@@ -178,9 +190,7 @@ def test_a_spawn_child_that_cannot_bootstrap_fails_the_job_instead_of_hanging(tm
         pool.shutdown(wait=True, cancel_futures=True)
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=110
-    )
+    result = run_script(script)
     assert result.stdout.strip() == "InitializerError True", result.stderr[-2000:]
 
 
@@ -496,14 +506,7 @@ EXIT_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("how", ["shutdown-nowait", "no-shutdown"])
 def test_interpreter_exit_lets_submitted_jobs_finish(tmp_path, how):
     path = str(tmp_path / "runs")
-    result = subprocess.run(
-        [sys.executable, "-c", EXIT_SCRIPT, path, how],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        env=dict(os.environ, PYTHONPATH=REPO),
-    )
+    result = run_script(EXIT_SCRIPT, path, how)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "exiting" in result.stdout
     assert sorted(fj.count_lines(path, f"job{i}") for i in range(6)) == [1] * 6
@@ -534,14 +537,7 @@ SPAWN_REFUSED_SCRIPT = textwrap.dedent(
 
 @pytest.mark.timeout(120)
 def test_a_refused_worker_start_is_retried_instead_of_breaking_the_pool():
-    result = subprocess.run(
-        [sys.executable, "-c", SPAWN_REFUSED_SCRIPT],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        env=dict(os.environ, PYTHONPATH=REPO),
-    )
+    result = run_script(SPAWN_REFUSED_SCRIPT)
     assert result.stdout.split() == ["after", "2", "1"], result.stderr[-3000:]
 
 
@@ -596,14 +592,7 @@ ATEXIT_SUBMIT_SCRIPT = textwrap.dedent(
 
 @pytest.mark.timeout(120)
 def test_a_submit_from_an_exit_hook_is_refused_like_executors():
-    result = subprocess.run(
-        [sys.executable, "-c", ATEXIT_SUBMIT_SCRIPT],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        env=dict(os.environ, PYTHONPATH=REPO),
-    )
+    result = run_script(ATEXIT_SUBMIT_SCRIPT)
     assert "refused: cannot schedule new futures after interpreter shutdown" in result.stdout, (
         result.stdout + result.stderr[-2000:]
     )
