@@ -26,7 +26,7 @@ worker freeing up.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 
 from taskq._job import WorkItem
 from taskq._process import WorkerHandle
@@ -101,22 +101,25 @@ class Dispatcher:
 
     def plan(
         self, workers: Collection[WorkerHandle], idle_only: bool = False
-    ) -> list[tuple[WorkerHandle, list[WorkItem]]]:
+    ) -> Iterator[tuple[WorkerHandle, list[WorkItem]]]:
         """Claim queued jobs for workers with room, most urgent first, idle workers first.
 
         A worker busy with jobs is topped up only right after it replied (never
         because a job was merely queued): jobs queued while every worker is busy
         stay in the queue, in priority order, until a worker frees up.
+
+        Yields one worker's batch at a time, claiming it only when asked: the
+        caller hands each batch over before the next is claimed, so jobs leave
+        the queue (and its ``maxsize`` count) no earlier than they are sent.
         """
         depth, _, mixed = self.queue.snapshot()
         if not depth:
-            return []
+            return
         # With several priorities waiting, workers take one job at a time, when idle:
         # jobs a worker held would otherwise start after more urgent ones taken by
         # other workers. Batching is for a backlog of equals.
         limit = 1 if mixed else self.policy.limit()
         idle_only = idle_only or mixed
-        batches: list[tuple[WorkerHandle, list[WorkItem]]] = []
         for worker in sorted(workers, key=_held):
             if idle_only and worker.outstanding:
                 continue
@@ -125,9 +128,8 @@ class Dispatcher:
                 continue
             items = self.queue.claim(room, len(workers))
             if not items:
-                break
-            batches.append((worker, items))
-        return batches
+                return
+            yield worker, items
 
     def room(self, worker: WorkerHandle, limit: int) -> int:
         """How many more jobs ``worker`` may hold now."""

@@ -93,7 +93,7 @@ def test_a_busy_worker_that_has_not_replied_gets_nothing():
     busy = FakeWorker(0)
     busy.hold(item(9))
     busy.reported = False
-    assert Dispatcher(queue, BatchPolicy(), None).plan([busy]) == []  # type: ignore[list-item]
+    assert list(Dispatcher(queue, BatchPolicy(), None).plan([busy])) == []  # type: ignore[list-item]
 
 
 def test_with_mixed_priorities_only_idle_workers_take_one_job_each():
