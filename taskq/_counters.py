@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from multiprocessing import context, reduction
 from multiprocessing.context import BaseContext
-from typing import Any
+from typing import Any, Protocol
 
 # The kernel's deadlock detector sees processes, not threads: with threads it may
 # refuse a wait that is no deadlock (EDEADLK). The holder will release: try again.
@@ -194,6 +194,18 @@ class CounterBlock:
             self._release()
 
 
+class CounterStore(Protocol):
+    """Where a pool's counters live: a ``CounterBlock`` in shared memory, or a
+    broker's store (``_broker_counters.py``) for a pool with ``broker=``."""
+
+    names: tuple[str, ...]
+
+    def index(self, name: str) -> int: ...
+    def add(self, index: int, amount: int) -> int: ...
+    def get(self, index: int) -> int: ...
+    def snapshot(self) -> tuple[int, ...]: ...
+
+
 class Counter:
     """A named counter shared by the parent and every worker of a pool.
 
@@ -202,7 +214,7 @@ class Counter:
 
     __slots__ = ("_block", "_index", "name")
 
-    def __init__(self, block: CounterBlock, name: str):
+    def __init__(self, block: CounterStore, name: str):
         self._block = block
         self._index = block.index(name)
         self.name = name
@@ -222,10 +234,10 @@ class Counter:
 
 
 # Set in each worker process at start-up; ``counter()`` reads it.
-_worker_counters: CounterBlock | None = None
+_worker_counters: CounterStore | None = None
 
 
-def install_worker_counters(block: CounterBlock) -> None:
+def install_worker_counters(block: CounterStore) -> None:
     global _worker_counters
     _worker_counters = block
 

@@ -14,12 +14,14 @@ from concurrent.futures.process import BrokenProcessPool
 __all__ = [
     "Full",
     "InitializerError",
+    "JobLost",
     "JobTimeout",
     "PicklingFailed",
     "PoolBroken",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
+    "StoreError",
     "TaskqError",
     "UnpicklingFailed",
     "WorkerCrashed",
@@ -125,6 +127,17 @@ class InitializerError(TaskqError, BrokenProcessPool):
 
 class PoolBroken(TaskqError, BrokenProcessPool):
     """Raised when the pool can no longer run jobs (its workers keep failing to start)."""
+
+
+class JobLost(TaskqError):
+    """Raised on a durable job given up after its lease expired too many times: each
+    serving process that took it died or stopped renewing its lease while it ran
+    (the job itself may be what kills them)."""
+
+
+class StoreError(TaskqError):
+    """Raised when a broker's store cannot be used (not a taskq store, a newer schema,
+    a missing directory, no permission); the message names the file or URL."""
 
 
 class RemoteTraceback(Exception):

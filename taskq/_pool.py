@@ -102,7 +102,20 @@ class Pool(Executor):
                  order), "fifo" or "lifo".
     job_timeout: default run-time limit of each job, in seconds.
     retry_delay: base delay of the exponential retry backoff, in seconds.
+    broker:      None (default): jobs wait in this process's memory. A URL such as
+                 ``"sqlite:///jobs.db"``: jobs are kept in that durable store and
+                 outlive this process; see ``taskq._broker_pool.BrokerPool`` for
+                 what changes (``max_workers=0``, ``job(id)``, leases, ...).
+    queue:       the name of the queue inside the broker's store.
     """
+
+    def __new__(cls, *args: Any, broker: str | None = None, **kwargs: Any) -> Pool:
+        # Pool(broker=URL) is a pool over a durable store: the same API, another class.
+        if broker is not None and cls is Pool:
+            from taskq._broker_pool import BrokerPool
+
+            return super().__new__(BrokerPool)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -117,7 +130,11 @@ class Pool(Executor):
         order: str = "priority",
         job_timeout: float | None = None,
         retry_delay: float = 0.1,
+        broker: str | None = None,
+        queue: str = "default",
     ):
+        if broker is not None or queue != "default":
+            raise ValueError("queue= names a queue in a broker's store: pass broker= too")
         max_workers = _default_workers() if max_workers is None else max_workers
         counter_names = check_options(
             max_workers, initializer, max_tasks_per_child, maxsize, counters, order
@@ -230,6 +247,23 @@ class Pool(Executor):
             return self._failed_job(exc)
         if name is None:
             name = getattr(fn, "__qualname__", "?")
+        return self._queue_call(
+            call, name, priority, timeout, retries, retry_delay, retry_on, block=block
+        )
+
+    def _queue_call(
+        self,
+        call: bytes,
+        name: str,
+        priority: float,
+        timeout: float | None,
+        retries: int,
+        retry_delay: float,
+        retry_on: tuple[type[BaseException], ...] | None,
+        *,
+        block: bool = True,
+    ) -> JobFuture:
+        """Queue an already pickled call (a broker's server hands its jobs in this way)."""
         future = JobFuture()
         job_id = future.job_id = next(self._job_ids)
         item = WorkItem(

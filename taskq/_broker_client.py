@@ -1,0 +1,148 @@
+"""Waiting for jobs in a store: futures resolved from stored outcomes.
+
+A ``BrokerFuture`` stands for a job in the store; ``Waiters`` holds the ones
+this process waits on and resolves each **once**, whoever learns the outcome
+first: this process's own server (at once, when it stored the outcome) or a
+poll of the store (outcomes stored by other processes, read in the order the
+store numbered them, so none is missed).
+
+Who decides: resolving takes the future out of ``Waiters`` under its lock; a
+future can be taken out once, so a late duplicate of an outcome (or a cancel
+racing the outcome) finds nothing to do.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
+
+from taskq._broker import FINAL_STATES, Broker, JobStatus, Outcome, OutcomeKind
+from taskq._job import JobFuture
+
+
+class BrokerFuture(JobFuture):
+    """The future of a job kept in a broker's store; ``job_id`` is a string valid in
+    every process (``pool.job(job_id)`` returns a future for it anywhere).
+
+    It stays pending until the job's outcome is stored (it does not report
+    ``running()`` while a server runs the job). ``cancel()`` asks the store: it
+    succeeds only for a job still queued, which is then removed from the store.
+    """
+
+    def __init__(self, job_id: str, waiters: Waiters, own: bool = True):
+        super().__init__()
+        self._own = own  # submitted by this pool (counted in its stats)
+        self.job_id: str = job_id  # type: ignore[assignment]
+        self._store_waiters = waiters
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self._state in (RUNNING, FINISHED):
+                return False
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                return True
+        if not self._store_waiters.broker.cancel(self.job_id):
+            return self.cancelled()  # it was claimed, or ended, first
+        self._store_waiters.resolve(self.job_id, Outcome.cancelled("cancelled while queued"))
+        return True
+
+
+class Waiters:
+    """The futures this process waits on, by job id (see the module docstring)."""
+
+    def __init__(self, broker: Broker, on_resolved: Callable[[OutcomeKind], None]):
+        self.broker = broker
+        self._futures: dict[str, BrokerFuture] = {}
+        self._lock = threading.Lock()
+        self._on_resolved = on_resolved  # statistics
+        self._cursor = broker.current_cursor()  # outcomes stored before us: not ours
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+    def new(self, job_id: str, own: bool = True) -> BrokerFuture:
+        future = BrokerFuture(job_id, self, own)
+        with self._lock:
+            self._futures[job_id] = future
+        return future
+
+    def forget(self, job_id: str) -> None:
+        """Stop waiting for a job that never made it into the store."""
+        with self._lock:
+            self._futures.pop(job_id, None)
+
+    def cancel_queued(self, job_id: str) -> None:
+        """Remove the job from the store if it is still queued, and cancel its future."""
+        with self._lock:
+            future = self._futures.get(job_id)
+        if future is not None:
+            future.cancel()
+
+    def existing(self, job_id: str) -> BrokerFuture:
+        """A future for a job submitted anywhere; ``KeyError`` if the store has no such job."""
+        with self._lock:
+            future = self._futures.get(job_id)
+        if future is not None:
+            return future
+        future = self.new(job_id, own=False)  # waiting first: an outcome stored meanwhile is not missed
+        try:
+            status = self.broker.job_status(job_id)
+        except KeyError:
+            with self._lock:
+                self._futures.pop(job_id, None)
+            raise
+        if status.outcome is not None:
+            self.resolve(job_id, status.outcome)
+        return future
+
+    def resolve(self, job_id: str, outcome: Outcome) -> None:
+        """Settle the future of ``job_id`` (once; later calls do nothing)."""
+        with self._lock:
+            future = self._futures.pop(job_id, None)
+        if future is None:
+            return
+        future.attempts = outcome.attempts
+        if outcome.kind is OutcomeKind.CANCELLED:
+            Future.cancel(future)  # PENDING -> CANCELLED (not our cancel(): the store is done)
+            future.set_running_or_notify_cancel()
+        else:
+            is_error, value = outcome.value(job_id)
+            if not future.set_running_or_notify_cancel():
+                return
+            if is_error:
+                future.set_exception(value)  # type: ignore[arg-type]
+            else:
+                future.set_result(value)
+        if future._own:
+            self._on_resolved(outcome.kind)
+
+    def poll(self) -> int:
+        """Resolve the futures whose outcome another process stored; how many were."""
+        if not self._futures:
+            return 0
+        self._cursor, ended = self.broker.finished_since(self._cursor)
+        with self._lock:
+            ours = [job_id for job_id in ended if job_id in self._futures]
+        if not ours:
+            return 0
+        for job_id, status in self.broker.outcomes(ours).items():
+            if status.outcome is not None:
+                self.resolve(job_id, status.outcome)
+        return len(ours)
+
+    def pending_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._futures)
+
+    def fail_all(self, error: BaseException) -> None:
+        with self._lock:
+            futures, self._futures = list(self._futures.values()), {}
+        for future in futures:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
+
+
+def final(status: JobStatus) -> bool:
+    return status.state in FINAL_STATES and status.outcome is not None

@@ -1,0 +1,53 @@
+"""A pool's named counters kept in its broker's store, exact across processes and machines.
+
+Each ``add`` is one atomic update in the store, so counters stay exact under
+contention from every process serving or submitting to it. The object holds
+only the URL and names: each process (a worker included) opens the store itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskq._broker import Broker, open_broker
+
+
+class StoreCounters:
+    """The ``CounterStore`` of a pool with a broker (see ``_counters.Counter``)."""
+
+    def __init__(self, url: str, queue: str, names: tuple[str, ...]):
+        self.url, self.queue, self.names = url, queue, names
+        self._index = {name: i for i, name in enumerate(names)}
+        self._broker: Broker | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "queue": self.queue, "names": self.names}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["url"], state["queue"], state["names"])  # type: ignore[misc]
+
+    def index(self, name: str) -> int:
+        try:
+            return self._index[name]
+        except KeyError:
+            declared = ", ".join(repr(n) for n in self.names) or "none"
+            raise KeyError(
+                f"unknown counter {name!r}; declared counters: {declared} "
+                "(declare them with Pool(counters=(...)))"
+            ) from None
+
+    def add(self, index: int, amount: int) -> int:
+        return self._store().counter_add(self.names[index], amount)
+
+    def get(self, index: int) -> int:
+        name = self.names[index]
+        return self._store().counter_values([name])[name]
+
+    def snapshot(self) -> tuple[int, ...]:
+        values = self._store().counter_values(self.names)
+        return tuple(values[name] for name in self.names)
+
+    def _store(self) -> Broker:
+        if self._broker is None:
+            self._broker = open_broker(self.url, self.queue)
+        return self._broker

@@ -1,0 +1,419 @@
+"""``Pool(broker=URL)``: the same pool API over a durable store.
+
+How a job flows with a broker::
+
+    submit/schedule/map ── pickle, commit a row ──▶ the store (_sqlite_broker.py)
+      │ (returns once committed: the job survives this process)      │ claim under a lease
+      ▼                                                              ▼
+    BrokerFuture ◀── Waiters.resolve ◀── outcome ── Server (_serve.py) in any process
+    (_broker_client.py)   (own server: at once;        serving the store: a local Pool
+                           others': a poll of the      runs the job, the outcome is
+                           store's finished jobs)      stored (first one wins)
+
+One thread per broker pool (``taskq-broker``) steps the server and polls for
+outcomes; it sleeps on an event that submits and local outcomes set, and
+otherwise looks at the store at least every ``MAX_POLL`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import pickle
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from multiprocessing.context import BaseContext
+from typing import Any
+
+from taskq import _exit
+from taskq._broker import (
+    DEFAULT_LEASE,
+    DEFAULT_MAX_LOST,
+    DEFAULT_RESULT_TTL,
+    JobOptions,
+    JobState,
+    NewJob,
+    Outcome,
+    OutcomeKind,
+    new_job_id,
+    open_broker,
+)
+from taskq._broker_client import BrokerFuture, Waiters
+from taskq._broker_counters import StoreCounters
+from taskq._counters import Counter
+from taskq._errors import Full, PicklingFailed
+from taskq._job import JobFuture
+from taskq._log import log
+from taskq._options import check_delay, check_options, check_timeout
+from taskq._pool import Pool
+from taskq._protocol import dump_call, dumps
+from taskq._serve import Server, init_worker
+from taskq._stats import PoolStats
+
+MIN_POLL = 0.001  # seconds between looks at the store right after something happened
+MAX_POLL = 0.02  # ... and at most this long when nothing did (an idle store: 50 reads/s)
+FULL_BACKOFF = (0.001, 0.05)  # waiting for room in a bounded store queue
+
+
+class BrokerPool(Pool):
+    """A ``Pool`` whose jobs live in a broker's store (``Pool(broker="sqlite:///jobs.db")``).
+
+    Differences from the in-memory pool:
+
+    * ``schedule``/``submit`` return once the job is committed to the store: it
+      survives this process. ``job_id`` is a string; ``pool.job(job_id)`` gives a
+      future for any job of the store, from any process.
+    * ``max_workers=0`` makes a client that only submits and waits; the jobs are
+      run by other processes serving the store (``taskq worker URL``).
+    * A serving process holds each job under a lease renewed by a heartbeat
+      (``lease`` seconds); if the process dies, the job goes back to the queue in
+      its place and runs elsewhere. After ``max_lost`` lost leases it fails with
+      ``JobLost``. Outcomes are kept ``result_ttl`` seconds.
+    * ``shutdown(wait=True)`` waits for this process's own jobs; the serving
+      side then stops claiming and leaves other jobs in the store.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: BaseContext | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Sequence[Any] = (),
+        max_tasks_per_child: int | None = None,
+        *,
+        maxsize: int = 0,
+        counters: Iterable[str] = (),
+        order: str = "priority",
+        job_timeout: float | None = None,
+        retry_delay: float = 0.1,
+        broker: str | None = None,
+        queue: str = "default",
+        lease: float = DEFAULT_LEASE,
+        result_ttl: float = DEFAULT_RESULT_TTL,
+        max_lost: int = DEFAULT_MAX_LOST,
+    ):
+        assert broker is not None
+        workers = _check_workers(max_workers)
+        names = check_options(
+            max(1, workers), initializer, max_tasks_per_child, maxsize, counters, order
+        )
+        if order == "lifo":
+            raise ValueError("order='lifo' is not supported with a broker: use priorities")
+        if not (isinstance(lease, (int, float)) and lease > 0):
+            raise ValueError(f"lease must be a positive number of seconds; got {lease!r}")
+        if not (isinstance(max_lost, int) and max_lost >= 1):
+            raise ValueError(f"max_lost must be an int >= 1; got {max_lost!r}")
+        self._order = order
+        self._maxsize = maxsize
+        self._job_timeout = check_timeout(job_timeout, "job_timeout")
+        self._retry_delay = check_delay(retry_delay)
+        self._max_workers = workers
+        self._broker = open_broker(broker, queue, result_ttl=result_ttl)
+        self._store_counters = StoreCounters(broker, queue, names)
+        self._counts = {kind: 0 for kind in OutcomeKind}
+        self._submitted = 0
+        self._counts_lock = threading.Lock()
+        self._waiters = Waiters(self._broker, self._count_outcome)
+        self._wake = threading.Event()
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._stop_serving = False  # stop claiming (set with the grace of a worker stop)
+        self._maps_lock = threading.Lock()
+        self._unstarted_maps = set()
+        self._local: Pool | None = None
+        self._server: Server | None = None
+        if workers:
+            ctx = mp_context if mp_context is not None else multiprocessing.get_context()
+            self._local = Pool(
+                workers,
+                ctx,
+                init_worker,
+                (self._store_counters, initializer, tuple(initargs)),
+                max_tasks_per_child,
+                retry_delay=self._retry_delay,
+            )
+            self._server = Server(
+                self._broker,
+                self._local,
+                workers,
+                lease=lease,
+                max_lost=max_lost,
+                wake=self._wake.set,
+                delivered=self._waiters.resolve,
+            )
+        self._thread = threading.Thread(target=self._run, name="taskq-broker", daemon=True)
+        self._thread.start()
+        _exit_hooks.add(self)
+        weakref.finalize(self, self._wake.set)
+        log.debug("broker pool started: %s queue %r, %d workers", broker, queue, workers)
+
+    # -- submitting -------------------------------------------------------------
+
+    def _enqueue(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        priority: float,
+        timeout: float | None,
+        retries: int = 0,
+        retry_delay: float = 0.1,
+        retry_on: tuple[type[BaseException], ...] | None = None,
+        block: bool = True,
+        name: str | None = None,
+    ) -> JobFuture:
+        self._check_open()
+        try:
+            call = dump_call(fn, args, kwargs)
+            options = dumps(JobOptions(timeout, retries, retry_delay, retry_on))
+        except PicklingFailed as exc:
+            return self._failed_job(exc)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            return self._failed_job(PicklingFailed(f"cannot pickle the retry_on types: {exc}"))
+        if name is None:
+            name = getattr(fn, "__qualname__", "?")
+        rank = priority if self._order == "priority" else 0
+        job = NewJob(new_job_id(), name, priority, rank, call, options)
+        future = self._waiters.new(job.job_id)
+        try:
+            self._put(job, block)
+        except BaseException:
+            self._waiters.forget(job.job_id)
+            raise
+        with self._counts_lock:
+            self._submitted += 1
+        self._wake.set()
+        return future
+
+    def _put(self, job: NewJob, block: bool) -> None:
+        # A callback on this pool's thread must not wait for room: only that thread's
+        # server frees it (when it is the only one), so it would wait for ever.
+        maxsize = 0 if threading.current_thread() is self._thread else self._maxsize
+        delay = FULL_BACKOFF[0]
+        while True:
+            try:
+                self._broker.put(job, maxsize=maxsize)
+                return
+            except Full:
+                if not block:
+                    raise
+            self._check_open()
+            time.sleep(delay)
+            delay = min(delay * 2, FULL_BACKOFF[1])
+
+    def _failed_job(self, error: BaseException) -> JobFuture:
+        future = JobFuture()
+        future.set_running_or_notify_cancel()
+        future.set_exception(error)
+        return future
+
+    def _check_open(self) -> None:
+        if self._shutdown:
+            raise RuntimeError(
+                "cannot schedule new futures after interpreter shutdown"
+                if _exit.exiting
+                else "cannot schedule new futures after shutdown"
+            )
+
+    def _window_size(self) -> int:
+        return 4 * max(2, self._max_workers)  # a client's map still reads ahead a little
+
+    def job(self, job_id: str) -> JobFuture:
+        """A future for the job ``job_id`` of this store, submitted by any process,
+        before or after a restart; ``KeyError`` if the store has no such job (or its
+        outcome expired after ``result_ttl``)."""
+        if not isinstance(job_id, str):
+            raise TypeError(f"job ids of a broker pool are strings; got {job_id!r}")
+        future = self._waiters.existing(job_id)
+        self._wake.set()
+        return future
+
+    # -- control ----------------------------------------------------------------
+
+    def kill(self, future: JobFuture) -> bool:
+        """Stop the job wherever it is, in any process serving the store: a queued job
+        is removed; a running one is stopped by its server (SIGTERM, then SIGKILL)
+        and its future raises ``CancelledError``. True if it had not finished."""
+        if not isinstance(future, BrokerFuture):
+            raise ValueError(f"{future!r} is not a job of a broker pool")
+        job_id = str(future.job_id)
+        state = self._broker.request_kill(job_id)
+        if state is JobState.QUEUED:
+            self._waiters.resolve(job_id, Outcome.cancelled("killed while queued"))
+            return True
+        self._wake.set()
+        return state is JobState.RUNNING
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting jobs. Unless ``cancel_futures`` (which removes this process's
+        queued jobs from the store), this process's jobs run to the end first, on its
+        own workers or elsewhere; then its workers stop. Other processes' jobs stay
+        in the store. With ``wait=True``, return once all that is done."""
+        if not cancel_futures:
+            self._run_unstarted_maps()
+        with self._shutdown_lock:
+            self._shutdown = True
+        if cancel_futures:
+            for job_id in self._waiters.pending_ids():
+                self._waiters.cancel_queued(job_id)
+        self._wake.set()
+        if wait:
+            self._thread.join()
+
+    def terminate(self) -> None:
+        """Stop now: this process's queued jobs are removed from the store, the jobs its
+        workers run are stopped (their futures raise ``CancelledError``)."""
+        with self._shutdown_lock:
+            self._shutdown = True
+        for job_id in self._waiters.pending_ids():
+            self._waiters.cancel_queued(job_id)
+        self._stop_serving = True
+        if self._local is not None:
+            self._local.terminate()
+        self._wake.set()
+        self._thread.join()
+
+    def stop_serving(self, grace: float) -> None:
+        """What ``taskq worker`` does on SIGTERM: claim nothing more, put the jobs not
+        started back in the store, let running jobs finish within ``grace`` seconds
+        (then stop them and put them back too), and return."""
+        with self._shutdown_lock:
+            self._shutdown = True
+        self._grace_deadline = time.monotonic() + grace
+        self._stop_serving = True
+        self._wake.set()
+        self._thread.join()
+
+    # -- the broker thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = MIN_POLL
+        try:
+            while not self._finished():
+                busy = self._server.step() if self._server is not None else False
+                busy = bool(self._waiters.poll()) or busy
+                delay = MIN_POLL if busy else min(delay * 2, MAX_POLL)
+                self._wake.wait(delay)
+                self._wake.clear()
+        except BaseException as exc:  # the store failed: fail this process's jobs, loudly
+            log.exception("taskq broker thread failed")
+            self._waiters.fail_all(exc)
+            with contextlib.suppress(BaseException):
+                self._close_server(release=True)
+            raise
+        self._close_server(release=self._stop_serving)
+
+    def _finished(self) -> bool:
+        server = self._server
+        if self._stop_serving:
+            return self._server_drained()
+        if not self._shutdown:
+            return False
+        own = len(self._waiters)
+        if server is not None:
+            if own == 0:
+                server.stop_claiming()
+            return own == 0 and server.held == 0
+        return own == 0
+
+    def _server_drained(self) -> bool:
+        server = self._server
+        if server is None:
+            return True
+        server.stop_claiming()
+        server.release_unstarted()
+        if server.held == 0:
+            return True
+        if time.monotonic() >= getattr(self, "_grace_deadline", 0.0):
+            log.warning(
+                "grace period over: stopping %d running jobs, back to the store", server.held
+            )
+            server.release_all_after(self._stop_local)
+            return True
+        return False
+
+    def _stop_local(self) -> None:
+        if self._local is not None:
+            self._local.terminate()
+
+    def _close_server(self, release: bool) -> None:
+        if self._server is not None:
+            if release:
+                self._server.release_all_after(self._stop_local)
+            self._server.flush()
+            if self._local is not None:
+                self._local.shutdown(wait=True)
+            self._server.close()
+        self._broker.close()
+
+    # -- observing ------------------------------------------------------------------
+
+    def _count_outcome(self, kind: OutcomeKind) -> None:
+        with self._counts_lock:
+            self._counts[kind] += 1
+
+    def stats(self) -> PoolStats:
+        """This process's jobs (submitted, succeeded, failed, cancelled), the store queue's
+        ``queued`` count, and this process's workers and the jobs they run."""
+        local = self._local.stats() if self._local is not None else None
+        with self._counts_lock:
+            submitted, counts = self._submitted, dict(self._counts)
+        return PoolStats(
+            submitted=submitted,
+            queued=self._broker.queued_count(),
+            running=self._server.held if self._server is not None else 0,
+            succeeded=counts[OutcomeKind.OK],
+            failed=counts[OutcomeKind.ERROR],
+            cancelled=counts[OutcomeKind.CANCELLED],
+            retried=local.retried if local else 0,
+            timed_out=local.timed_out if local else 0,
+            crashed=local.crashed if local else 0,
+            worker_restarts=local.worker_restarts if local else 0,
+            workers=local.workers if local else 0,
+        )
+
+    def counter(self, name: str) -> Counter:
+        """The counter ``name``, kept in the store: exact across every process using it."""
+        return Counter(self._store_counters, name)
+
+    def counters(self) -> dict[str, int]:
+        return dict(zip(self._store_counters.names, self._store_counters.snapshot(), strict=True))
+
+    def __repr__(self) -> str:
+        return (
+            f"<taskq.Pool broker={self._broker.url!r} queue={self._broker.queue!r} "
+            f"workers={self._max_workers}{' shut down' if self._shutdown else ''}>"
+        )
+
+
+def _check_workers(max_workers: int | None) -> int:
+    if max_workers is None:
+        from taskq._pool import _default_workers
+
+        return _default_workers()
+    if not isinstance(max_workers, int) or isinstance(max_workers, bool):
+        raise TypeError(f"max_workers must be an int or None; got {max_workers!r}")
+    if max_workers < 0:
+        raise ValueError("max_workers must be 0 (a client of the store) or more")
+    return max_workers
+
+
+_exit_hooks: weakref.WeakSet[BrokerPool] = weakref.WeakSet()
+
+
+def _finish_at_exit() -> None:
+    """At interpreter exit a serving pool runs this process's jobs to the end (as a
+    local pool does); a client leaves its jobs in the store, where they are safe."""
+    for pool in list(_exit_hooks):
+        if pool._server is not None:
+            pool.shutdown(wait=True)
+        else:
+            pool._shutdown = True
+            pool._waiters.fail_all(RuntimeError("the interpreter exited before the outcome"))
+            pool._wake.set()
+
+
+threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]

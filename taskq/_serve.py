@@ -1,0 +1,296 @@
+"""Serving a store: a local pool's workers run the jobs a broker holds.
+
+``Server`` is stepped by the broker pool's thread (``_broker_pool.py``); one
+step, in order:
+
+1. store the outcomes of jobs that ended since the last step (one transaction);
+2. renew this process's leases when a third of the lease has passed, and give
+   up the jobs whose lease was lost (their outcome will be discarded);
+3. stop the jobs someone asked to kill (``pool.kill`` in any process);
+4. put back the jobs of dead servers (expired leases), then claim as many jobs
+   as the workers can start soon (``ClaimPace``) and queue them on the local pool.
+
+The local pool does the rest as for any job: priorities among what it holds,
+timeouts, retries, a crashed worker failing its job. Its futures' callbacks
+(on its manager thread) turn each ending into an ``Outcome`` and wake the step.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import pickle
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import CancelledError
+from typing import Any
+
+from taskq._broker import Broker, ClaimedJob, JobOptions, Outcome
+from taskq._counters import CounterStore, install_worker_counters
+from taskq._dispatch import BatchPolicy
+from taskq._errors import UnpicklingFailed
+from taskq._job import JobFuture
+from taskq._pool import Pool
+
+log = logging.getLogger("taskq")
+
+RECLAIM_EVERY = 0.25  # seconds between looks for expired leases (recovery = lease + this)
+PURGE_EVERY = 60.0  # seconds between deletions of expired outcomes
+MAX_EXTRA_PER_WORKER = 64  # claimed ahead per worker when jobs are tiny
+
+
+class ClaimPace:
+    """How many jobs a serving process holds at once.
+
+    One per worker by default: a job claimed is a job no other server can run,
+    and an urgent job submitted later cannot overtake it anywhere but here. When
+    jobs are so short that a worker would sit idle while the next claim makes its
+    round trip, it holds a little more: about ``HOLD_BUDGET`` of work per worker,
+    as the local dispatcher does (``_dispatch.py``).
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.policy = BatchPolicy()
+        self._since: float | None = None
+
+    def completed(self, count: int, now: float, busy: bool) -> None:
+        """``count`` jobs ended since the last call, all workers busy (or not) meanwhile."""
+        if self._since is not None and count and busy:
+            self.policy.observe((now - self._since) * self.workers / count)
+        self._since = now if busy else None
+
+    def room(self, held: int) -> int:
+        limit = self.policy.limit()
+        extra = 0 if limit <= 1 else self.workers * min(limit, MAX_EXTRA_PER_WORKER)
+        return self.workers + extra - held
+
+
+class Server:
+    """Claims a store's jobs for a local pool and stores their outcomes (see above)."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        pool: Pool,
+        workers: int,
+        *,
+        lease: float,
+        max_lost: int,
+        wake: Callable[[], None],
+        delivered: Callable[[str, Outcome], None],
+    ):
+        self.broker = broker
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._pool = pool
+        self._lease = lease
+        self._max_lost = max_lost
+        self._wake = wake
+        self._delivered = delivered  # an outcome this process stored (its waiters may care)
+        self._pace = ClaimPace(workers)
+        self._held: dict[str, JobFuture] = {}  # claimed job id -> the local pool's future
+        self._releasing: set[str] = set()  # unstarted jobs being given back: no outcome
+        self._ended: collections.deque[tuple[str, Outcome]] = collections.deque()
+        self._lock = threading.Lock()  # _held and _releasing: the step vs callbacks
+        self._claiming = True
+        now = time.monotonic()
+        self._next_renew = now + lease / 3
+        self._next_reclaim = now
+        self._next_purge = now
+        broker.register_server(self.owner, workers)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def step(self) -> bool:
+        """One round (see the module docstring); True if it did anything."""
+        now = time.monotonic()
+        stored = self._store_outcomes(now)
+        if now >= self._next_renew:
+            self._renew(now)
+        if self._held:
+            self._kill_requested()
+        claimed = self._claim(now) if self._claiming else 0
+        if now >= self._next_purge:
+            self._next_purge = now + PURGE_EVERY
+            self.broker.purge_expired()
+        return bool(stored or claimed)
+
+    # -- the steps ------------------------------------------------------------
+
+    def _store_outcomes(self, now: float) -> int:
+        ended = []
+        while self._ended:
+            ended.append(self._ended.popleft())
+        if not ended:
+            return 0
+        stored = set(self.broker.finish(self.owner, ended))
+        with self._lock:
+            for job_id, _ in ended:
+                self._held.pop(job_id, None)
+            busy = len(self._held) >= self._pace.workers
+        self._pace.completed(len(ended), now, busy)
+        for job_id, outcome in ended:
+            if job_id in stored:
+                self._delivered(job_id, outcome)
+            else:
+                log.warning(
+                    "job %s: outcome discarded: its lease had expired and the "
+                    "job was given to another server",
+                    job_id,
+                )
+        return len(ended)
+
+    def _renew(self, now: float) -> None:
+        self._next_renew = now + self._lease / 3
+        with self._lock:
+            ids = list(self._held)
+        kept = self.broker.renew(self.owner, ids, self._lease) if ids else set()
+        if not ids:
+            self.broker.heartbeat(self.owner)
+        for job_id in set(ids) - kept:  # lost (e.g. this process was stopped too long)
+            log.warning("job %s: lease lost; stopping it here (it runs elsewhere)", job_id)
+            self._stop(job_id)
+
+    def _kill_requested(self) -> None:
+        for job_id in self.broker.kill_requests(self.owner):
+            self._stop(job_id)
+
+    def _stop(self, job_id: str) -> None:
+        with self._lock:
+            future = self._held.get(job_id)
+        if future is not None:
+            self._pool.kill(future)  # its callback stores a CANCELLED outcome
+
+    def _claim(self, now: float) -> int:
+        with self._lock:
+            room = self._pace.room(len(self._held))
+        if room <= 0:
+            return 0
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + RECLAIM_EVERY
+            if self.broker.reclaim_expired(self._max_lost):
+                log.info("put back jobs whose server stopped renewing its lease")
+        jobs = self.broker.claim(self.owner, room, self._lease)
+        for job in jobs:
+            self._start(job)
+        return len(jobs)
+
+    def _start(self, job: ClaimedJob) -> None:
+        try:
+            options: JobOptions = pickle.loads(job.options)
+        except BaseException as exc:  # a retry_on type that no longer imports, ...
+            error = UnpicklingFailed(
+                f"job {job.job_id} ({job.name}) in {self.broker.url}: its options could "
+                f"not be unpickled ({type(exc).__name__}: {exc}); was its code changed?"
+            )
+            with self._lock:
+                self._held[job.job_id] = JobFuture()
+            self._ended.append((job.job_id, Outcome.of_error(error, job.attempts)))
+            return
+        future = self._pool._queue_call(
+            job.call,
+            job.name,
+            job.priority,
+            options.timeout,
+            options.retries,
+            options.retry_delay,
+            options.retry_on,
+        )
+        with self._lock:
+            self._held[job.job_id] = future
+        future.add_done_callback(lambda _: self._ended_locally(job, future))
+
+    def _ended_locally(self, job: ClaimedJob, future: JobFuture) -> None:
+        """A local future ended (on the local pool's manager thread): keep its outcome."""
+        with self._lock:
+            if job.job_id in self._releasing:
+                self._releasing.discard(job.job_id)
+                self._held.pop(job.job_id, None)
+                return
+        attempts = job.attempts - 1 + max(1, future.attempts)
+        try:
+            outcome = _outcome_of(job, future, attempts, self.broker.url)
+        except BaseException as exc:  # the result cannot be pickled for the store
+            outcome = Outcome.of_error(exc, attempts)
+        self._ended.append((job.job_id, outcome))
+        self._wake()
+
+    # -- stopping -------------------------------------------------------------------
+
+    def stop_claiming(self) -> None:
+        self._claiming = False
+
+    def release_unstarted(self) -> None:
+        """Give back the jobs held but not started, in their original place."""
+        with self._lock:
+            held = list(self._held.items())
+        back = []
+        for job_id, future in held:
+            with self._lock:
+                self._releasing.add(job_id)
+            if future.cancel():
+                back.append(job_id)
+            else:
+                with self._lock:
+                    self._releasing.discard(job_id)
+        if back:
+            self.broker.release(self.owner, back)
+            with self._lock:
+                for job_id in back:
+                    self._held.pop(job_id, None)
+
+    def release_all_after(self, stop: Callable[[], None]) -> None:
+        """Store the outcomes already in, then ``stop`` the local pool and give back
+        every job still held: a job stopped mid-run will run again elsewhere."""
+        self.flush()
+        with self._lock:
+            ids = list(self._held)
+            self._releasing.update(ids)
+        stop()
+        with self._lock:
+            self._held.clear()
+            self._releasing.clear()
+        self._ended.clear()  # ended between the flush and the stop: run again elsewhere
+        if ids:
+            self.broker.release(self.owner, ids)
+
+    def flush(self) -> None:
+        """Store whatever outcomes are waiting (at shutdown)."""
+        self._store_outcomes(time.monotonic())
+
+    def close(self) -> None:
+        self.broker.unregister_server(self.owner)
+
+
+def _outcome_of(job: ClaimedJob, future: JobFuture, attempts: int, url: str) -> Outcome:
+    if future.cancelled():
+        return Outcome.cancelled("stopped by pool.kill()", attempts)
+    try:
+        return Outcome.of_result(future.result(), attempts)
+    except CancelledError:
+        return Outcome.cancelled("stopped by pool.kill()", attempts)
+    except BaseException as exc:
+        if isinstance(exc, UnpicklingFailed) and hasattr(exc, "add_note"):  # 3.11+
+            exc.add_note(
+                f"job {job.job_id} ({job.name}) from the store {url}: was its code "
+                "changed or removed since it was submitted?"
+            )
+        return Outcome.of_error(exc, attempts)
+
+
+def init_worker(
+    counters: CounterStore | None,
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+) -> None:
+    """A serving pool's worker set-up: the store's counters, then the user's initializer."""
+    if counters is not None:
+        install_worker_counters(counters)
+    if initializer is not None:
+        initializer(*initargs)

@@ -1,0 +1,377 @@
+"""``SqliteBroker``: the broker contract (``_broker.py``) on one SQLite file.
+
+Each step that changes a job is one short ``BEGIN IMMEDIATE`` transaction, so
+a process dying between two steps leaves every job in exactly one state: a
+claim moves jobs from queued to running under a lease in one transaction; an
+outcome is stored only while the job is still running (the first wins).
+Times are the machine's wall clock (``time.time()``): every process using the
+file runs on this machine (SQLite must not be shared over a network file system).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Sequence
+
+from taskq._broker import (
+    ClaimedJob,
+    JobState,
+    JobStatus,
+    NewJob,
+    Outcome,
+    OutcomeKind,
+    StoreStatus,
+    lost_lease_outcome,
+)
+from taskq._errors import Full
+from taskq._sqlite_file import StoreFile
+
+_FINAL_STATE = {
+    OutcomeKind.OK: JobState.SUCCEEDED,
+    OutcomeKind.ERROR: JobState.FAILED,
+    OutcomeKind.CANCELLED: JobState.CANCELLED,
+}
+_CHUNK = 500  # ids per "IN (...)" query (SQLite allows 32766 variables; keep statements small)
+
+
+class SqliteBroker:
+    """One queue of a taskq store file."""
+
+    def __init__(self, url: str, queue: str, *, result_ttl: float):
+        self.url = url
+        self.queue = queue
+        self.result_ttl = result_ttl
+        self.file = StoreFile(url)
+        self.path = self.file.path
+
+    # -- submitting ---------------------------------------------------------
+
+    def put(self, job: NewJob, *, maxsize: int = 0) -> None:
+        """Commit a new job; raise ``Full`` if ``maxsize`` jobs of this queue are waiting."""
+        with self.file.write() as tx:
+            if maxsize > 0 and self._queued(tx) >= maxsize:
+                raise Full(
+                    f"the queue {self.queue!r} of {self.path} already holds maxsize={maxsize} jobs"
+                )
+            tx.execute(
+                "INSERT INTO jobs (id, queue, state, rank, priority, name, call, options, "
+                "submitted_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                (
+                    job.job_id,
+                    self.queue,
+                    job.rank,
+                    job.priority,
+                    job.name,
+                    job.call,
+                    job.options,
+                    time.time(),
+                ),
+            )
+
+    def queued_count(self) -> int:
+        return self._queued(self.file.connection())
+
+    def _queued(self, conn: sqlite3.Connection) -> int:
+        row = conn.execute(
+            "SELECT count(*) FROM jobs WHERE queue = ? AND state = 'queued'", (self.queue,)
+        ).fetchone()
+        return int(row[0])
+
+    def cancel(self, job_id: str) -> bool:
+        """Withdraw a queued job; True if it was still queued (claim and cancel: one wins)."""
+        outcome = Outcome.cancelled("cancelled while queued").dump()
+        with self.file.write() as tx:
+            done_seq = self._next_done_seq(tx)
+            cursor = tx.execute(
+                "UPDATE jobs SET state = 'cancelled', call = NULL, outcome = ?, done_seq = ?, "
+                "finished_at = ?, expires_at = ? WHERE id = ? AND state = 'queued'",
+                (outcome, done_seq, time.time(), time.time() + self.result_ttl, job_id),
+            )
+        return cursor.rowcount > 0  # (a done_seq number unused: gaps are harmless)
+
+    def request_kill(self, job_id: str) -> JobState | None:
+        """Stop a job wherever it is: a queued one is cancelled now, a running one is
+        flagged for its holder. Returns the state it was in (None: unknown id)."""
+        if self.cancel(job_id):
+            return JobState.QUEUED
+        with self.file.write() as tx:
+            row = tx.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            if row[0] == JobState.RUNNING.value:
+                tx.execute("UPDATE jobs SET kill = 1 WHERE id = ?", (job_id,))
+            return JobState(row[0])
+
+    # -- serving --------------------------------------------------------------
+
+    def claim(self, owner: str, limit: int, lease: float) -> list[ClaimedJob]:
+        """Take up to ``limit`` of the most urgent queued jobs under ``owner``'s lease."""
+        if limit <= 0:
+            return []
+        now = time.time()
+        with self.file.write() as tx:
+            rows = tx.execute(
+                "SELECT seq, id, name, priority, call, options, attempts FROM jobs "
+                "WHERE queue = ? AND state = 'queued' ORDER BY rank, seq LIMIT ?",
+                (self.queue, limit),
+            ).fetchall()
+            if rows:
+                tx.executemany(
+                    "UPDATE jobs SET state = 'running', owner = ?, lease_until = ?, "
+                    "started_at = ?, attempts = attempts + 1 WHERE seq = ?",
+                    [(owner, now + lease, now, row[0]) for row in rows],
+                )
+        return [ClaimedJob(r[1], r[2], r[3], r[4], r[5], r[6] + 1) for r in rows]
+
+    def renew(self, owner: str, job_ids: Sequence[str], lease: float) -> set[str]:
+        """Extend ``owner``'s leases; return the ids it still holds (a lost one is not)."""
+        held: set[str] = set()
+        until = time.time() + lease
+        with self.file.write() as tx:
+            for chunk in _chunks(job_ids):
+                marks = ",".join("?" * len(chunk))
+                tx.execute(
+                    f"UPDATE jobs SET lease_until = ? WHERE state = 'running' AND owner = ? "
+                    f"AND id IN ({marks})",
+                    (until, owner, *chunk),
+                )
+                held.update(
+                    row[0]
+                    for row in tx.execute(
+                        f"SELECT id FROM jobs WHERE state = 'running' AND owner = ? "
+                        f"AND id IN ({marks})",
+                        (owner, *chunk),
+                    )
+                )
+            tx.execute("UPDATE servers SET heartbeat = ? WHERE owner = ?", (time.time(), owner))
+        return held
+
+    def finish(self, owner: str, outcomes: Sequence[tuple[str, Outcome]]) -> list[str]:
+        """Store outcomes of jobs ``owner`` holds; return the ids stored. An outcome for
+        a job ``owner`` no longer holds (its lease expired) is discarded: first wins."""
+        stored: list[str] = []
+        now = time.time()
+        with self.file.write() as tx:
+            for job_id, outcome in outcomes:
+                done_seq = self._next_done_seq(tx)
+                cursor = tx.execute(
+                    "UPDATE jobs SET state = ?, outcome = ?, attempts = max(attempts, ?), "
+                    "call = NULL, owner = NULL, lease_until = NULL, done_seq = ?, "
+                    "finished_at = ?, expires_at = ? "
+                    "WHERE id = ? AND state = 'running' AND owner = ?",
+                    (
+                        _FINAL_STATE[outcome.kind].value,
+                        outcome.dump(),
+                        outcome.attempts,
+                        done_seq,
+                        now,
+                        now + self.result_ttl,
+                        job_id,
+                        owner,
+                    ),
+                )
+                if cursor.rowcount:
+                    stored.append(job_id)
+        return stored
+
+    def release(self, owner: str, job_ids: Sequence[str]) -> None:
+        """Give back claimed jobs that never started, in their original place."""
+        with self.file.write() as tx:
+            tx.executemany(
+                "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, "
+                "started_at = NULL, attempts = attempts - 1 "
+                "WHERE id = ? AND state = 'running' AND owner = ?",
+                [(job_id, owner) for job_id in job_ids],
+            )
+
+    def kill_requests(self, owner: str) -> list[str]:
+        rows = self.file.connection().execute(
+            "SELECT id FROM jobs WHERE state = 'running' AND owner = ? AND kill = 1", (owner,)
+        )
+        return [row[0] for row in rows]
+
+    def reclaim_expired(self, max_lost: int) -> int:
+        """Put back the jobs whose lease expired, in their original place; a job that
+        lost ``max_lost`` leases is given up (DEAD). Returns how many were put back."""
+        now = time.time()
+        with self.file.write() as tx:
+            rows = tx.execute(
+                "SELECT id, lost, attempts, owner FROM jobs "
+                "WHERE state = 'running' AND lease_until < ?",
+                (now,),
+            ).fetchall()
+            back = [(r[0],) for r in rows if r[1] + 1 < max_lost]
+            tx.executemany(
+                "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, "
+                "started_at = NULL, kill = 0, lost = lost + 1 WHERE id = ?",
+                back,
+            )
+            for job_id, lost, attempts, owner in rows:
+                if lost + 1 >= max_lost:
+                    outcome = lost_lease_outcome(job_id, lost + 1, attempts, owner, self.path)
+                    tx.execute(
+                        "UPDATE jobs SET state = 'dead', outcome = ?, call = NULL, owner = NULL, "
+                        "lease_until = NULL, lost = lost + 1, done_seq = ?, finished_at = ?, "
+                        "expires_at = ? WHERE id = ?",
+                        (
+                            outcome.dump(),
+                            self._next_done_seq(tx),
+                            now,
+                            now + self.result_ttl,
+                            job_id,
+                        ),
+                    )
+        return len(back)
+
+    # -- waiting for outcomes ----------------------------------------------------
+
+    def current_cursor(self) -> int:
+        """Where ``finished_since`` starts to see only outcomes stored from now on."""
+        row = (
+            self.file.connection()
+            .execute("SELECT value FROM meta WHERE key = 'done_seq'")
+            .fetchone()
+        )
+        return int(row[0])
+
+    def finished_since(self, cursor: int) -> tuple[int, list[str]]:
+        """Ids of the jobs (of every queue) that ended after ``cursor``, and the new cursor."""
+        rows = (
+            self.file.connection()
+            .execute(
+                "SELECT done_seq, id FROM jobs WHERE done_seq > ? ORDER BY done_seq", (cursor,)
+            )
+            .fetchall()
+        )
+        return (rows[-1][0] if rows else cursor), [row[1] for row in rows]
+
+    def job_status(self, job_id: str) -> JobStatus:
+        """The state (and outcome, once final) of one job; ``KeyError`` if unknown or expired."""
+        found = self.outcomes([job_id])
+        if job_id not in found:
+            raise KeyError(
+                f"no job {job_id!r} in {self.path} (unknown, or its outcome expired "
+                "after result_ttl)"
+            )
+        return found[job_id]
+
+    def outcomes(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        found: dict[str, JobStatus] = {}
+        conn = self.file.connection()
+        for chunk in _chunks(job_ids):
+            rows = conn.execute(
+                f"SELECT id, state, outcome FROM jobs WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for job_id, state, outcome in rows:
+                loaded = None if outcome is None else Outcome.load(outcome)
+                found[job_id] = JobStatus(JobState(state), loaded)
+        return found
+
+    # -- counters, servers, housekeeping ----------------------------------------
+
+    def counter_add(self, name: str, amount: int) -> int:
+        with self.file.write() as tx:
+            tx.execute(
+                "INSERT INTO counters VALUES (?, ?, ?) "
+                "ON CONFLICT (queue, name) DO UPDATE SET value = value + excluded.value",
+                (self.queue, name, amount),
+            )
+            row = tx.execute(
+                "SELECT value FROM counters WHERE queue = ? AND name = ?", (self.queue, name)
+            ).fetchone()
+        return int(row[0])
+
+    def counter_values(self, names: Sequence[str]) -> dict[str, int]:
+        rows = dict(
+            self.file.connection().execute(
+                "SELECT name, value FROM counters WHERE queue = ?", (self.queue,)
+            )
+        )
+        return {name: int(rows.get(name, 0)) for name in names}
+
+    def register_server(self, owner: str, processes: int) -> None:
+        now = time.time()
+        with self.file.write() as tx:
+            tx.execute(
+                "INSERT OR REPLACE INTO servers VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (owner, self.queue, socket.gethostname(), os.getpid(), processes, now, now),
+            )
+
+    def heartbeat(self, owner: str) -> None:
+        with self.file.write() as tx:
+            tx.execute("UPDATE servers SET heartbeat = ? WHERE owner = ?", (time.time(), owner))
+
+    def unregister_server(self, owner: str) -> None:
+        with self.file.write() as tx:
+            tx.execute("DELETE FROM servers WHERE owner = ?", (owner,))
+
+    def purge_expired(self, stale_server_after: float = 3600.0) -> int:
+        """Delete outcomes past their ``result_ttl``, and servers silent for an hour."""
+        now = time.time()
+        with self.file.write() as tx:
+            purged = tx.execute("DELETE FROM jobs WHERE expires_at < ?", (now,)).rowcount
+            tx.execute("DELETE FROM servers WHERE heartbeat < ?", (now - stale_server_after,))
+        return int(purged)
+
+    def status(self) -> StoreStatus:
+        conn = self.file.connection()
+        conn.execute("BEGIN")  # one consistent read
+        try:
+            queued = dict(
+                conn.execute(
+                    "SELECT priority, count(*) FROM jobs WHERE queue = ? AND state = 'queued' "
+                    "GROUP BY priority ORDER BY priority",
+                    (self.queue,),
+                )
+            )
+            running = conn.execute(
+                "SELECT id, name, owner, started_at FROM jobs WHERE queue = ? AND "
+                "state = 'running' ORDER BY started_at",
+                (self.queue,),
+            ).fetchall()
+            ended = dict(
+                conn.execute(
+                    "SELECT state, count(*) FROM jobs WHERE queue = ? AND state IN "
+                    "('succeeded', 'failed', 'cancelled', 'dead') GROUP BY state",
+                    (self.queue,),
+                )
+            )
+            columns = ("owner", "host", "pid", "processes", "started_at", "heartbeat")
+            servers = [
+                dict(zip(columns, row, strict=True))
+                for row in conn.execute(
+                    "SELECT owner, host, pid, processes, started_at, heartbeat FROM servers "
+                    "WHERE queue = ? ORDER BY started_at",
+                    (self.queue,),
+                )
+            ]
+        finally:
+            conn.execute("COMMIT")
+        return StoreStatus(
+            queued,
+            [tuple(r) for r in running],
+            ended.get("succeeded", 0),
+            ended.get("failed", 0),
+            ended.get("cancelled", 0),
+            ended.get("dead", 0),
+            servers,
+        )
+
+    def close(self) -> None:
+        self.file.close()
+
+    # -- helpers, inside a write transaction ------------------------------------
+
+    @staticmethod
+    def _next_done_seq(tx: sqlite3.Connection) -> int:
+        tx.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'done_seq'")
+        row = tx.execute("SELECT value FROM meta WHERE key = 'done_seq'").fetchone()
+        return int(row[0])
+
+
+def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
+    return [ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK)]

@@ -1,0 +1,212 @@
+"""Opening a taskq store file: the URL, the schema, the checks, one connection per thread.
+
+Every process and thread that uses the file gets its own connection (SQLite
+connections must not cross a fork, nor be shared by threads without a lock).
+Writes are short ``BEGIN IMMEDIATE`` transactions: the write lock is taken
+first, so two writers never deadlock on a lock upgrade, and a writer that
+finds the file busy waits (``busy_timeout``) instead of failing with
+``database is locked``. The file is in WAL mode, so readers never block writers.
+
+Durability: with ``synchronous=NORMAL`` (the default) a committed job survives
+any crash of any process, but not a power loss or an OS crash, which may lose
+the last transactions; ``?synchronous=full`` in the URL makes every commit
+durable across those too, at the price of an fsync per commit.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from taskq._errors import StoreError
+
+SCHEMA_VERSION = 1
+APPLICATION = "taskq"
+BUSY_TIMEOUT_MS = 60_000  # a writer waits this long for the lock before an error
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,  -- the store's order of submission
+    id           TEXT NOT NULL UNIQUE,
+    queue        TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    rank         REAL NOT NULL,                       -- what runs first: smaller, then seq
+    priority     REAL NOT NULL,
+    name         TEXT NOT NULL,
+    call         BLOB,                                -- dropped once the job ends
+    options      BLOB NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    lost         INTEGER NOT NULL DEFAULT 0,          -- leases that expired
+    owner        TEXT,
+    lease_until  REAL,
+    started_at   REAL,
+    kill         INTEGER NOT NULL DEFAULT 0,
+    submitted_at REAL NOT NULL,
+    finished_at  REAL,
+    expires_at   REAL,
+    done_seq     INTEGER,                             -- order in which outcomes were stored
+    outcome      BLOB
+);
+CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (queue, rank, seq) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (lease_until) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS jobs_done ON jobs (done_seq) WHERE done_seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS counters (
+    queue TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
+    PRIMARY KEY (queue, name)
+);
+CREATE TABLE IF NOT EXISTS servers (
+    owner TEXT PRIMARY KEY, queue TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+    processes INTEGER NOT NULL, started_at REAL NOT NULL, heartbeat REAL NOT NULL
+);
+"""
+
+
+def path_of(url: str) -> tuple[str, str]:
+    """The file path and the ``synchronous`` setting of a ``sqlite:///`` URL."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
+        raise ValueError(
+            f"bad SQLite broker URL {url!r}: use sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db"
+        )
+    path = parts.path[1:]  # sqlite:///jobs.db -> jobs.db; sqlite:////tmp/x.db -> /tmp/x.db
+    if not path or path == ":memory:":
+        raise ValueError(
+            f"bad SQLite broker URL {url!r}: it needs a file path (jobs survive "
+            "in a file; an in-memory database would lose them)"
+        )
+    query = urllib.parse.parse_qs(parts.query)
+    synchronous = query.pop("synchronous", ["normal"])[-1].upper()
+    if synchronous not in ("NORMAL", "FULL"):
+        raise ValueError(f"synchronous must be 'normal' or 'full' in {url!r}")
+    if query:
+        raise ValueError(f"unknown option(s) {', '.join(query)} in broker URL {url!r}")
+    return os.path.abspath(urllib.parse.unquote(path)), synchronous
+
+
+class StoreFile:
+    """A taskq store file: created and checked once, then a connection per thread."""
+
+    def __init__(self, url: str):
+        self.path, self._synchronous = path_of(url)
+        self._local = threading.local()
+        self._create_or_check()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A short write transaction: the write lock first (BEGIN IMMEDIATE), commit on exit."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (a new one in a forked child: never reuse a parent's)."""
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            conn = self._connect()
+            local.conn, local.pid = conn, os.getpid()
+        return conn
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread's data goes)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local.conn = None
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the taskq store {self.path}: {exc}") from exc
+        return conn
+
+    def _create_or_check(self) -> None:
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            raise StoreError(
+                f"cannot create the taskq store {self.path}: directory {directory} does not exist"
+            )
+        if not os.path.exists(self.path):
+            _create_private(self.path)
+        try:
+            conn = self.connection()
+            self._check(conn)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(_explain(self.path, exc)) from exc
+
+    def _check(self, conn: sqlite3.Connection) -> None:
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        if tables and "meta" not in tables:
+            raise StoreError(
+                f"{self.path} is not a taskq store (it holds other tables: "
+                f"{', '.join(sorted(tables)[:5])}); give taskq a file of its own"
+            )
+        if "meta" in tables:
+            meta = dict(conn.execute("SELECT key, value FROM meta"))
+            if meta.get("application") != APPLICATION:
+                raise StoreError(f"{self.path} is not a taskq store (its meta table is not ours)")
+            version = int(meta.get("schema_version", "0"))
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} was written by a newer taskq (store schema {version}; this "
+                    f"taskq reads schema {SCHEMA_VERSION} at most): upgrade taskq"
+                )
+            return
+        if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+            raise StoreError(f"cannot put the taskq store {self.path} in WAL mode")
+        with self.write() as tx:
+            for statement in SCHEMA.split(";\n"):  # not executescript: it would commit
+                if statement.strip():
+                    tx.execute(statement)
+            tx.execute("INSERT OR IGNORE INTO meta VALUES ('application', ?)", (APPLICATION,))
+            tx.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+            tx.execute("INSERT OR IGNORE INTO meta VALUES ('done_seq', '0')")
+
+
+def _create_private(path: str) -> None:
+    """Create the file readable and writable by its owner only: whoever can write to
+    it can make the workers run code (jobs are pickles)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return  # another process created it first
+    except OSError as exc:
+        raise StoreError(f"cannot create the taskq store {path}: {exc.strerror}") from exc
+    os.close(fd)
+
+
+def _explain(path: str, exc: sqlite3.DatabaseError) -> str:
+    text = str(exc)
+    if "not a database" in text or "malformed" in text:
+        return f"{path} is not a taskq store: it is not an SQLite database ({text})"
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return (
+            f"cannot write the taskq store {path} ({text}): check the permissions of the "
+            "file and of its directory (SQLite writes -wal and -shm files beside it)"
+        )
+    return f"cannot use the taskq store {path}: {text}"
