@@ -86,7 +86,8 @@ class Waiters:
             future = self._futures.get(job_id)
         if future is not None:
             return future
-        future = self.new(job_id, own=False)  # waiting first: an outcome stored meanwhile is not missed
+        # Waiting first: an outcome stored meanwhile is then not missed.
+        future = self.new(job_id, own=False)
         try:
             status = self.broker.job_status(job_id)
         except KeyError:

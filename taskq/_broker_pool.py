@@ -90,11 +90,14 @@ class BrokerPool(Pool):
         retry_delay: float = 0.1,
         broker: str | None = None,
         queue: str = "default",
-        lease: float = DEFAULT_LEASE,
-        result_ttl: float = DEFAULT_RESULT_TTL,
-        max_lost: int = DEFAULT_MAX_LOST,
+        lease: float | None = None,
+        result_ttl: float | None = None,
+        max_lost: int | None = None,
     ):
         assert broker is not None
+        lease = DEFAULT_LEASE if lease is None else lease
+        result_ttl = DEFAULT_RESULT_TTL if result_ttl is None else result_ttl
+        max_lost = DEFAULT_MAX_LOST if max_lost is None else max_lost
         workers = _check_workers(max_workers)
         names = check_options(
             max(1, workers), initializer, max_tasks_per_child, maxsize, counters, order

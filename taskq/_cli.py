@@ -14,12 +14,12 @@ import sys
 from collections.abc import Callable
 
 import taskq
-from taskq import _cli_bench, _cli_run
+from taskq import _cli_bench, _cli_run, _cli_status, _cli_worker
 from taskq._cli_exit import EXIT_USAGE
 
 __all__ = ["main"]
 
-COMMANDS = (_cli_run, _cli_bench)  # in the order of `taskq --help`
+COMMANDS = (_cli_run, _cli_worker, _cli_status, _cli_bench)  # in the order of `taskq --help`
 
 DESCRIPTION = """\
 Run a Python function on a pool of worker processes, one job per input line,

@@ -107,6 +107,7 @@ class Pool(Executor):
                  outlive this process; see ``taskq._broker_pool.BrokerPool`` for
                  what changes (``max_workers=0``, ``job(id)``, leases, ...).
     queue:       the name of the queue inside the broker's store.
+    lease, result_ttl, max_lost: with a broker only (see ``BrokerPool``).
     """
 
     def __new__(cls, *args: Any, broker: str | None = None, **kwargs: Any) -> Pool:
@@ -132,9 +133,14 @@ class Pool(Executor):
         retry_delay: float = 0.1,
         broker: str | None = None,
         queue: str = "default",
+        lease: float | None = None,
+        result_ttl: float | None = None,
+        max_lost: int | None = None,
     ):
-        if broker is not None or queue != "default":
-            raise ValueError("queue= names a queue in a broker's store: pass broker= too")
+        if broker is not None or queue != "default" or (lease, result_ttl, max_lost) != (None,) * 3:
+            raise ValueError(
+                "queue, lease, result_ttl and max_lost apply to a broker's store: pass broker= too"
+            )
         max_workers = _default_workers() if max_workers is None else max_workers
         counter_names = check_options(
             max_workers, initializer, max_tasks_per_child, maxsize, counters, order

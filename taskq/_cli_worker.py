@@ -1,0 +1,119 @@
+"""``taskq worker URL``: serve a broker's store with a local pool until told to stop.
+
+SIGTERM or Ctrl-C (SIGINT): claim nothing more, put the jobs not started back
+in the store, let running jobs finish within ``--grace`` seconds (then stop them
+and put them back: they run again elsewhere), exit 0. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from taskq._broker import DEFAULT_LEASE, DEFAULT_MAX_LOST
+from taskq._cli_exit import EXIT_FAILED, EXIT_OK
+from taskq._errors import StoreError
+
+NAME = "worker"
+DEFAULT_GRACE = 30.0
+
+
+def add_parser(commands: Any) -> None:
+    """Add ``taskq worker`` to ``commands`` (the top-level parser's subparsers)."""
+    parser = commands.add_parser(
+        NAME,
+        help="run the jobs of a durable store (sqlite:///jobs.db) until stopped",
+        description="Serve a taskq store: run its jobs on a pool of worker processes. "
+        "SIGTERM or Ctrl-C stops taking jobs, lets running jobs finish within the "
+        "grace period, leaves queued jobs in the store and exits 0.",
+    )
+    parser.set_defaults(handler=run)
+    add = parser.add_argument
+    add("url", metavar="URL", help="the store, e.g. sqlite:///jobs.db or sqlite:////abs/jobs.db")
+    add("-w", "--workers", type=int, default=None, help="worker processes (default: CPUs)")
+    add("-q", "--queue", default="default", help="the queue to serve (default: %(default)s)")
+    add(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE,
+        help="seconds running jobs may take to finish at stop (default: %(default)s)",
+    )
+    add(
+        "--lease",
+        type=float,
+        default=DEFAULT_LEASE,
+        help="seconds a job stays claimed without a heartbeat (default: %(default)s)",
+    )
+    add(
+        "--max-lost",
+        type=int,
+        default=DEFAULT_MAX_LOST,
+        help="lost leases before a job is given up (default: %(default)s)",
+    )
+    add(
+        "--start-method",
+        choices=("fork", "spawn", "forkserver"),
+        default=None,
+        help="how worker processes start (default: the platform's)",
+    )
+    add("-v", "--verbose", action="store_true", help="log each job event (DEBUG)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import multiprocessing
+
+    from taskq._broker_pool import BrokerPool
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+    log = logging.getLogger("taskq.worker")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # job modules beside the store, as with `python -m`
+    ctx = multiprocessing.get_context(args.start_method) if args.start_method else None
+    stop = threading.Event()
+    signals = {signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signals[signum] = signal.signal(signum, lambda *_: _second_stops_now(stop))
+    try:
+        pool = BrokerPool(
+            args.workers,
+            ctx,
+            broker=args.url,
+            queue=args.queue,
+            lease=args.lease,
+            max_lost=args.max_lost,
+        )
+    except (StoreError, ValueError, TypeError) as exc:
+        log.error("cannot serve %s: %s", args.url, exc)
+        return EXIT_FAILED
+    log.info(
+        "serving %s queue %r with %d workers (pid %d)",
+        args.url,
+        args.queue,
+        pool._max_workers,
+        os.getpid(),
+    )
+    try:
+        while not stop.wait(0.5):
+            pass
+        log.info("stopping: no new jobs; running jobs have %.0f s to finish", args.grace)
+        pool.stop_serving(args.grace)
+    finally:
+        for signum, handler in signals.items():
+            signal.signal(signum, handler)
+    log.info("stopped")
+    return EXIT_OK
+
+
+def _second_stops_now(stop: threading.Event) -> None:
+    if stop.is_set():  # a second signal: do not wait for the grace period
+        os._exit(EXIT_FAILED)
+    stop.set()
