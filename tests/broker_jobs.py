@@ -53,6 +53,8 @@ def run_python(code, *args, timeout=60):
 
 
 def stop(proc, timeout=30):
+    """Kill ``proc`` if it still runs; return its stderr (its pipes are closed)."""
     if proc.poll() is None:
         proc.kill()
-    proc.wait(timeout)
+    _, err = proc.communicate(timeout=timeout)
+    return err or ""

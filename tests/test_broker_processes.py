@@ -1,0 +1,192 @@
+"""The durable guarantees with real processes: SIGKILLed submitters and servers, several
+submitters and servers on one file, `taskq worker` and `taskq status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import taskq
+from tests.broker_jobs import ROOT, record, run_python, runs, start_worker, stop
+from tests.jobs import wait_until
+
+LEASE = 1.0  # short leases keep these tests quick; recovery takes about a lease
+
+
+@pytest.fixture
+def url(tmp_path):
+    return f"sqlite:///{tmp_path}/jobs.db"
+
+
+@pytest.fixture
+def workers():
+    started = []
+
+    def start(url, *args):
+        proc = start_worker(url, *args)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        stop(proc)
+
+
+SUBMIT_THEN_DIE = """
+import os, signal, sys
+import taskq
+from tests.broker_jobs import record
+pool = taskq.Pool(0, broker=sys.argv[1])
+ids = [pool.schedule(record, (sys.argv[2], f"job{i}"), priority=-i).job_id for i in range(5)]
+print(" ".join(ids), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_jobs_survive_a_sigkill_of_the_submitter_right_after_schedule(url, tmp_path):
+    log = str(tmp_path / "runs")
+    done = run_python(SUBMIT_THEN_DIE, url, log)
+    assert done.returncode == -signal.SIGKILL
+    ids = done.stdout.split()
+    assert len(ids) == 5
+    with taskq.Pool(1, broker=url) as pool:
+        results = [pool.job(job_id).result(timeout=60) for job_id in ids]
+    assert results == [f"job{i}" for i in range(5)]
+    assert runs(log) == [f"job{i}" for i in reversed(range(5))]  # priority order kept
+
+
+def test_a_sigkilled_taskq_worker_s_job_completes_on_another(url, tmp_path, workers):
+    log = str(tmp_path / "runs")
+    first = workers(url, "--workers", "1", "--lease", str(LEASE))
+    client = taskq.Pool(0, broker=url)
+    try:
+        future = client.schedule(record, (log, "victim", 3.0))
+        wait_until(lambda: runs(log) == ["victim"], 60, "the job to start on the first worker")
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+        killed_at = time.monotonic()
+        workers(url, "--workers", "1", "--lease", str(LEASE))
+        assert future.result(timeout=60) == "victim"
+        recovered_after = time.monotonic() - killed_at
+        assert runs(log) == ["victim", "victim"]  # ran at least once more, elsewhere
+        assert client.job(future.job_id).result(timeout=5) == "victim"  # one outcome
+        # The lease, the look for expired leases and a 3 s job, with a wide margin for a
+        # noisy machine: a job left for a 60 s lease or a sweep of minutes would fail this.
+        assert recovered_after < LEASE + 3.0 + 20
+    finally:
+        client.shutdown(wait=False)
+
+
+SUBMITTER = """
+import sys
+import taskq
+from tests.broker_jobs import record
+pool = taskq.Pool(0, broker=sys.argv[1])
+who, log = sys.argv[2], sys.argv[3]
+for i in range(30):
+    pool.schedule(record, (log, f"{who}-p{i % 3}-{i}"), priority=i % 3)
+pool.shutdown(wait=False)
+print("ok")
+"""
+
+
+def test_several_submitters_and_two_workers_keep_exact_priority_order(url, tmp_path, workers):
+    log = str(tmp_path / "runs")
+    submitters = [
+        subprocess.Popen(
+            [sys.executable, "-c", SUBMITTER, url, who, log],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": ROOT},
+        )
+        for who in ("a", "b", "c")
+    ]
+    for proc in submitters:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "locked" not in err, err
+    servers = [workers(url, "--workers", "1") for _ in range(2)]
+    wait_until(lambda: len(runs(log)) == 90, 120, "every job to run")
+    order = [int(tag.split("-")[1][1]) for tag in runs(log)]
+    # Two servers start jobs concurrently, so at most one job of each may start before a
+    # job of a more urgent priority that the other one took at the same moment.
+    inversions = sum(1 for a, b in zip(order, order[1:], strict=False) if a > b)
+    assert inversions <= 2, order
+    assert sorted(order) == [0] * 30 + [1] * 30 + [2] * 30
+    for server in servers:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+        assert "database is locked" not in stop(server)
+
+
+def test_taskq_worker_stops_on_sigterm_leaving_queued_jobs_in_the_store(url, tmp_path, workers):
+    log = str(tmp_path / "runs")
+    client = taskq.Pool(0, broker=url)
+    try:
+        running = client.schedule(record, (log, "running", 1.0))
+        server = workers(url, "--workers", "1", "--grace", "30")
+        wait_until(lambda: runs(log) == ["running"], 60, "the first job to start")
+        queued = client.schedule(record, (log, "queued"), priority=5)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+        assert running.result(timeout=10) == "running"  # finished within the grace period
+        assert "stopping" in server.stderr.read()
+        assert client.stats().queued == 1 and not queued.done()
+    finally:
+        client.shutdown(wait=False)
+
+
+def test_taskq_status_json_reports_queues_running_jobs_and_workers(url, tmp_path, workers):
+    log = str(tmp_path / "runs")
+    client = taskq.Pool(0, broker=url)
+    try:
+        client.schedule(record, (log, "long", 60.0))
+        workers(url, "--workers", "1")
+        wait_until(lambda: runs(log) == ["long"], 60, "the long job to start")
+        for priority in (1, 1, 7):
+            client.schedule(record, (log, "later"), priority=priority)
+        done = subprocess.run(
+            [sys.executable, "-m", "taskq", "status", url, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["queued"] == 3
+        assert report["queued_by_priority"] == {"1": 2, "7": 1}
+        assert [job["name"] for job in report["running"]] == ["record"]
+        assert len(report["workers"]) == 1 and report["workers"][0]["processes"] == 1
+        assert report["workers"][0]["heartbeat_age"] < 60
+        human = subprocess.run(
+            [sys.executable, "-m", "taskq", "status", url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert "queued     3" in human.stdout and "priority        7: 1" in human.stdout
+    finally:
+        client.shutdown(wait=False, cancel_futures=True)
+
+
+def test_taskq_status_names_a_file_that_is_not_a_store(tmp_path):
+    bad = tmp_path / "bad.db"
+    bad.write_text("not sqlite" * 200)
+    done = subprocess.run(
+        [sys.executable, "-m", "taskq", "status", f"sqlite:///{bad}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 1
+    assert f"{bad} is not a taskq store" in done.stderr
