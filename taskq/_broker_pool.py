@@ -43,7 +43,7 @@ from taskq._broker import (
 from taskq._broker_client import BrokerFuture, Waiters
 from taskq._broker_counters import StoreCounters
 from taskq._counters import Counter
-from taskq._errors import Full, PicklingFailed
+from taskq._errors import Full, PicklingFailed, PoolBroken
 from taskq._job import JobFuture
 from taskq._log import log
 from taskq._options import check_delay, check_options, check_timeout
@@ -125,6 +125,8 @@ class BrokerPool(Pool):
         self._stop_serving = False  # stop claiming (set with the grace of a worker stop)
         self._maps_lock = threading.Lock()
         self._unstarted_maps = set()
+        self._broken: BaseException | None = None
+        self._closed = False
         self._local: Pool | None = None
         self._server: Server | None = None
         if workers:
@@ -214,6 +216,8 @@ class BrokerPool(Pool):
         return future
 
     def _check_open(self) -> None:
+        if self._broken is not None:
+            raise self._broken
         if self._shutdown:
             raise RuntimeError(
                 "cannot schedule new futures after interpreter shutdown"
@@ -241,7 +245,13 @@ class BrokerPool(Pool):
         is removed; a running one is stopped by its server (SIGTERM, then SIGKILL)
         and its future raises ``CancelledError``. True if it had not finished."""
         if not isinstance(future, BrokerFuture):
-            raise ValueError(f"{future!r} is not a job of a broker pool")
+            raise ValueError(f"{future!r} belongs to another pool: call kill() on that pool")
+        store = future._store_waiters.broker
+        if (store.url, store.queue) != (self._broker.url, self._broker.queue):
+            raise ValueError(
+                f"{future!r} belongs to another pool (store {store.url}, queue "
+                f"{store.queue!r}): call kill() on a pool of that store"
+            )
         job_id = str(future.job_id)
         state = self._broker.request_kill(job_id)
         if state is JobState.QUEUED:
@@ -264,6 +274,14 @@ class BrokerPool(Pool):
                 self._waiters.cancel_queued(job_id)
         self._wake.set()
         if wait:
+            self._join()
+
+    def _join(self) -> None:
+        if threading.current_thread() is self._thread:  # from a done-callback: serve in place
+            while not self._finished():
+                self._step()
+            self._close_server(release=self._stop_serving)
+        else:
             self._thread.join()
 
     def terminate(self) -> None:
@@ -277,7 +295,7 @@ class BrokerPool(Pool):
         if self._local is not None:
             self._local.terminate()
         self._wake.set()
-        self._thread.join()
+        self._join()
 
     def stop_serving(self, grace: float) -> None:
         """What ``taskq worker`` does on SIGTERM: claim nothing more, put the jobs not
@@ -296,18 +314,31 @@ class BrokerPool(Pool):
         delay = MIN_POLL
         try:
             while not self._finished():
-                busy = self._server.step() if self._server is not None else False
-                busy = bool(self._waiters.poll()) or busy
-                delay = MIN_POLL if busy else min(delay * 2, MAX_POLL)
+                delay = MIN_POLL if self._step() else min(delay * 2, MAX_POLL)
                 self._wake.wait(delay)
                 self._wake.clear()
-        except BaseException as exc:  # the store failed: fail this process's jobs, loudly
-            log.exception("taskq broker thread failed")
-            self._waiters.fail_all(exc)
-            with contextlib.suppress(BaseException):
-                self._close_server(release=True)
-            raise
+        except BaseException as exc:  # the store or the local pool failed
+            self._break(exc)
+            return
         self._close_server(release=self._stop_serving)
+
+    def _break(self, exc: BaseException) -> None:
+        """No more serving or waiting here: the jobs this process holds go back to the
+        store (they did not run here), its own queued jobs are withdrawn, and its
+        futures fail with ``exc``."""
+        if not isinstance(exc, PoolBroken):
+            log.error("taskq broker thread failed", exc_info=exc)
+        self._broken = exc
+        with contextlib.suppress(BaseException):
+            for job_id in self._waiters.pending_ids():
+                self._broker.cancel(job_id)
+        self._waiters.fail_all(exc)
+        with contextlib.suppress(BaseException):
+            self._close_server(release=True)
+
+    def _step(self) -> bool:
+        busy = self._server.step() if self._server is not None else False
+        return bool(self._waiters.poll()) or busy
 
     def _finished(self) -> bool:
         server = self._server
@@ -343,6 +374,9 @@ class BrokerPool(Pool):
             self._local.terminate()
 
     def _close_server(self, release: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._server is not None:
             if release:
                 self._server.release_all_after(self._stop_local)

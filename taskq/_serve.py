@@ -193,15 +193,19 @@ class Server:
                 self._held[job.job_id] = JobFuture()
             self._ended.append((job.job_id, Outcome.of_error(error, job.attempts)))
             return
-        future = self._pool._queue_call(
-            job.call,
-            job.name,
-            job.priority,
-            options.timeout,
-            options.retries,
-            options.retry_delay,
-            options.retry_on,
-        )
+        try:
+            future = self._pool._queue_call(
+                job.call,
+                job.name,
+                job.priority,
+                options.timeout,
+                options.retries,
+                options.retry_delay,
+                options.retry_on,
+            )
+        except BaseException:  # the local pool broke: the job never started here
+            self.broker.release(self.owner, [job.job_id])
+            raise
         with self._lock:
             self._held[job.job_id] = future
         future.add_done_callback(lambda _: self._ended_locally(job, future))

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 
 import pytest
@@ -64,12 +65,19 @@ def _registry():
     reg.shutdown_all()
 
 
+# TASKQ_TEST_BROKER=sqlite runs the tests that use ``pool_factory`` against pools whose
+# jobs go through a SQLite store (CI runs the fault matrix that way too).
+TEST_BROKER = os.environ.get("TASKQ_TEST_BROKER", "")
+
+
 @pytest.fixture
-def pool_factory(_registry):
+def pool_factory(_registry, tmp_path):
     """``pool_factory(*args, **kwargs)`` -> a ``taskq.Pool`` that is shut down at teardown."""
     import taskq
 
     def make(*args, **kwargs):
+        if TEST_BROKER == "sqlite" and "broker" not in kwargs:
+            kwargs["broker"] = f"sqlite:///{tmp_path}/pool-{len(_registry.pools)}.db"
         pool = taskq.Pool(*args, **kwargs)
         _registry.pools.append(pool)
         return pool

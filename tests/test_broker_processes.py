@@ -3,6 +3,7 @@ submitters and servers on one file, `taskq worker` and `taskq status`."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -110,14 +111,14 @@ def test_several_submitters_and_two_workers_keep_exact_priority_order(url, tmp_p
         for who in ("a", "b", "c")
     ]
     for proc in submitters:
-        out, err = proc.communicate(timeout=120)
+        _out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0 and "locked" not in err, err
     servers = [workers(url, "--workers", "1") for _ in range(2)]
     wait_until(lambda: len(runs(log)) == 90, 120, "every job to run")
     order = [int(tag.split("-")[1][1]) for tag in runs(log)]
     # Two servers start jobs concurrently, so at most one job of each may start before a
     # job of a more urgent priority that the other one took at the same moment.
-    inversions = sum(1 for a, b in zip(order, order[1:], strict=False) if a > b)
+    inversions = sum(1 for a, b in itertools.pairwise(order) if a > b)
     assert inversions <= 2, order
     assert sorted(order) == [0] * 30 + [1] * 30 + [2] * 30
     for server in servers:

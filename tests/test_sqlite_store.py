@@ -199,7 +199,7 @@ def test_an_sqlite_file_of_another_application_is_refused(tmp_path):
     path = tmp_path / "app.db"
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE users (id INTEGER)")
-    with pytest.raises(StoreError, match="not a taskq store.*users"):
+    with pytest.raises(StoreError, match=r"not a taskq store.*users"):
         open_broker(f"sqlite:///{path}", "q")
 
 
@@ -207,12 +207,12 @@ def test_a_store_of_a_newer_schema_is_refused(url, store):
     with sqlite3.connect(path_of(url)[0]) as conn:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                      (str(SCHEMA_VERSION + 1),))  # fmt: skip
-    with pytest.raises(StoreError, match="newer taskq.*upgrade taskq"):
+    with pytest.raises(StoreError, match=r"newer taskq.*upgrade taskq"):
         open_broker(url, "q")
 
 
 def test_a_missing_directory_is_named(tmp_path):
-    with pytest.raises(StoreError, match="directory .*nowhere does not exist"):
+    with pytest.raises(StoreError, match=r"directory .*nowhere does not exist"):
         open_broker(f"sqlite:///{tmp_path}/nowhere/jobs.db", "q")
 
 
