@@ -42,6 +42,7 @@ mean is in ``_protocol.py``.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import multiprocessing
 import os
@@ -509,3 +510,9 @@ class _Withdraw:
             return False
         self._ledger.withdrawn(item)
         return True
+
+
+# ``inspect.signature(Pool)`` would show ``__new__``'s catch-all (which only picks the
+# class); what users pass is ``__init__``'s parameters.
+_init_params = list(inspect.signature(Pool.__init__).parameters.values())[1:]
+setattr(Pool, "__signature__", inspect.Signature(_init_params))  # noqa: B010

@@ -26,6 +26,8 @@ EXPECTED_ALL = {
     "RemoteError",
     "InitializerError",
     "PoolBroken",
+    "JobLost",
+    "StoreError",
 }
 
 STATS_FIELDS = {
