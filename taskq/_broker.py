@@ -32,12 +32,16 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
-from taskq._errors import JobLost, RemoteTraceback, UnpicklingFailed
+from taskq._errors import JobLost, RemoteTraceback, StoreError, UnpicklingFailed
 from taskq._protocol import PackedError, dumps, unpack_exception
 
 DEFAULT_LEASE = 5.0  # seconds a claim lasts without a heartbeat (renewed every third of it)
 DEFAULT_RESULT_TTL = 86400.0  # seconds an outcome is kept after the job ends
 DEFAULT_MAX_LOST = 3  # lost leases before a job is given up (it may be killing its server)
+
+
+class BrokerUnavailable(StoreError):
+    """Raised when the store cannot be reached for now (the pool retries with backoff)."""
 
 
 class JobState(str, enum.Enum):
@@ -191,6 +195,7 @@ class StoreStatus(NamedTuple):
     cancelled: int
     dead: int
     workers: list[dict[str, Any]]  # owner, host, pid, processes, started, heartbeat
+    refused: int = 0  # jobs whose payload failed signature verification (dead-lettered)
 
 
 class Broker(Protocol):
@@ -198,6 +203,7 @@ class Broker(Protocol):
 
     url: str
     queue: str
+    can_block: bool  # finished_since(block=...) waits in the store (else: poll it)
 
     def put(self, job: NewJob, *, maxsize: int = 0) -> None: ...
     def claim(self, owner: str, limit: int, lease: float) -> list[ClaimedJob]: ...
@@ -208,8 +214,8 @@ class Broker(Protocol):
     def request_kill(self, job_id: str) -> JobState | None: ...
     def kill_requests(self, owner: str) -> list[str]: ...
     def reclaim_expired(self, max_lost: int) -> int: ...
-    def current_cursor(self) -> int: ...
-    def finished_since(self, cursor: int) -> tuple[int, list[str]]: ...
+    def current_cursor(self) -> str: ...
+    def finished_since(self, cursor: str, block: float = 0) -> tuple[str, list[str]]: ...
     def job_status(self, job_id: str) -> JobStatus: ...
     def outcomes(self, job_ids: Sequence[str]) -> dict[str, JobStatus]: ...
     def queued_count(self) -> int: ...
@@ -223,8 +229,11 @@ class Broker(Protocol):
     def close(self) -> None: ...
 
 
-def open_broker(url: str, queue: str, *, result_ttl: float = DEFAULT_RESULT_TTL) -> Broker:
-    """The broker for ``url`` (``sqlite:///relative.db``, ``sqlite:////absolute.db``)."""
+def open_broker(
+    url: str, queue: str, *, result_ttl: float = DEFAULT_RESULT_TTL, secret: str | None = None
+) -> Broker:
+    """The broker for ``url``: ``sqlite:///relative.db``, ``sqlite:////absolute.db``,
+    ``redis://[user:password@]host:6379/0``, ``rediss://...`` (TLS), ``unix:///path.sock``."""
     if not isinstance(url, str):
         raise TypeError(f"broker must be a URL string such as 'sqlite:///jobs.db'; got {url!r}")
     if not isinstance(queue, str) or not queue:
@@ -235,8 +244,17 @@ def open_broker(url: str, queue: str, *, result_ttl: float = DEFAULT_RESULT_TTL)
     if scheme == "sqlite":
         from taskq._sqlite_broker import SqliteBroker
 
+        if secret is not None:
+            raise ValueError(
+                "secret= signs payloads in a shared Redis; a SQLite store is "
+                "protected by its file permissions instead"
+            )
         return SqliteBroker(url, queue, result_ttl=result_ttl)
+    if scheme in ("redis", "rediss", "unix"):
+        from taskq._redis_broker import RedisBroker
+
+        return RedisBroker(url, queue, result_ttl=result_ttl, secret=secret)
     raise ValueError(
-        f"unsupported broker URL {url!r}: use sqlite:///relative/path.db or "
-        "sqlite:////absolute/path.db"
+        f"unsupported broker URL {url.split('@')[-1]!r}: use sqlite:///relative/path.db, "
+        "sqlite:////absolute/path.db, redis://host:6379/0, rediss://... or unix:///path.sock"
     )

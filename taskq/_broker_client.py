@@ -14,12 +14,15 @@ racing the outcome) finds nothing to do.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
 
 from taskq._broker import FINAL_STATES, Broker, JobStatus, Outcome, OutcomeKind
 from taskq._job import JobFuture
+
+RECONCILE_EVERY = 2.0  # seconds between direct reads of the pending jobs' states
 
 
 class BrokerFuture(JobFuture):
@@ -58,6 +61,7 @@ class Waiters:
         self._lock = threading.Lock()
         self._on_resolved = on_resolved  # statistics
         self._cursor = broker.current_cursor()  # outcomes stored before us: not ours
+        self._next_reconcile = time.monotonic() + RECONCILE_EVERY
 
     def __len__(self) -> int:
         return len(self._futures)
@@ -119,11 +123,12 @@ class Waiters:
         if future._own:
             self._on_resolved(outcome.kind)
 
-    def poll(self) -> int:
-        """Resolve the futures whose outcome another process stored; how many were."""
-        if not self._futures:
+    def poll(self, block: float = 0) -> int:
+        """Resolve the futures whose outcome another process stored; how many were.
+        ``block``: wait up to that long for one (a store that can wake readers)."""
+        if not self._futures and not block:
             return 0
-        self._cursor, ended = self.broker.finished_since(self._cursor)
+        self._cursor, ended = self.broker.finished_since(self._cursor, block)
         with self._lock:
             ours = [job_id for job_id in ended if job_id in self._futures]
         if not ours:
@@ -132,6 +137,18 @@ class Waiters:
             if status.outcome is not None:
                 self.resolve(job_id, status.outcome)
         return len(ours)
+
+    def reconcile(self, every: float = RECONCILE_EVERY) -> None:
+        """Now and then, read the state of every pending job directly: an outcome whose
+        notice was missed (trimmed from the store's list, a reconnect) still arrives."""
+        now = time.monotonic()
+        if now < self._next_reconcile:
+            return
+        self._next_reconcile = now + every
+        pending = self.pending_ids()
+        for job_id, status in self.broker.outcomes(pending).items():
+            if status.outcome is not None:
+                self.resolve(job_id, status.outcome)
 
     def pending_ids(self) -> list[str]:
         with self._lock:

@@ -15,16 +15,17 @@ from taskq._broker import Broker, open_broker
 class StoreCounters:
     """The ``CounterStore`` of a pool with a broker (see ``_counters.Counter``)."""
 
-    def __init__(self, url: str, queue: str, names: tuple[str, ...]):
+    def __init__(self, url: str, queue: str, names: tuple[str, ...], secret: str | None = None):
         self.url, self.queue, self.names = url, queue, names
+        self._secret = secret
         self._index = {name: i for i, name in enumerate(names)}
         self._broker: Broker | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "queue": self.queue, "names": self.names}
+        return {"url": self.url, "queue": self.queue, "names": self.names, "secret": self._secret}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["url"], state["queue"], state["names"])  # type: ignore[misc]
+        self.__init__(state["url"], state["queue"], state["names"], state["secret"])  # type: ignore[misc]
 
     def index(self, name: str) -> int:
         try:
@@ -49,5 +50,5 @@ class StoreCounters:
 
     def _store(self) -> Broker:
         if self._broker is None:
-            self._broker = open_broker(self.url, self.queue)
+            self._broker = open_broker(self.url, self.queue, secret=self._secret)
         return self._broker

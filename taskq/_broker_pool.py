@@ -32,6 +32,7 @@ from taskq._broker import (
     DEFAULT_LEASE,
     DEFAULT_MAX_LOST,
     DEFAULT_RESULT_TTL,
+    BrokerUnavailable,
     JobOptions,
     JobState,
     NewJob,
@@ -93,6 +94,7 @@ class BrokerPool(Pool):
         lease: float | None = None,
         result_ttl: float | None = None,
         max_lost: int | None = None,
+        secret: str | None = None,
     ):
         assert broker is not None
         lease = DEFAULT_LEASE if lease is None else lease
@@ -113,8 +115,8 @@ class BrokerPool(Pool):
         self._job_timeout = check_timeout(job_timeout, "job_timeout")
         self._retry_delay = check_delay(retry_delay)
         self._max_workers = workers
-        self._broker = open_broker(broker, queue, result_ttl=result_ttl)
-        self._store_counters = StoreCounters(broker, queue, names)
+        self._broker = open_broker(broker, queue, result_ttl=result_ttl, secret=secret)
+        self._store_counters = StoreCounters(broker, queue, names, secret)
         self._counts = {kind: 0 for kind in OutcomeKind}
         self._submitted = 0
         self._counts_lock = threading.Lock()
@@ -150,6 +152,8 @@ class BrokerPool(Pool):
             )
         self._thread = threading.Thread(target=self._run, name="taskq-broker", daemon=True)
         self._thread.start()
+        if self._broker.can_block:  # outcomes wake a listener instead of being polled
+            threading.Thread(target=self._listen, name="taskq-outcomes", daemon=True).start()
         _exit_hooks.add(self)
         weakref.finalize(self, self._wake.set)
         log.debug("broker pool started: %s queue %r, %d workers", broker, queue, workers)
@@ -314,13 +318,38 @@ class BrokerPool(Pool):
         delay = MIN_POLL
         try:
             while not self._finished():
-                delay = MIN_POLL if self._step() else min(delay * 2, MAX_POLL)
+                try:
+                    busy = self._step()
+                except BrokerUnavailable as exc:  # reconnect with backoff; leases may lapse
+                    self._unavailable(exc, delay)
+                    delay = min(max(delay, 0.05) * 2, 2.0)
+                    continue
+                delay = MIN_POLL if busy else min(delay * 2, MAX_POLL)
                 self._wake.wait(delay)
                 self._wake.clear()
         except BaseException as exc:  # the store or the local pool failed
             self._break(exc)
             return
         self._close_server(release=self._stop_serving)
+
+    def _unavailable(self, exc: BrokerUnavailable, delay: float) -> None:
+        if delay < 0.1:
+            log.warning("%s; retrying", exc)
+        time.sleep(delay)
+
+    def _listen(self) -> None:
+        """Resolve futures as outcomes are stored (a blocking read of the store)."""
+        delay = 0.05
+        while self._thread.is_alive():
+            try:
+                self._waiters.poll(block=1.0)
+                delay = 0.05
+            except BrokerUnavailable as exc:
+                self._unavailable(exc, delay)
+                delay = min(delay * 2, 2.0)
+            except BaseException:  # never let a listener die silently
+                log.exception("taskq outcome listener failed; retrying")
+                time.sleep(1.0)
 
     def _break(self, exc: BaseException) -> None:
         """No more serving or waiting here: the jobs this process holds go back to the
@@ -338,7 +367,10 @@ class BrokerPool(Pool):
 
     def _step(self) -> bool:
         busy = self._server.step() if self._server is not None else False
-        return bool(self._waiters.poll()) or busy
+        if not self._broker.can_block:
+            busy = bool(self._waiters.poll()) or busy
+        self._waiters.reconcile()
+        return busy
 
     def _finished(self) -> bool:
         server = self._server

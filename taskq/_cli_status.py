@@ -66,6 +66,7 @@ def collect(broker: Any) -> dict[str, Any]:
         "failed": status.failed,
         "cancelled": status.cancelled,
         "dead": status.dead,
+        "refused": status.refused,
         "workers": [
             {**server, "heartbeat_age": round(now - server["heartbeat"], 3)}
             for server in status.workers
@@ -80,7 +81,7 @@ def render(report: dict[str, Any]) -> str:
     lines.append(f"running    {len(report['running'])}")
     for job in report["running"]:
         lines.append(f"  {job['id']}  {job['name']}  on {job['server']}  for {job['seconds']} s")
-    for key in ("succeeded", "failed", "cancelled", "dead"):
+    for key in ("succeeded", "failed", "cancelled", "dead", "refused"):
         lines.append(f"{key:<10} {report[key]}")
     lines.append(f"workers    {len(report['workers'])}")
     for server in report["workers"]:

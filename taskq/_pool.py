@@ -108,7 +108,7 @@ class Pool(Executor):
                  outlive this process; see ``taskq._broker_pool.BrokerPool`` for
                  what changes (``max_workers=0``, ``job(id)``, leases, ...).
     queue:       the name of the queue inside the broker's store.
-    lease, result_ttl, max_lost: with a broker only (see ``BrokerPool``).
+    lease, result_ttl, max_lost, secret: with a broker only (see ``BrokerPool``).
     """
 
     def __new__(cls, *args: Any, broker: str | None = None, **kwargs: Any) -> Pool:
@@ -137,10 +137,13 @@ class Pool(Executor):
         lease: float | None = None,
         result_ttl: float | None = None,
         max_lost: int | None = None,
+        secret: str | None = None,
     ):
-        if broker is not None or queue != "default" or (lease, result_ttl, max_lost) != (None,) * 3:
+        broker_only = (lease, result_ttl, max_lost, secret)
+        if broker is not None or queue != "default" or broker_only != (None,) * 4:
             raise ValueError(
-                "queue, lease, result_ttl and max_lost apply to a broker's store: pass broker= too"
+                "queue, lease, result_ttl, max_lost and secret apply to a broker's store: "
+                "pass broker= too"
             )
         max_workers = _default_workers() if max_workers is None else max_workers
         counter_names = check_options(

@@ -228,25 +228,28 @@ class SqliteBroker:
 
     # -- waiting for outcomes ----------------------------------------------------
 
-    def current_cursor(self) -> int:
+    can_block = False  # SQLite cannot wake a reader: finished_since is polled
+
+    def current_cursor(self) -> str:
         """Where ``finished_since`` starts to see only outcomes stored from now on."""
         row = (
             self.file.connection()
             .execute("SELECT value FROM meta WHERE key = 'done_seq'")
             .fetchone()
         )
-        return int(row[0])
+        return str(row[0])
 
-    def finished_since(self, cursor: int) -> tuple[int, list[str]]:
-        """Ids of the jobs (of every queue) that ended after ``cursor``, and the new cursor."""
+    def finished_since(self, cursor: str, block: float = 0) -> tuple[str, list[str]]:
+        """Ids of the jobs (of every queue) that ended after ``cursor``, and the new cursor
+        (``block`` is ignored: SQLite has no way to wait for a write)."""
         rows = (
             self.file.connection()
             .execute(
-                "SELECT done_seq, id FROM jobs WHERE done_seq > ? ORDER BY done_seq", (cursor,)
+                "SELECT done_seq, id FROM jobs WHERE done_seq > ? ORDER BY done_seq", (int(cursor),)
             )
             .fetchall()
         )
-        return (rows[-1][0] if rows else cursor), [row[1] for row in rows]
+        return (str(rows[-1][0]) if rows else cursor), [row[1] for row in rows]
 
     def job_status(self, job_id: str) -> JobStatus:
         """The state (and outcome, once final) of one job; ``KeyError`` if unknown or expired."""

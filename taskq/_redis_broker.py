@@ -1,0 +1,431 @@
+"""``RedisBroker``: the broker contract (``_broker.py``) on Redis, for many machines.
+
+Every step that moves a job is one Lua script (``_redis_scripts.py``), so a
+client or server dying between two commands loses nothing; ties in priority are
+broken by a sequence the server assigns (``INCR``), leases and heartbeats use the
+server's clock. Waiting clients block on the stream of ended jobs (``XREAD
+BLOCK``): they are woken when an outcome is stored, and read on from where they
+were after a reconnect, so nothing is missed.
+
+Needs Redis 6.2 or newer (``ZRANGE`` over a sorted set, ``XADD ... MAXLEN ~``,
+``HSET`` with several fields, ``TIME`` inside scripts: Redis 5+ replicates
+script effects). A single Redis (or a primary with replicas), not Redis Cluster.
+What survives a Redis restart is what its persistence kept: with
+``appendonly yes`` every acknowledged write (``appendfsync everysec``: all but the
+last second after a power loss); with no persistence, nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+import urllib.parse
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from taskq import _redis_scripts as lua
+from taskq._broker import (
+    BrokerUnavailable,
+    ClaimedJob,
+    JobState,
+    JobStatus,
+    NewJob,
+    Outcome,
+    StoreStatus,
+    lost_lease_outcome,
+)
+from taskq._errors import Full, StoreError
+from taskq._signing import Signer
+
+log = logging.getLogger("taskq")
+
+_FINAL_STATE = {"ok": "succeeded", "error": "failed", "cancelled": "cancelled"}
+_warned_unsigned: set[str] = set()
+
+
+class RedisBroker:
+    """One queue in a Redis database."""
+
+    can_block = True
+
+    def __init__(self, url: str, queue: str, *, result_ttl: float, secret: str | None = None):
+        try:
+            import redis
+        except ImportError:
+            raise ImportError(
+                "a redis:// broker needs redis-py: pip install 'taskq[redis]'"
+            ) from None
+        self.url, self.queue = url, queue
+        self.result_ttl_ms = int(result_ttl * 1000)
+        self.signer = Signer(secret)
+        self._redis_errors = (redis.ConnectionError, redis.TimeoutError)
+        self._r = redis.Redis.from_url(url, health_check_interval=30)
+        self._blocking = redis.Redis.from_url(url)  # its own connections for XREAD BLOCK
+        self._warn_if_unsigned(url)
+        p = f"taskq:{queue}:"
+        self.key = {
+            name: p + name
+            for name in (
+                "queued",
+                "seq",
+                "leases",
+                "done",
+                "stats",
+                "heartbeats",
+                "servers",
+                "counters",
+                "deadletter",
+            )
+        }
+        self.job_prefix, self.kills_prefix = p + "job:", p + "kills:"
+        self._scripts = {
+            name: self._r.register_script(getattr(lua, name))
+            for name in (
+                "PUT",
+                "CLAIM",
+                "RENEW",
+                "FINISH",
+                "RELEASE",
+                "KILL",
+                "RECLAIM",
+                "GIVE_UP",
+                "HEARTBEAT",
+            )
+        }
+        self._call(self._r.ping)
+
+    # -- plumbing -------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except self._redis_errors as exc:
+            raise BrokerUnavailable(
+                f"cannot reach the Redis broker at {_safe(self.url)}: {exc}"
+            ) from exc
+        except Exception as exc:
+            if "OOM" in str(exc):
+                raise StoreError(
+                    f"the Redis broker at {_safe(self.url)} is out of memory (maxmemory): "
+                    "it refuses new writes; free memory or raise maxmemory"
+                ) from exc
+            raise
+
+    def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self._call(self._scripts[name], keys=list(keys), args=list(args))
+
+    def _warn_if_unsigned(self, url: str) -> None:
+        host = urllib.parse.urlsplit(url).hostname or ""
+        if self.signer.enabled or url.startswith("unix:") or _is_loopback(host):
+            return
+        if host not in _warned_unsigned:
+            _warned_unsigned.add(host)
+            warnings.warn(
+                f"the Redis broker {_safe(url)} is not on this machine and no secret is set: "
+                "anyone who can write to it can run code on every worker (jobs are pickles). "
+                "Set secret= or TASKQ_SECRET to sign every payload",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    # -- submitting -------------------------------------------------------------
+
+    def put(self, job: NewJob, *, maxsize: int = 0) -> None:
+        sig = self.signer.sign(job.job_id, job.call, job.options)
+        keys = (self.key["queued"], self.key["seq"], self.job_prefix)
+        args = (
+            job.job_id,
+            repr(float(job.rank)),
+            repr(float(job.priority)),
+            job.name,
+            job.call,
+            job.options,
+            sig,
+            maxsize,
+        )
+        if not self._run("PUT", keys, args):
+            raise Full(
+                f"the queue {self.queue!r} at {_safe(self.url)} already holds "
+                f"maxsize={maxsize} jobs"
+            )
+
+    def queued_count(self) -> int:
+        return int(self._call(self._r.zcard, self.key["queued"]))
+
+    def cancel(self, job_id: str) -> bool:
+        return self._kill(job_id, kill_running=False) == "queued"
+
+    def request_kill(self, job_id: str) -> JobState | None:
+        state = self._kill(job_id, kill_running=True)
+        return None if state is None else JobState(state)
+
+    def _kill(self, job_id: str, kill_running: bool) -> str | None:
+        outcome = Outcome.cancelled("cancelled while queued").dump()
+        keys = (
+            self.key["queued"],
+            self.job_prefix,
+            self.key["done"],
+            self.key["stats"],
+            self.kills_prefix,
+        )
+        args = (
+            job_id,
+            outcome,
+            self.signer.sign(job_id, outcome),
+            self.result_ttl_ms,
+            "1" if kill_running else "0",
+        )
+        state = self._run("KILL", keys, args)
+        return None if state is None else state.decode()
+
+    # -- serving ----------------------------------------------------------------------
+
+    def claim(self, owner: str, limit: int, lease: float) -> list[ClaimedJob]:
+        if limit <= 0:
+            return []
+        keys = (self.key["queued"], self.key["leases"], self.job_prefix)
+        rows = self._run("CLAIM", keys, (owner, limit, int(lease * 1000)))
+        claimed = []
+        for raw_id, name, priority, call, options, attempts, sig in rows:
+            job_id = raw_id.decode()
+            refused = self.signer.check(job_id, (sig or b"").decode(), call or b"", options or b"")
+            if refused is not None:
+                self._refuse(job_id, owner, int(attempts), refused)
+                continue
+            claimed.append(
+                ClaimedJob(job_id, name.decode(), float(priority), call, options, int(attempts))
+            )
+        return claimed
+
+    def _refuse(self, job_id: str, owner: str, attempts: int, reason: str) -> None:
+        """A job whose payload failed verification: never unpickled, dead-lettered."""
+        log.error("job %s refused: %s", job_id, reason)
+        self._call(self._r.hset, self.key["deadletter"], job_id, reason)
+        error = StoreError(f"job {job_id} was refused by the worker and never run: {reason}")
+        outcome = Outcome.of_error(error, attempts).dump()
+        keys = (self.key["leases"], self.job_prefix, self.key["done"], self.key["stats"])
+        args = (
+            job_id,
+            owner,
+            outcome,
+            self.signer.sign(job_id, outcome),
+            self.result_ttl_ms,
+            "refused",
+        )
+        self._run("GIVE_UP", keys, args)
+
+    def renew(self, owner: str, job_ids: Sequence[str], lease: float) -> set[str]:
+        keys = (self.key["leases"], self.job_prefix, self.key["heartbeats"])
+        held = self._run("RENEW", keys, (owner, int(lease * 1000), *job_ids))
+        return {raw.decode() for raw in held}
+
+    def finish(self, owner: str, outcomes: Sequence[tuple[str, Outcome]]) -> list[str]:
+        args: list[Any] = [owner, self.result_ttl_ms]
+        for job_id, outcome in outcomes:
+            data = outcome.dump()
+            args += [job_id, _FINAL_STATE[outcome.kind.value], data, self.signer.sign(job_id, data)]
+        keys = (
+            self.key["leases"],
+            self.job_prefix,
+            self.key["done"],
+            self.key["stats"],
+            self.kills_prefix + owner,
+        )
+        return [raw.decode() for raw in self._run("FINISH", keys, args)]
+
+    def release(self, owner: str, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            keys = (
+                self.key["queued"],
+                self.key["leases"],
+                self.job_prefix,
+                self.kills_prefix + owner,
+            )
+            self._run("RELEASE", keys, (owner, *job_ids))
+
+    def kill_requests(self, owner: str) -> list[str]:
+        return [raw.decode() for raw in self._call(self._r.smembers, self.kills_prefix + owner)]
+
+    def reclaim_expired(self, max_lost: int) -> int:
+        keys = (self.key["leases"], self.key["queued"], self.job_prefix)
+        back, doomed = self._run("RECLAIM", keys, (max_lost,))
+        for raw_id, owner, lost, attempts in doomed:
+            job_id = raw_id.decode()
+            owner_text = None if owner is None else owner.decode()
+            outcome = lost_lease_outcome(
+                job_id, int(lost), int(attempts), owner_text, _safe(self.url)
+            ).dump()
+            keys2 = (self.key["leases"], self.job_prefix, self.key["done"], self.key["stats"])
+            self._run(
+                "GIVE_UP",
+                keys2,
+                (
+                    job_id,
+                    owner or b"",
+                    outcome,
+                    self.signer.sign(job_id, outcome),
+                    self.result_ttl_ms,
+                    "dead",
+                ),
+            )
+        return int(back)
+
+    # -- waiting for outcomes ------------------------------------------------------------
+
+    def current_cursor(self) -> str:
+        last = self._call(self._r.xrevrange, self.key["done"], count=1)
+        return last[0][0].decode() if last else "0-0"
+
+    def finished_since(self, cursor: str, block: float = 0) -> tuple[str, list[str]]:
+        client = self._blocking if block else self._r
+        kwargs: dict[str, Any] = {"count": 10_000}
+        if block:
+            kwargs["block"] = max(1, int(block * 1000))
+        reply = self._call(client.xread, {self.key["done"]: cursor}, **kwargs)
+        if not reply:
+            return cursor, []
+        entries = reply[0][1]
+        return entries[-1][0].decode(), [fields[b"id"].decode() for _, fields in entries]
+
+    def job_status(self, job_id: str) -> JobStatus:
+        found = self.outcomes([job_id])
+        if job_id not in found:
+            raise KeyError(
+                f"no job {job_id!r} in queue {self.queue!r} at {_safe(self.url)} "
+                "(unknown, or its outcome expired after result_ttl)"
+            )
+        return found[job_id]
+
+    def outcomes(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        pipe = self._r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.job_prefix + job_id, "state", "outcome", "osig")
+        found: dict[str, JobStatus] = {}
+        for job_id, (state, outcome, osig) in zip(job_ids, self._call(pipe.execute), strict=True):
+            if state is None:
+                continue
+            loaded = None
+            if outcome is not None:
+                refused = self.signer.check(job_id, (osig or b"").decode(), outcome)
+                if refused is None:
+                    loaded = Outcome.load(outcome)
+                else:
+                    log.error("outcome of job %s refused: %s", job_id, refused)
+                    error = StoreError(
+                        f"the stored outcome of job {job_id} was refused and "
+                        f"not unpickled: {refused}"
+                    )
+                    loaded = Outcome.of_error(error, 0)
+            state_name = state.decode()
+            found[job_id] = JobStatus(
+                JobState(state_name if state_name != "refused" else "dead"), loaded
+            )
+        return found
+
+    # -- counters, servers, housekeeping ------------------------------------------------------
+
+    def counter_add(self, name: str, amount: int) -> int:
+        return int(self._call(self._r.hincrby, self.key["counters"], name, amount))
+
+    def counter_values(self, names: Sequence[str]) -> dict[str, int]:
+        values = self._call(self._r.hmget, self.key["counters"], list(names)) if names else []
+        return {name: int(v or 0) for name, v in zip(names, values, strict=True)}
+
+    def register_server(self, owner: str, processes: int) -> None:
+        import json
+        import os
+        import socket
+
+        info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "processes": processes,
+            "started_at": time.time(),
+        }
+        self._call(self._r.hset, self.key["servers"], owner, json.dumps(info))
+        self.heartbeat(owner)
+
+    def heartbeat(self, owner: str) -> None:
+        self._run("HEARTBEAT", (self.key["heartbeats"],), (owner,))
+
+    def unregister_server(self, owner: str) -> None:
+        self._call(self._r.hdel, self.key["servers"], owner)
+        self._call(self._r.hdel, self.key["heartbeats"], owner)
+
+    def purge_expired(self, stale_server_after: float = 3600.0) -> int:
+        """Outcomes expire by themselves (``PEXPIRE``); forget servers silent for an hour."""
+        now_ms = int(self._run("HEARTBEAT", (self.key["heartbeats"],), ("",)))
+        beats = self._call(self._r.hgetall, self.key["heartbeats"])
+        stale = [o for o, t in beats.items() if now_ms - int(t) > stale_server_after * 1000]
+        for owner in stale:
+            self.unregister_server(owner.decode())
+        return 0
+
+    def status(self) -> StoreStatus:
+        import json
+
+        now_ms = int(self._run("HEARTBEAT", (self.key["heartbeats"],), ("",)))
+        queued: dict[float, int] = {}
+        for _, score in self._call(self._r.zrange, self.key["queued"], 0, -1, withscores=True):
+            queued[score] = queued.get(score, 0) + 1
+        running = []
+        for raw_id in self._call(self._r.zrange, self.key["leases"], 0, -1):
+            name, owner, started = self._call(
+                self._r.hmget, self.job_prefix + raw_id.decode(), "name", "owner", "started_at"
+            )
+            running.append(
+                (
+                    raw_id.decode(),
+                    (name or b"?").decode(),
+                    None if owner is None else owner.decode(),
+                    None if started is None else int(started) / 1000,
+                )
+            )
+        ended = {
+            k.decode(): int(v) for k, v in self._call(self._r.hgetall, self.key["stats"]).items()
+        }
+        beats = self._call(self._r.hgetall, self.key["heartbeats"])
+        servers = []
+        for owner, raw in self._call(self._r.hgetall, self.key["servers"]).items():
+            info = json.loads(raw)
+            beat_ms = int(beats.get(owner, 0))
+            servers.append(
+                {
+                    "owner": owner.decode(),
+                    **info,
+                    "heartbeat": time.time() - (now_ms - beat_ms) / 1000,
+                }
+            )
+        return StoreStatus(
+            dict(sorted(queued.items())),
+            running,
+            ended.get("succeeded", 0),
+            ended.get("failed", 0),
+            ended.get("cancelled", 0),
+            ended.get("dead", 0),
+            servers,
+            ended.get("refused", 0),
+        )
+
+    def close(self) -> None:
+        """Nothing to do: connections are pooled and closed with the client."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

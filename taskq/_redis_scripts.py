@@ -1,0 +1,191 @@
+"""The Lua scripts of the Redis broker: each moves jobs between states in one atomic step.
+
+A client that dies between two commands can then never leave a job half-moved.
+Keys (``P`` = ``taskq:{queue}:``): ``P queued`` (sorted set; score: the rank, member:
+the zero-padded sequence from ``P seq`` then the id, so equal ranks sort by
+submission order, exactly), ``P leases`` (sorted set; id scored by its lease
+deadline in the server's clock, ms), ``P job:ID`` (hash), ``P done`` (stream of
+ended job ids), ``P kills:OWNER`` (set), ``P stats`` (hash of ended counts),
+``P heartbeats`` (hash). Times come from the server's ``TIME``, never a client clock.
+"""
+
+from __future__ import annotations
+
+NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# An ended job: its outcome stored, its call dropped, expiring after result_ttl.
+END = """
+local function finish(key, id, state, outcome, osig, ttl, now)
+  redis.call('HSET', key, 'state', state, 'outcome', outcome, 'osig', osig, 'finished_at', now)
+  redis.call('HDEL', key, 'call', 'kill')
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100000, '*', 'id', id)
+  redis.call('HINCRBY', KEYS[4], state, 1)
+end
+"""
+
+# KEYS: queued, seq, job prefix | ARGV: id, rank, priority, name, call, options, sig, maxsize
+PUT = (
+    NOW
+    + """
+if tonumber(ARGV[8]) > 0 and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[8]) then
+  return 0
+end
+local member = string.format('%020d', redis.call('INCR', KEYS[2])) .. ':' .. ARGV[1]
+redis.call('HSET', KEYS[3] .. ARGV[1], 'state', 'queued', 'rank', ARGV[2], 'priority', ARGV[3],
+  'name', ARGV[4], 'call', ARGV[5], 'options', ARGV[6], 'sig', ARGV[7], 'member', member,
+  'attempts', 0, 'lost', 0, 'submitted_at', now)
+redis.call('ZADD', KEYS[1], ARGV[2], member)
+return 1
+"""
+)
+
+# KEYS: queued, leases, job prefix | ARGV: owner, limit, lease ms
+CLAIM = (
+    NOW
+    + """
+local out = {}
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
+  redis.call('ZREM', KEYS[1], member)
+  local id = string.sub(member, 22)
+  local key = KEYS[3] .. id
+  local attempts = redis.call('HINCRBY', key, 'attempts', 1)
+  redis.call('HSET', key, 'state', 'running', 'owner', ARGV[1], 'started_at', now)
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), id)
+  local f = redis.call('HMGET', key, 'name', 'priority', 'call', 'options', 'sig')
+  out[#out + 1] = {id, f[1], f[2], f[3], f[4], attempts, f[5]}
+end
+return out
+"""
+)
+
+# KEYS: leases, job prefix, heartbeats | ARGV: owner, lease ms, ids...
+RENEW = (
+    NOW
+    + """
+local held = {}
+for i = 3, #ARGV do
+  local f = redis.call('HMGET', KEYS[2] .. ARGV[i], 'state', 'owner')
+  if f[1] == 'running' and f[2] == ARGV[1] then
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[i])
+    held[#held + 1] = ARGV[i]
+  end
+end
+redis.call('HSET', KEYS[3], ARGV[1], now)
+return held
+"""
+)
+
+# KEYS: leases, job prefix, done, stats, kills set
+# ARGV: owner, ttl ms, then (id, state, outcome, osig) per job
+FINISH = (
+    NOW
+    + END
+    + """
+local stored = {}
+for i = 3, #ARGV, 4 do
+  local id = ARGV[i]
+  local key = KEYS[2] .. id
+  local f = redis.call('HMGET', key, 'state', 'owner')
+  if f[1] == 'running' and f[2] == ARGV[1] then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('SREM', KEYS[5], id)
+    finish(key, id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[2], now)
+    stored[#stored + 1] = id
+  end
+end
+return stored
+"""
+)
+
+# KEYS: queued, leases, job prefix, kills set | ARGV: owner, ids...
+RELEASE = """
+for i = 2, #ARGV do
+  local key = KEYS[3] .. ARGV[i]
+  local f = redis.call('HMGET', key, 'state', 'owner', 'rank', 'member')
+  if f[1] == 'running' and f[2] == ARGV[1] then
+    redis.call('HSET', key, 'state', 'queued')
+    redis.call('HINCRBY', key, 'attempts', -1)
+    redis.call('HDEL', key, 'owner', 'kill')
+    redis.call('ZREM', KEYS[2], ARGV[i])
+    redis.call('SREM', KEYS[4], ARGV[i])
+    redis.call('ZADD', KEYS[1], f[3], f[4])
+  end
+end
+return 1
+"""
+
+# KEYS: queued, job prefix, done, stats, kills prefix | ARGV: id, outcome, osig, ttl ms
+# Returns the state the job was in ('queued' means: cancelled now).
+KILL = (
+    NOW
+    + END
+    + """
+local key = KEYS[2] .. ARGV[1]
+local f = redis.call('HMGET', key, 'state', 'member', 'owner')
+if f[1] == 'queued' then
+  redis.call('ZREM', KEYS[1], f[2])
+  finish(key, ARGV[1], 'cancelled', ARGV[2], ARGV[3], ARGV[4], now)
+elseif f[1] == 'running' and ARGV[5] == '1' then
+  redis.call('HSET', key, 'kill', 1)
+  redis.call('SADD', KEYS[5] .. f[3], ARGV[1])
+end
+return f[1]
+"""
+)
+
+# KEYS: leases, queued, job prefix | ARGV: max lost
+# Puts back expired jobs; returns {put back, {id, owner, lost, attempts} of jobs to give up}.
+RECLAIM = (
+    NOW
+    + """
+local back, doomed = 0, {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  local key = KEYS[3] .. id
+  local f = redis.call('HMGET', key, 'state', 'lost', 'member', 'rank', 'owner', 'attempts')
+  if f[1] ~= 'running' then
+    redis.call('ZREM', KEYS[1], id)
+  elseif tonumber(f[2]) + 1 >= tonumber(ARGV[1]) then
+    doomed[#doomed + 1] = {id, f[5], tonumber(f[2]) + 1, tonumber(f[6])}
+  else
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HSET', key, 'state', 'queued', 'lost', tonumber(f[2]) + 1)
+    redis.call('HDEL', key, 'owner', 'kill')
+    redis.call('ZADD', KEYS[2], f[4], f[3])
+    back = back + 1
+  end
+end
+return {back, doomed}
+"""
+)
+
+# KEYS: leases, job prefix, done, stats | ARGV: id, owner, outcome, osig, ttl ms, state
+# Ends a job whose lease expired (given up, or refused by its signature) if nothing
+# changed since the caller looked.
+GIVE_UP = (
+    NOW
+    + END
+    + """
+local key = KEYS[2] .. ARGV[1]
+local f = redis.call('HMGET', key, 'state', 'owner')
+local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if f[1] ~= 'running' or f[2] ~= ARGV[2] then return 0 end
+if ARGV[6] == 'dead' and (not deadline or tonumber(deadline) > now) then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HINCRBY', key, 'lost', ARGV[6] == 'dead' and 1 or 0)
+finish(key, ARGV[1], ARGV[6], ARGV[3], ARGV[4], ARGV[5], now)
+return 1
+"""
+)
+
+# KEYS: heartbeats | ARGV: owner  -> the server's time (ms), after noting a heartbeat
+HEARTBEAT = (
+    NOW
+    + """
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], now) end
+return now
+"""
+)
