@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
 
 from taskq._broker import FINAL_STATES, Broker, JobStatus, Outcome, OutcomeKind
+from taskq._errors import StoreError
 from taskq._job import JobFuture
 
 RECONCILE_EVERY = 2.0  # seconds between direct reads of the pending jobs' states
@@ -146,9 +147,16 @@ class Waiters:
             return
         self._next_reconcile = now + every
         pending = self.pending_ids()
-        for job_id, status in self.broker.outcomes(pending).items():
+        found = self.broker.outcomes(pending)
+        for job_id, status in found.items():
             if status.outcome is not None:
                 self.resolve(job_id, status.outcome)
+        for job_id in set(pending) - set(found):  # deleted from the store by someone
+            error = StoreError(
+                f"job {job_id} is no longer in the store {self.broker.url} (deleted or "
+                "expired while this process waited for it); its outcome is lost"
+            )
+            self.resolve(job_id, Outcome.of_error(error, 0))
 
     def pending_ids(self) -> list[str]:
         with self._lock:

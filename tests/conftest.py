@@ -39,7 +39,8 @@ class _PoolRegistry:
         for g in self.gates:
             g.open()
         problems = []
-        for pool in self.pools:
+        pools, self.pools = self.pools, []
+        for pool in pools:
             t = threading.Thread(
                 target=_quiet_shutdown, args=(pool, problems), name="test-teardown", daemon=True
             )
@@ -103,3 +104,46 @@ def gate(make_gate):
 @pytest.fixture
 def pid_file(tmp_path):
     return str(tmp_path / "worker-pids.txt")
+
+
+# -- durable stores ---------------------------------------------------------------------------
+
+REDIS_URL = os.environ.get("TASKQ_TEST_REDIS", "redis://127.0.0.1:6379/10")
+
+
+class Store:
+    """A broker for one test: ``kw`` for ``taskq.Pool(**kw)``, ``cli`` for ``taskq worker``."""
+
+    def __init__(self, kind, url, queue, where):
+        self.kind, self.url, self.queue, self.where = kind, url, queue, where
+        self.kw = {"broker": url, "queue": queue}
+        self.cli = [url, "--queue", queue]
+
+    def __repr__(self):
+        return f"<Store {self.kind} {self.url} {self.queue}>"
+
+
+def redis_cleanup(url, queue):
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"taskq:{queue}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path, _registry):
+    """The same test over a SQLite file and over the Redis of 127.0.0.1:6379 (db 10,
+    a queue of its own, deleted afterwards)."""
+    import uuid
+
+    queue = f"test-{uuid.uuid4().hex[:12]}"
+    if request.param == "sqlite":
+        path = f"{tmp_path}/jobs.db"
+        yield Store("sqlite", f"sqlite:///{path}", queue, path)
+        return
+    yield Store("redis", REDIS_URL, queue, REDIS_URL)
+    _registry.shutdown_all()  # the pools first: they still use the keys
+    redis_cleanup(REDIS_URL, queue)

@@ -1,4 +1,4 @@
-"""The durable guarantees with real processes: SIGKILLed submitters and servers, several
+"""The durable guarantees with real processes, over SQLite and Redis: SIGKILLed submitters and servers, several
 submitters and servers on one file, `taskq worker` and `taskq status`."""
 
 from __future__ import annotations
@@ -21,16 +21,11 @@ LEASE = 1.0  # short leases keep these tests quick; recovery takes about a lease
 
 
 @pytest.fixture
-def url(tmp_path):
-    return f"sqlite:///{tmp_path}/jobs.db"
-
-
-@pytest.fixture
 def workers():
     started = []
 
-    def start(url, *args):
-        proc = start_worker(url, *args)
+    def start(store, *args):
+        proc = start_worker(*store.cli, *args)
         started.append(proc)
         return proc
 
@@ -43,36 +38,36 @@ SUBMIT_THEN_DIE = """
 import os, signal, sys
 import taskq
 from tests.broker_jobs import record
-pool = taskq.Pool(0, broker=sys.argv[1])
-ids = [pool.schedule(record, (sys.argv[2], f"job{i}"), priority=-i).job_id for i in range(5)]
+pool = taskq.Pool(0, broker=sys.argv[1], queue=sys.argv[2])
+ids = [pool.schedule(record, (sys.argv[3], f"job{i}"), priority=-i).job_id for i in range(5)]
 print(" ".join(ids), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_jobs_survive_a_sigkill_of_the_submitter_right_after_schedule(url, tmp_path):
+def test_jobs_survive_a_sigkill_of_the_submitter_right_after_schedule(store, tmp_path):
     log = str(tmp_path / "runs")
-    done = run_python(SUBMIT_THEN_DIE, url, log)
+    done = run_python(SUBMIT_THEN_DIE, store.url, store.queue, log)
     assert done.returncode == -signal.SIGKILL
     ids = done.stdout.split()
     assert len(ids) == 5
-    with taskq.Pool(1, broker=url) as pool:
+    with taskq.Pool(1, **store.kw) as pool:
         results = [pool.job(job_id).result(timeout=60) for job_id in ids]
     assert results == [f"job{i}" for i in range(5)]
     assert runs(log) == [f"job{i}" for i in reversed(range(5))]  # priority order kept
 
 
-def test_a_sigkilled_taskq_worker_s_job_completes_on_another(url, tmp_path, workers):
+def test_a_sigkilled_taskq_worker_s_job_completes_on_another(store, tmp_path, workers):
     log = str(tmp_path / "runs")
-    first = workers(url, "--workers", "1", "--lease", str(LEASE))
-    client = taskq.Pool(0, broker=url)
+    first = workers(store, "--workers", "1", "--lease", str(LEASE))
+    client = taskq.Pool(0, **store.kw)
     try:
         future = client.schedule(record, (log, "victim", 3.0))
         wait_until(lambda: runs(log) == ["victim"], 60, "the job to start on the first worker")
         first.send_signal(signal.SIGKILL)
         first.wait(30)
         killed_at = time.monotonic()
-        workers(url, "--workers", "1", "--lease", str(LEASE))
+        workers(store, "--workers", "1", "--lease", str(LEASE))
         assert future.result(timeout=60) == "victim"
         recovered_after = time.monotonic() - killed_at
         assert runs(log) == ["victim", "victim"]  # ran at least once more, elsewhere
@@ -88,8 +83,8 @@ SUBMITTER = """
 import sys
 import taskq
 from tests.broker_jobs import record
-pool = taskq.Pool(0, broker=sys.argv[1])
-who, log = sys.argv[2], sys.argv[3]
+pool = taskq.Pool(0, broker=sys.argv[1], queue=sys.argv[2])
+who, log = sys.argv[3], sys.argv[4]
 for i in range(30):
     pool.schedule(record, (log, f"{who}-p{i % 3}-{i}"), priority=i % 3)
 pool.shutdown(wait=False)
@@ -97,11 +92,11 @@ print("ok")
 """
 
 
-def test_several_submitters_and_two_workers_keep_exact_priority_order(url, tmp_path, workers):
+def test_several_submitters_and_two_workers_keep_exact_priority_order(store, tmp_path, workers):
     log = str(tmp_path / "runs")
     submitters = [
         subprocess.Popen(
-            [sys.executable, "-c", SUBMITTER, url, who, log],
+            [sys.executable, "-c", SUBMITTER, store.url, store.queue, who, log],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -113,7 +108,7 @@ def test_several_submitters_and_two_workers_keep_exact_priority_order(url, tmp_p
     for proc in submitters:
         _out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0 and "locked" not in err, err
-    servers = [workers(url, "--workers", "1") for _ in range(2)]
+    servers = [workers(store, "--workers", "1") for _ in range(2)]
     wait_until(lambda: len(runs(log)) == 90, 120, "every job to run")
     order = [int(tag.split("-")[1][1]) for tag in runs(log)]
     # Two servers start jobs concurrently, so at most one job of each may start before a
@@ -127,12 +122,12 @@ def test_several_submitters_and_two_workers_keep_exact_priority_order(url, tmp_p
         assert "database is locked" not in stop(server)
 
 
-def test_taskq_worker_stops_on_sigterm_leaving_queued_jobs_in_the_store(url, tmp_path, workers):
+def test_taskq_worker_stops_on_sigterm_leaving_queued_jobs_in_the_store(store, tmp_path, workers):
     log = str(tmp_path / "runs")
-    client = taskq.Pool(0, broker=url)
+    client = taskq.Pool(0, **store.kw)
     try:
         running = client.schedule(record, (log, "running", 1.0))
-        server = workers(url, "--workers", "1", "--grace", "30")
+        server = workers(store, "--workers", "1", "--grace", "30")
         wait_until(lambda: runs(log) == ["running"], 60, "the first job to start")
         queued = client.schedule(record, (log, "queued"), priority=5)
         server.send_signal(signal.SIGTERM)
@@ -144,17 +139,17 @@ def test_taskq_worker_stops_on_sigterm_leaving_queued_jobs_in_the_store(url, tmp
         client.shutdown(wait=False)
 
 
-def test_taskq_status_json_reports_queues_running_jobs_and_workers(url, tmp_path, workers):
+def test_taskq_status_json_reports_queues_running_jobs_and_workers(store, tmp_path, workers):
     log = str(tmp_path / "runs")
-    client = taskq.Pool(0, broker=url)
+    client = taskq.Pool(0, **store.kw)
     try:
         client.schedule(record, (log, "long", 60.0))
-        workers(url, "--workers", "1")
+        workers(store, "--workers", "1")
         wait_until(lambda: runs(log) == ["long"], 60, "the long job to start")
         for priority in (1, 1, 7):
             client.schedule(record, (log, "later"), priority=priority)
         done = subprocess.run(
-            [sys.executable, "-m", "taskq", "status", url, "--json"],
+            [sys.executable, "-m", "taskq", "status", *store.cli, "--json"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -168,7 +163,7 @@ def test_taskq_status_json_reports_queues_running_jobs_and_workers(url, tmp_path
         assert len(report["workers"]) == 1 and report["workers"][0]["processes"] == 1
         assert report["workers"][0]["heartbeat_age"] < 60
         human = subprocess.run(
-            [sys.executable, "-m", "taskq", "status", url],
+            [sys.executable, "-m", "taskq", "status", *store.cli],
             capture_output=True,
             text=True,
             timeout=60,
