@@ -1,5 +1,5 @@
-"""The durable guarantees with real processes, over SQLite and Redis: SIGKILLed submitters and servers, several
-submitters and servers on one file, `taskq worker` and `taskq status`."""
+"""The durable guarantees with real processes, over SQLite and Redis: SIGKILLed submitters
+and servers, several submitters and servers on one store, `taskq worker`, `taskq status`."""
 
 from __future__ import annotations
 
