@@ -707,7 +707,14 @@ def profile(n: int, out_dir: Path) -> str:
 
     from taskq import _broker_pool, _sqlite_file
 
-    sql_time: dict[str, list[float]] = {}
+    sql_time: dict[str, list[float]] = {}  # statement -> [calls, seconds, calls > 1 ms, max]
+
+    def note(sql: str, seconds: float) -> None:
+        cell = sql_time.setdefault(sql, [0, 0.0, 0, 0.0])
+        cell[0] += 1
+        cell[1] += seconds
+        cell[2] += seconds > 0.001
+        cell[3] = max(cell[3], seconds)
 
     class TimedConnection:
         def __init__(self, conn: sqlite3.Connection) -> None:
@@ -718,18 +725,14 @@ def profile(n: int, out_dir: Path) -> str:
             try:
                 return self._conn.execute(sql, params)
             finally:
-                cell = sql_time.setdefault(" ".join(sql.split())[:90], [0, 0.0])
-                cell[0] += 1
-                cell[1] += time.perf_counter() - t0
+                note(" ".join(sql.split())[:90], time.perf_counter() - t0)
 
         def executemany(self, sql: str, params: Any) -> Any:
             t0 = time.perf_counter()
             try:
                 return self._conn.executemany(sql, params)
             finally:
-                cell = sql_time.setdefault("(many) " + " ".join(sql.split())[:83], [0, 0.0])
-                cell[0] += 1
-                cell[1] += time.perf_counter() - t0
+                note("(many) " + " ".join(sql.split())[:83], time.perf_counter() - t0)
 
         def __getattr__(self, name: str) -> Any:
             return getattr(self._conn, name)
@@ -770,8 +773,9 @@ def profile(n: int, out_dir: Path) -> str:
         f"{n / elapsed:,.0f} jobs/s end to end; submitting took {t_submit:.2f} s of "
         f"{elapsed:.2f} s\n\n## SQL statements (all threads): calls, seconds\n\n"
     )
-    for sql, (calls, secs) in sorted(sql_time.items(), key=lambda kv: -kv[1][1])[:20]:
-        buf.write(f"{calls:8d} {secs:8.3f}  {sql}\n")
+    buf.write("   calls  seconds  >1ms   max ms  statement\n")
+    for sql, (calls, secs, slow, worst) in sorted(sql_time.items(), key=lambda kv: -kv[1][1])[:20]:
+        buf.write(f"{calls:8d} {secs:8.3f} {slow:5d} {worst * 1e3:8.2f}  {sql}\n")
     for title, prof in (
         ("submitting (main) thread", main_prof),
         ("taskq-broker thread", thread_prof),
