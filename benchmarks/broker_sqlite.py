@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -474,6 +475,7 @@ def run(
             measure("serve", who, fn)
         if rep < sz.recovery:
             measure("recovery", "taskq", lambda: recovery_taskq(scratch, lease))
+    shutil.rmtree(scratch.dir, ignore_errors=True)
     return summarize(mode, repeat, sz, lease, seed, samples, errors, huey_on, pq_on)
 
 
