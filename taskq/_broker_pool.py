@@ -129,6 +129,7 @@ class BrokerPool(Pool):
         self._unstarted_maps = set()
         self._broken: BaseException | None = None
         self._closed = False
+        self._next_poll = 0.0
         self._local: Pool | None = None
         self._server: Server | None = None
         if workers:
@@ -367,7 +368,10 @@ class BrokerPool(Pool):
 
     def _step(self) -> bool:
         busy = self._server.step() if self._server is not None else False
-        if not self._broker.can_block:
+        now = time.monotonic()
+        if not self._broker.can_block and now >= self._next_poll:
+            # Outcomes from other processes: not on every step (own outcomes come at once).
+            self._next_poll = now + MIN_POLL
             busy = bool(self._waiters.poll()) or busy
         self._waiters.reconcile()
         return busy

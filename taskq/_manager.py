@@ -133,6 +133,11 @@ class Manager:
         )
 
     @property
+    def average_job_seconds(self) -> float | None:
+        """The recent average time a job takes in a worker (None before the first)."""
+        return self._dispatcher.policy.average
+
+    @property
     def ledger(self) -> Ledger:
         return self._ledger
 

@@ -48,7 +48,11 @@ CLAIM = (
     NOW
     + """
 local out = {}
-for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
+local head = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
+for i = 1, #head, 2 do
+  local member = head[i]
+  -- only jobs of the head's rank go together (see SqliteBroker.claim)
+  if head[i + 1] ~= head[2] then break end
   redis.call('ZREM', KEYS[1], member)
   local id = string.sub(member, 22)
   local key = KEYS[3] .. id

@@ -31,7 +31,7 @@ from typing import Any
 
 from taskq._broker import Broker, ClaimedJob, JobOptions, Outcome
 from taskq._counters import CounterStore, install_worker_counters
-from taskq._dispatch import BatchPolicy
+from taskq._dispatch import HOLD_BUDGET
 from taskq._errors import UnpicklingFailed
 from taskq._job import JobFuture
 from taskq._pool import Pool
@@ -50,23 +50,19 @@ class ClaimPace:
     and an urgent job submitted later cannot overtake it anywhere but here. When
     jobs are so short that a worker would sit idle while the next claim makes its
     round trip, it holds a little more: about ``HOLD_BUDGET`` of work per worker,
-    as the local dispatcher does (``_dispatch.py``).
+    judged by the local pool's recent average job time (the same rule as the local
+    dispatcher's batches, ``_dispatch.py``).
     """
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, average: Callable[[], float | None]):
         self.workers = workers
-        self.policy = BatchPolicy()
-        self._since: float | None = None
-
-    def completed(self, count: int, now: float, busy: bool) -> None:
-        """``count`` jobs ended since the last call, all workers busy (or not) meanwhile."""
-        if self._since is not None and count and busy:
-            self.policy.observe((now - self._since) * self.workers / count)
-        self._since = now if busy else None
+        self._average = average
 
     def room(self, held: int) -> int:
-        limit = self.policy.limit()
-        extra = 0 if limit <= 1 else self.workers * min(limit, MAX_EXTRA_PER_WORKER)
+        average = self._average()
+        extra = 0
+        if average is not None and average < HOLD_BUDGET:
+            extra = self.workers * min(MAX_EXTRA_PER_WORKER, int(HOLD_BUDGET / max(average, 1e-6)))
         return self.workers + extra - held
 
 
@@ -91,7 +87,7 @@ class Server:
         self._max_lost = max_lost
         self._wake = wake
         self._delivered = delivered  # an outcome this process stored (its waiters may care)
-        self._pace = ClaimPace(workers)
+        self._pace = ClaimPace(workers, lambda: pool._manager.average_job_seconds)
         self._held: dict[str, JobFuture] = {}  # claimed job id -> the local pool's future
         self._releasing: set[str] = set()  # unstarted jobs being given back: no outcome
         self._ended: collections.deque[tuple[str, Outcome]] = collections.deque()
@@ -133,8 +129,6 @@ class Server:
         with self._lock:
             for job_id, _ in ended:
                 self._held.pop(job_id, None)
-            busy = len(self._held) >= self._pace.workers
-        self._pace.completed(len(ended), now, busy)
         for job_id, outcome in ended:
             if job_id in stored:
                 self._delivered(job_id, outcome)

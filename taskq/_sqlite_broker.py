@@ -84,7 +84,7 @@ class SqliteBroker:
         """Withdraw a queued job; True if it was still queued (claim and cancel: one wins)."""
         outcome = Outcome.cancelled("cancelled while queued").dump()
         with self.file.write() as tx:
-            done_seq = self._next_done_seq(tx)
+            [done_seq] = self._done_seqs(tx, 1)
             cursor = tx.execute(
                 "UPDATE jobs SET state = 'cancelled', call = NULL, outcome = ?, done_seq = ?, "
                 "finished_at = ?, expires_at = ? WHERE id = ? AND state = 'queued'",
@@ -114,10 +114,13 @@ class SqliteBroker:
         now = time.time()
         with self.file.write() as tx:
             rows = tx.execute(
-                "SELECT seq, id, name, priority, call, options, attempts FROM jobs "
+                "SELECT seq, id, name, priority, call, options, attempts, rank FROM jobs "
                 "WHERE queue = ? AND state = 'queued' ORDER BY rank, seq LIMIT ?",
                 (self.queue, limit),
             ).fetchall()
+            # Only jobs of the head's rank go together: a job of a later rank claimed in
+            # the same batch would start before other servers' more urgent ones.
+            rows = [row for row in rows if row[7] == rows[0][7]]
             if rows:
                 tx.executemany(
                     "UPDATE jobs SET state = 'running', owner = ?, lease_until = ?, "
@@ -155,8 +158,8 @@ class SqliteBroker:
         stored: list[str] = []
         now = time.time()
         with self.file.write() as tx:
-            for job_id, outcome in outcomes:
-                done_seq = self._next_done_seq(tx)
+            numbers = self._done_seqs(tx, len(outcomes))
+            for (job_id, outcome), done_seq in zip(outcomes, numbers, strict=True):
                 cursor = tx.execute(
                     "UPDATE jobs SET state = ?, outcome = ?, attempts = max(attempts, ?), "
                     "call = NULL, owner = NULL, lease_until = NULL, done_seq = ?, "
@@ -218,7 +221,7 @@ class SqliteBroker:
                         "expires_at = ? WHERE id = ?",
                         (
                             outcome.dump(),
-                            self._next_done_seq(tx),
+                            self._done_seqs(tx, 1)[0],
                             now,
                             now + self.result_ttl,
                             job_id,
@@ -370,10 +373,13 @@ class SqliteBroker:
     # -- helpers, inside a write transaction ------------------------------------
 
     @staticmethod
-    def _next_done_seq(tx: sqlite3.Connection) -> int:
-        tx.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'done_seq'")
-        row = tx.execute("SELECT value FROM meta WHERE key = 'done_seq'").fetchone()
-        return int(row[0])
+    def _done_seqs(tx: sqlite3.Connection, count: int) -> range:
+        """``count`` new numbers for ended jobs, in one update (inside ``tx``)."""
+        tx.execute(
+            "UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'done_seq'", (count,)
+        )
+        last = int(tx.execute("SELECT value FROM meta WHERE key = 'done_seq'").fetchone()[0])
+        return range(last - count + 1, last + 1)
 
 
 def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:

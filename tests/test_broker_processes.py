@@ -86,7 +86,7 @@ from tests.broker_jobs import record
 pool = taskq.Pool(0, broker=sys.argv[1], queue=sys.argv[2])
 who, log = sys.argv[3], sys.argv[4]
 for i in range(30):
-    pool.schedule(record, (log, f"{who}-p{i % 3}-{i}"), priority=i % 3)
+    pool.schedule(record, (log, f"{who}-p{i % 3}-{i}", 0.02), priority=i % 3)
 pool.shutdown(wait=False)
 print("ok")
 """
