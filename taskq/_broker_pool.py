@@ -195,7 +195,8 @@ class BrokerPool(Pool):
             raise
         with self._counts_lock:
             self._submitted += 1
-        self._wake.set()
+        if self._server is not None and not self._wake.is_set():  # its server may claim it now
+            self._wake.set()
         return future
 
     def _put(self, job: NewJob, block: bool) -> None:
