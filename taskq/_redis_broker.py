@@ -106,7 +106,7 @@ class RedisBroker:
                 f"cannot reach the Redis broker at {_safe(self.url)}: {exc}"
             ) from exc
         except Exception as exc:
-            if "OOM" in str(exc):
+            if "OOM" in str(exc) or "maxmemory" in str(exc):
                 raise StoreError(
                     f"the Redis broker at {_safe(self.url)} is out of memory (maxmemory): "
                     "it refuses new writes; free memory or raise maxmemory"
@@ -118,9 +118,7 @@ class RedisBroker:
 
     def _warn_if_unsigned(self, url: str) -> None:
         host = urllib.parse.urlsplit(url).hostname or ""
-        if self.signer.enabled or url.startswith("unix:") or _is_loopback(host):
-            return
-        if host not in _warned_unsigned:
+        if needs_unsigned_warning(url, self.signer.enabled) and host not in _warned_unsigned:
             _warned_unsigned.add(host)
             warnings.warn(
                 f"the Redis broker {_safe(url)} is not on this machine and no secret is set: "
@@ -411,6 +409,13 @@ class RedisBroker:
 
     def close(self) -> None:
         """Nothing to do: connections are pooled and closed with the client."""
+
+
+def needs_unsigned_warning(url: str, signed: bool) -> bool:
+    """True for unsigned payloads through a Redis that is not on this machine."""
+    if signed or url.startswith("unix:"):
+        return False
+    return not _is_loopback(urllib.parse.urlsplit(url).hostname or "")
 
 
 def _is_loopback(host: str) -> bool:
