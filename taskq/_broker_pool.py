@@ -360,10 +360,11 @@ class BrokerPool(Pool):
         if not isinstance(exc, PoolBroken):
             log.error("taskq broker thread failed", exc_info=exc)
         self._broken = exc
+        pending = self._waiters.pending_ids()
+        self._waiters.fail_all(exc)  # first: the store's "cancelled" must not win the race
         with contextlib.suppress(BaseException):
-            for job_id in self._waiters.pending_ids():
+            for job_id in pending:
                 self._broker.cancel(job_id)
-        self._waiters.fail_all(exc)
         with contextlib.suppress(BaseException):
             self._close_server(release=True)
 

@@ -34,6 +34,7 @@ class _PoolRegistry:
     def __init__(self):
         self.pools = []
         self.gates = []
+        self.cleanups = []
 
     def shutdown_all(self):
         for g in self.gates:
@@ -48,6 +49,9 @@ class _PoolRegistry:
             t.join(60)
             if t.is_alive():
                 problems.append(f"{pool!r}.shutdown(wait=True, cancel_futures=True) hung > 60s")
+        cleanups, self.cleanups = self.cleanups, []
+        for cleanup in cleanups:
+            cleanup()
         if problems:
             pytest.fail("pool teardown problems: " + "; ".join(problems), pytrace=False)
 
@@ -66,8 +70,8 @@ def _registry():
     reg.shutdown_all()
 
 
-# TASKQ_TEST_BROKER=sqlite runs the tests that use ``pool_factory`` against pools whose
-# jobs go through a SQLite store (CI runs the fault matrix that way too).
+# TASKQ_TEST_BROKER=sqlite (or redis) runs the tests that use ``pool_factory`` against pools
+# whose jobs go through a SQLite store (or Redis); CI runs the fault matrix that way too.
 TEST_BROKER = os.environ.get("TASKQ_TEST_BROKER", "")
 
 
@@ -79,6 +83,12 @@ def pool_factory(_registry, tmp_path):
     def make(*args, **kwargs):
         if TEST_BROKER == "sqlite" and "broker" not in kwargs:
             kwargs["broker"] = f"sqlite:///{tmp_path}/pool-{len(_registry.pools)}.db"
+        elif TEST_BROKER == "redis" and "broker" not in kwargs:
+            import uuid
+
+            kwargs["broker"] = REDIS_URL
+            kwargs["queue"] = queue = f"matrix-{uuid.uuid4().hex[:12]}"
+            _registry.cleanups.append(lambda: redis_cleanup(REDIS_URL, queue))
         pool = taskq.Pool(*args, **kwargs)
         _registry.pools.append(pool)
         return pool
