@@ -129,9 +129,9 @@ def test_signed_pools_run_jobs_end_to_end_and_a_wrong_secret_fails_the_future(qu
         0, broker=REDIS_URL, queue=queue, secret="another-secret-of-32-chars!!!!!!"
     ) as c:
         future = c.submit(operator.add, 1, 1)
-        with taskq.Pool(1, broker=REDIS_URL, queue=queue, secret=SECRET):
-            with pytest.raises(taskq.StoreError, match="signature does not match"):
-                future.result(timeout=60)
+        server = taskq.Pool(1, broker=REDIS_URL, queue=queue, secret=SECRET)
+        with server, pytest.raises(taskq.StoreError, match="signature does not match"):
+            future.result(timeout=60)
 
 
 def test_taskq_secret_from_the_environment(queue, monkeypatch):
