@@ -41,6 +41,7 @@ from taskq._signing import Signer
 
 log = logging.getLogger("taskq")
 
+SOCKET_TIMEOUT = 5.0  # seconds; longer than a blocking read (1 s), shorter than a lease lapse
 _FINAL_STATE = {"ok": "succeeded", "error": "failed", "cancelled": "cancelled"}
 _warned_unsigned: set[str] = set()
 
@@ -61,8 +62,16 @@ class RedisBroker:
         self.result_ttl_ms = int(result_ttl * 1000)
         self.signer = Signer(secret)
         self._redis_errors = (redis.ConnectionError, redis.TimeoutError)
-        self._r = redis.Redis.from_url(url, health_check_interval=30)
-        self._blocking = redis.Redis.from_url(url)  # its own connections for XREAD BLOCK
+        # Timeouts everywhere: a machine cut off from Redis must notice (and retry), not
+        # wait for ever on a socket whose peer is gone.
+        options: dict[str, Any] = {
+            "socket_connect_timeout": SOCKET_TIMEOUT,
+            "socket_timeout": SOCKET_TIMEOUT,
+            "socket_keepalive": True,
+            "health_check_interval": 30,
+        }
+        self._r = redis.Redis.from_url(url, **options)
+        self._blocking = redis.Redis.from_url(url, **options)  # its own connections: XREAD BLOCK
         self._warn_if_unsigned(url)
         p = f"taskq:{queue}:"
         self.key = {

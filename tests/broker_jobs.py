@@ -58,3 +58,11 @@ def stop(proc, timeout=30):
         proc.kill()
     _, err = proc.communicate(timeout=timeout)
     return err or ""
+
+
+def on_host(path, seconds):
+    """Record which test host (``TASKQ_TEST_HOST``) started the job, sleep, return it."""
+    host = os.environ.get("TASKQ_TEST_HOST", "?")
+    record(path, host)
+    time.sleep(seconds)
+    return host
