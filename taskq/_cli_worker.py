@@ -27,14 +27,20 @@ def add_parser(commands: Any) -> None:
     """Add ``taskq worker`` to ``commands`` (the top-level parser's subparsers)."""
     parser = commands.add_parser(
         NAME,
-        help="run the jobs of a durable store (sqlite:///jobs.db) until stopped",
+        help="run the jobs of a durable store (sqlite:///jobs.db, redis://host/0) until stopped",
         description="Serve a taskq store: run its jobs on a pool of worker processes. "
         "SIGTERM or Ctrl-C stops taking jobs, lets running jobs finish within the "
         "grace period, leaves queued jobs in the store and exits 0.",
     )
     parser.set_defaults(handler=run)
     add = parser.add_argument
-    add("url", metavar="URL", help="the store, e.g. sqlite:///jobs.db or sqlite:////abs/jobs.db")
+    add("url", metavar="URL", help="the store: sqlite:///jobs.db, redis://[user:pass@]host:6379/0")
+    add(
+        "--secret-env",
+        default="TASKQ_SECRET",
+        metavar="VAR",
+        help="environment variable holding the signing secret (default: %(default)s)",
+    )
     add("-w", "--workers", type=int, default=None, help="worker processes (default: CPUs)")
     add("-q", "--queue", default="default", help="the queue to serve (default: %(default)s)")
     add(
@@ -70,10 +76,12 @@ def run(args: argparse.Namespace) -> int:
     from taskq._broker_pool import BrokerPool
 
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
         stream=sys.stderr,
     )
+    if args.verbose:
+        logging.getLogger("taskq").setLevel(logging.DEBUG)  # taskq's events, not its libraries'
     log = logging.getLogger("taskq.worker")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # job modules beside the store, as with `python -m`
@@ -90,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
             queue=args.queue,
             lease=args.lease,
             max_lost=args.max_lost,
+            secret=None
+            if args.url.startswith("sqlite:")
+            else os.environ.get(args.secret_env) or None,
         )
     except (StoreError, ValueError, TypeError) as exc:
         log.error("cannot serve %s: %s", args.url, exc)
