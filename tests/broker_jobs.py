@@ -66,3 +66,9 @@ def on_host(path, seconds):
     record(path, host)
     time.sleep(seconds)
     return host
+
+
+def kill_my_server(path):
+    """Record the run, then SIGKILL the whole process group: the serving process dies."""
+    record(path, "killer")
+    os.killpg(os.getpgid(0), 9)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import taskq
-from tests.broker_jobs import ROOT, record, run_python, runs, start_worker, stop
+from tests.broker_jobs import ROOT, kill_my_server, record, run_python, runs, start_worker, stop
 from tests.jobs import wait_until
 
 LEASE = 1.0  # short leases keep these tests quick; recovery takes about a lease
@@ -186,3 +186,64 @@ def test_taskq_status_names_a_file_that_is_not_a_store(tmp_path):
     )
     assert done.returncode == 1
     assert f"{bad} is not a taskq store" in done.stderr
+
+
+def test_a_job_that_keeps_killing_its_server_is_given_up_after_max_lost(store, tmp_path):
+    log = str(tmp_path / "runs")
+    client = taskq.Pool(0, **store.kw)
+    servers = []
+    try:
+        future = client.schedule(kill_my_server, (log,))
+        while not future.done() and len(servers) < 6:
+            # Each server in a session of its own: the job kills that group only.
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "taskq",
+                    "worker",
+                    *store.cli,
+                    "--workers",
+                    "1",
+                    "--lease",
+                    str(LEASE),
+                    "--max-lost",
+                    "2",
+                ],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": ROOT},
+                start_new_session=True,
+            )
+            servers.append(proc)
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and not future.done() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        with pytest.raises(taskq.JobLost, match="lease expired 2 times"):
+            future.result(timeout=60)
+        assert runs(log) == ["killer", "killer"]  # run twice, never a third time
+    finally:
+        for proc in servers:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(30)
+        client.shutdown(wait=False)
+
+
+EXIT_WITHOUT_SHUTDOWN = """
+import sys
+import taskq
+from tests.broker_jobs import record
+pool = taskq.Pool(1, broker=sys.argv[1], queue=sys.argv[2])
+for i in range(5):
+    pool.schedule(record, (sys.argv[3], f"job{i}", 0.05))
+print("leaving", flush=True)
+"""
+
+
+def test_a_serving_pool_runs_its_jobs_to_the_end_at_interpreter_exit(store, tmp_path):
+    log = str(tmp_path / "runs")
+    done = run_python(EXIT_WITHOUT_SHUTDOWN, store.url, store.queue, log)
+    assert done.returncode == 0, done.stderr
+    assert runs(log) == [f"job{i}" for i in range(5)]
