@@ -68,7 +68,7 @@ SIZES = {
     "quick": Sizes(
         enqueue=5_000, e2e=5_000, latency=200, backlog=10_000, probes=5, recovery=2, repeat=3
     ),
-    "tiny": Sizes(enqueue=300, e2e=300, latency=20, backlog=300, probes=3, recovery=1, repeat=1),
+    "tiny": Sizes(enqueue=300, e2e=300, latency=20, backlog=3000, probes=3, recovery=1, repeat=1),
 }
 
 
