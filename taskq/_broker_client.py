@@ -38,6 +38,7 @@ class BrokerFuture(JobFuture):
     def __init__(self, job_id: str, waiters: Waiters, own: bool = True):
         super().__init__()
         self._own = own  # submitted by this pool (counted in its stats)
+        self._stored = not own  # committed to the store (a job looked up by id already is)
         self.job_id: str = job_id  # type: ignore[assignment]
         self._store_waiters = waiters
 
@@ -62,7 +63,7 @@ class Waiters:
         self._lock = threading.Lock()
         self._on_resolved = on_resolved  # statistics
         self._cursor = broker.current_cursor()  # outcomes stored before us: not ours
-        self._next_reconcile = time.monotonic() + RECONCILE_EVERY
+        self._last_reconcile = time.monotonic()
 
     def __len__(self) -> int:
         return len(self._futures)
@@ -143,10 +144,11 @@ class Waiters:
         """Now and then, read the state of every pending job directly: an outcome whose
         notice was missed (trimmed from the store's list, a reconnect) still arrives."""
         now = time.monotonic()
-        if now < self._next_reconcile:
+        if now - self._last_reconcile < every:
             return
-        self._next_reconcile = now + every
-        pending = self.pending_ids()
+        self._last_reconcile = now
+        with self._lock:  # only jobs known to be in the store (put() has returned)
+            pending = [job_id for job_id, f in self._futures.items() if f._stored]
         found = self.broker.outcomes(pending)
         for job_id, status in found.items():
             if status.outcome is not None:

@@ -193,6 +193,7 @@ class BrokerPool(Pool):
         except BaseException:
             self._waiters.forget(job.job_id)
             raise
+        future._stored = True
         with self._counts_lock:
             self._submitted += 1
         if self._server is not None and not self._wake.is_set():  # its server may claim it now
