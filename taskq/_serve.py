@@ -59,11 +59,17 @@ class ClaimPace:
         self._average = average
 
     def room(self, held: int) -> int:
+        """How many jobs to claim now (0: none). With extra jobs held, claims wait until
+        half of them have run, so a stream of tiny jobs costs one claim per batch, not
+        one per job; a worker with nothing to do is always given work at once."""
         average = self._average()
         extra = 0
         if average is not None and average < HOLD_BUDGET:
             extra = self.workers * min(MAX_EXTRA_PER_WORKER, int(HOLD_BUDGET / max(average, 1e-6)))
-        return self.workers + extra - held
+        room = self.workers + extra - held
+        if extra and held >= self.workers and room < (self.workers + extra) // 2:
+            return 0
+        return max(room, 0)
 
 
 class Server:
