@@ -64,6 +64,8 @@ class Waiters:
         self._on_resolved = on_resolved  # statistics
         self._cursor = broker.current_cursor()  # outcomes stored before us: not ours
         self._last_reconcile = time.monotonic()
+        # Jobs this process's own server holds: it hands their outcomes over itself.
+        self.delivered_here: Callable[[str], bool] = lambda job_id: False
 
     def __len__(self) -> int:
         return len(self._futures)
@@ -131,8 +133,9 @@ class Waiters:
         if not self._futures and not block:
             return 0
         self._cursor, ended = self.broker.finished_since(self._cursor, block)
+        local = self.delivered_here
         with self._lock:
-            ours = [job_id for job_id in ended if job_id in self._futures]
+            ours = [j for j in ended if j in self._futures and not local(j)]
         if not ours:
             return 0
         for job_id, status in self.broker.outcomes(ours).items():

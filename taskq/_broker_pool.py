@@ -142,7 +142,7 @@ class BrokerPool(Pool):
                 max_tasks_per_child,
                 retry_delay=self._retry_delay,
             )
-            self._server = Server(
+            self._server = server = Server(
                 self._broker,
                 self._local,
                 workers,
@@ -151,6 +151,7 @@ class BrokerPool(Pool):
                 wake=self._wake.set,
                 delivered=self._waiters.resolve,
             )
+            self._waiters.delivered_here = server.holds
         self._thread = threading.Thread(target=self._run, name="taskq-broker", daemon=True)
         self._thread.start()
         if self._broker.can_block:  # outcomes wake a listener instead of being polled

@@ -39,6 +39,7 @@ from taskq._pool import Pool
 log = logging.getLogger("taskq")
 
 RECLAIM_EVERY = 0.25  # seconds between looks for expired leases (recovery = lease + this)
+KILL_CHECK_EVERY = 0.02  # seconds between looks for kill requests (how soon kill() acts)
 PURGE_EVERY = 60.0  # seconds between deletions of expired outcomes
 MAX_EXTRA_PER_WORKER = 64  # claimed ahead per worker when jobs are tiny
 
@@ -103,11 +104,16 @@ class Server:
         self._next_renew = now + lease / 3
         self._next_reclaim = now
         self._next_purge = now
+        self._next_kill_check = now
         broker.register_server(self.owner, workers)
 
     @property
     def held(self) -> int:
         return len(self._held)
+
+    def holds(self, job_id: str) -> bool:
+        """True while this server holds the job (it will hand the outcome over itself)."""
+        return job_id in self._held
 
     def step(self) -> bool:
         """One round (see the module docstring); True if it did anything."""
@@ -115,7 +121,8 @@ class Server:
         stored = self._store_outcomes(now)
         if now >= self._next_renew:
             self._renew(now)
-        if self._held:
+        if self._held and now >= self._next_kill_check:
+            self._next_kill_check = now + KILL_CHECK_EVERY
             self._kill_requested()
         claimed = self._claim(now) if self._claiming else 0
         if now >= self._next_purge:
