@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from taskq._broker import Broker, open_broker
+from taskq._counters import unknown_counter
 
 
 class StoreCounters:
@@ -31,11 +32,7 @@ class StoreCounters:
         try:
             return self._index[name]
         except KeyError:
-            declared = ", ".join(repr(n) for n in self.names) or "none"
-            raise KeyError(
-                f"unknown counter {name!r}; declared counters: {declared} "
-                "(declare them with Pool(counters=(...)))"
-            ) from None
+            raise unknown_counter(name, self.names) from None
 
     def add(self, index: int, amount: int) -> int:
         return self._store().counter_add(self.names[index], amount)

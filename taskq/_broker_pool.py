@@ -10,14 +10,11 @@ How a job flows with a broker::
                            others': a poll of the      runs the job, the outcome is
                            store's finished jobs)      stored (first one wins)
 
-One thread per broker pool (``taskq-broker``) steps the server and polls for
-outcomes; it sleeps on an event that submits and local outcomes set, and
-otherwise looks at the store at least every ``MAX_POLL`` seconds.
+The thread that serves and waits is in ``_broker_loop.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import pickle
 import threading
@@ -32,7 +29,6 @@ from taskq._broker import (
     DEFAULT_LEASE,
     DEFAULT_MAX_LOST,
     DEFAULT_RESULT_TTL,
-    BrokerUnavailable,
     JobOptions,
     JobState,
     NewJob,
@@ -43,8 +39,9 @@ from taskq._broker import (
 )
 from taskq._broker_client import BrokerFuture, Waiters
 from taskq._broker_counters import StoreCounters
+from taskq._broker_loop import BrokerLoop
 from taskq._counters import Counter
-from taskq._errors import Full, PicklingFailed, PoolBroken
+from taskq._errors import Full, PicklingFailed
 from taskq._job import JobFuture
 from taskq._log import log
 from taskq._options import check_delay, check_options, check_timeout
@@ -53,8 +50,6 @@ from taskq._protocol import dump_call, dumps
 from taskq._serve import Server, init_worker
 from taskq._stats import PoolStats
 
-MIN_POLL = 0.001  # seconds between looks at the store right after something happened
-MAX_POLL = 0.02  # ... and at most this long when nothing did (an idle store: 50 reads/s)
 FULL_BACKOFF = (0.001, 0.05)  # waiting for room in a bounded store queue
 
 
@@ -121,17 +116,14 @@ class BrokerPool(Pool):
         self._submitted = 0
         self._counts_lock = threading.Lock()
         self._waiters = Waiters(self._broker, self._count_outcome)
-        self._wake = threading.Event()
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
-        self._stop_serving = False  # stop claiming (set with the grace of a worker stop)
         self._maps_lock = threading.Lock()
         self._unstarted_maps = set()
         self._broken: BaseException | None = None
-        self._closed = False
-        self._next_poll = 0.0
         self._local: Pool | None = None
         self._server: Server | None = None
+        wake = threading.Event()
         if workers:
             ctx = mp_context if mp_context is not None else multiprocessing.get_context()
             self._local = Pool(
@@ -148,16 +140,15 @@ class BrokerPool(Pool):
                 workers,
                 lease=lease,
                 max_lost=max_lost,
-                wake=self._wake.set,
+                wake=wake.set,
                 delivered=self._waiters.resolve,
             )
             self._waiters.delivered_here = server.holds
-        self._thread = threading.Thread(target=self._run, name="taskq-broker", daemon=True)
-        self._thread.start()
-        if self._broker.can_block:  # outcomes wake a listener instead of being polled
-            threading.Thread(target=self._listen, name="taskq-outcomes", daemon=True).start()
+        self._loop = BrokerLoop(
+            self._broker, self._waiters, self._server, self._local, wake, self._set_broken
+        )
         _exit_hooks.add(self)
-        weakref.finalize(self, self._wake.set)
+        weakref.finalize(self, self._loop.wake.set)
         log.debug("broker pool started: %s queue %r, %d workers", broker, queue, workers)
 
     # -- submitting -------------------------------------------------------------
@@ -197,14 +188,15 @@ class BrokerPool(Pool):
         future._stored = True
         with self._counts_lock:
             self._submitted += 1
-        if self._server is not None and not self._wake.is_set():  # its server may claim it now
-            self._wake.set()
+        wake = self._loop.wake
+        if self._server is not None and not wake.is_set():  # its own server may claim it now
+            wake.set()
         return future
 
     def _put(self, job: NewJob, block: bool) -> None:
         # A callback on this pool's thread must not wait for room: only that thread's
         # server frees it (when it is the only one), so it would wait for ever.
-        maxsize = 0 if threading.current_thread() is self._thread else self._maxsize
+        maxsize = 0 if threading.current_thread() is self._loop.thread else self._maxsize
         delay = FULL_BACKOFF[0]
         while True:
             try:
@@ -243,7 +235,7 @@ class BrokerPool(Pool):
         if not isinstance(job_id, str):
             raise TypeError(f"job ids of a broker pool are strings; got {job_id!r}")
         future = self._waiters.existing(job_id)
-        self._wake.set()
+        self._loop.wake.set()
         return future
 
     # -- control ----------------------------------------------------------------
@@ -265,7 +257,7 @@ class BrokerPool(Pool):
         if state is JobState.QUEUED:
             self._waiters.resolve(job_id, Outcome.cancelled("killed while queued"))
             return True
-        self._wake.set()
+        self._loop.wake.set()
         return state is JobState.RUNNING
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -280,17 +272,9 @@ class BrokerPool(Pool):
         if cancel_futures:
             for job_id in self._waiters.pending_ids():
                 self._waiters.cancel_queued(job_id)
-        self._wake.set()
+        self._loop.shut_down()
         if wait:
-            self._join()
-
-    def _join(self) -> None:
-        if threading.current_thread() is self._thread:  # from a done-callback: serve in place
-            while not self._finished():
-                self._step()
-            self._close_server(release=self._stop_serving)
-        else:
-            self._thread.join()
+            self._loop.join()
 
     def terminate(self) -> None:
         """Stop now: this process's queued jobs are removed from the store, the jobs its
@@ -299,11 +283,8 @@ class BrokerPool(Pool):
             self._shutdown = True
         for job_id in self._waiters.pending_ids():
             self._waiters.cancel_queued(job_id)
-        self._stop_serving = True
-        if self._local is not None:
-            self._local.terminate()
-        self._wake.set()
-        self._join()
+        self._loop.terminate()
+        self._loop.join()
 
     def stop_serving(self, grace: float) -> None:
         """What ``taskq worker`` does on SIGTERM: claim nothing more, put the jobs not
@@ -311,120 +292,11 @@ class BrokerPool(Pool):
         (then stop them and put them back too), and return."""
         with self._shutdown_lock:
             self._shutdown = True
-        self._grace_deadline = time.monotonic() + grace
-        self._stop_serving = True
-        self._wake.set()
-        self._thread.join()
+        self._loop.stop_serving(grace)
+        self._loop.join()
 
-    # -- the broker thread ---------------------------------------------------------
-
-    def _run(self) -> None:
-        delay = MIN_POLL
-        try:
-            while not self._finished():
-                try:
-                    busy = self._step()
-                except BrokerUnavailable as exc:  # reconnect with backoff; leases may lapse
-                    self._unavailable(exc, delay)
-                    delay = min(max(delay, 0.05) * 2, 2.0)
-                    continue
-                delay = MIN_POLL if busy else min(delay * 2, MAX_POLL)
-                self._wake.wait(delay)
-                self._wake.clear()
-        except BaseException as exc:  # the store or the local pool failed
-            self._break(exc)
-            return
-        self._close_server(release=self._stop_serving)
-
-    def _unavailable(self, exc: BrokerUnavailable, delay: float) -> None:
-        if delay < 0.1:
-            log.warning("%s; retrying", exc)
-        time.sleep(delay)
-
-    def _listen(self) -> None:
-        """Resolve futures as outcomes are stored (a blocking read of the store)."""
-        delay = 0.05
-        while self._thread.is_alive():
-            try:
-                self._waiters.poll(block=1.0)
-                delay = 0.05
-            except BrokerUnavailable as exc:
-                self._unavailable(exc, delay)
-                delay = min(delay * 2, 2.0)
-            except BaseException:  # never let a listener die silently
-                log.exception("taskq outcome listener failed; retrying")
-                time.sleep(1.0)
-
-    def _break(self, exc: BaseException) -> None:
-        """No more serving or waiting here: the jobs this process holds go back to the
-        store (they did not run here), its own queued jobs are withdrawn, and its
-        futures fail with ``exc``."""
-        if not isinstance(exc, PoolBroken):
-            log.error("taskq broker thread failed", exc_info=exc)
+    def _set_broken(self, exc: BaseException) -> None:
         self._broken = exc
-        pending = self._waiters.pending_ids()
-        self._waiters.fail_all(exc)  # first: the store's "cancelled" must not win the race
-        with contextlib.suppress(BaseException):
-            for job_id in pending:
-                self._broker.cancel(job_id)
-        with contextlib.suppress(BaseException):
-            self._close_server(release=True)
-
-    def _step(self) -> bool:
-        busy = self._server.step() if self._server is not None else False
-        now = time.monotonic()
-        if not self._broker.can_block and now >= self._next_poll:
-            # Outcomes from other processes: not on every step (own outcomes come at once).
-            self._next_poll = now + MIN_POLL
-            busy = bool(self._waiters.poll()) or busy
-        self._waiters.reconcile()
-        return busy
-
-    def _finished(self) -> bool:
-        server = self._server
-        if self._stop_serving:
-            return self._server_drained()
-        if not self._shutdown:
-            return False
-        own = len(self._waiters)
-        if server is not None:
-            if own == 0:
-                server.stop_claiming()
-            return own == 0 and server.held == 0
-        return own == 0
-
-    def _server_drained(self) -> bool:
-        server = self._server
-        if server is None:
-            return True
-        server.stop_claiming()
-        server.release_unstarted()
-        if server.held == 0:
-            return True
-        if time.monotonic() >= getattr(self, "_grace_deadline", 0.0):
-            log.warning(
-                "grace period over: stopping %d running jobs, back to the store", server.held
-            )
-            server.release_all_after(self._stop_local)
-            return True
-        return False
-
-    def _stop_local(self) -> None:
-        if self._local is not None:
-            self._local.terminate()
-
-    def _close_server(self, release: bool) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._server is not None:
-            if release:
-                self._server.release_all_after(self._stop_local)
-            self._server.flush()
-            if self._local is not None:
-                self._local.shutdown(wait=True)
-            self._server.close()
-        self._broker.close()
 
     # -- observing ------------------------------------------------------------------
 
@@ -490,7 +362,7 @@ def _finish_at_exit() -> None:
         else:
             pool._shutdown = True
             pool._waiters.fail_all(RuntimeError("the interpreter exited before the outcome"))
-            pool._wake.set()
+            pool._loop.shut_down()
 
 
 threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]

@@ -154,11 +154,7 @@ class CounterBlock:
         try:
             return self._index[name]
         except KeyError:
-            declared = ", ".join(repr(n) for n in self.names) or "none"
-            raise KeyError(
-                f"unknown counter {name!r}; declared counters: {declared} "
-                "(declare them with Pool(counters=(...)))"
-            ) from None
+            raise unknown_counter(name, self.names) from None
 
     def add(self, index: int, amount: int) -> int:
         self._acquire()
@@ -192,6 +188,14 @@ class CounterBlock:
             return tuple(self._values[: len(self.names)])
         finally:
             self._release()
+
+
+def unknown_counter(name: str, names: Sequence[str]) -> KeyError:
+    declared = ", ".join(repr(n) for n in names) or "none"
+    return KeyError(
+        f"unknown counter {name!r}; declared counters: {declared} "
+        "(declare them with Pool(counters=(...)))"
+    )
 
 
 class CounterStore(Protocol):
