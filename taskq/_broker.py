@@ -34,16 +34,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
-from taskq._errors import JobLost, RemoteTraceback, StoreError, UnpicklingFailed
+from taskq._errors import JobLost, RemoteTraceback, UnpicklingFailed
 from taskq._protocol import PackedError, dumps, unpack_exception
 
 DEFAULT_LEASE = 5.0  # seconds a claim lasts without a heartbeat (renewed every third of it)
 DEFAULT_RESULT_TTL = 86400.0  # seconds an outcome is kept after the job ends
 DEFAULT_MAX_LOST = 3  # lost leases before a job is given up (it may be killing its server)
-
-
-class BrokerUnavailable(StoreError):
-    """Raised when the store cannot be reached for now (the pool retries with backoff)."""
 
 
 class JobState(str, enum.Enum):

@@ -23,9 +23,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from taskq._broker import Broker, BrokerUnavailable
+from taskq._broker import Broker
 from taskq._broker_client import Waiters
-from taskq._errors import PoolBroken
+from taskq._errors import BrokerUnavailable, PoolBroken
 from taskq._log import log
 from taskq._pool import Pool
 from taskq._serve import Server

@@ -140,6 +140,11 @@ class StoreError(TaskqError):
     a missing directory, no permission); the message names the file or URL."""
 
 
+class BrokerUnavailable(StoreError):
+    """Raised when a broker's store cannot be reached for now (Redis down, the SQLite
+    file locked too long); a serving pool retries with backoff."""
+
+
 class RemoteTraceback(Exception):
     """The traceback text of a job's exception, chained as ``__cause__`` in the caller."""
 

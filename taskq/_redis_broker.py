@@ -27,7 +27,6 @@ from typing import Any
 
 from taskq import _redis_scripts as lua
 from taskq._broker import (
-    BrokerUnavailable,
     ClaimedJob,
     JobState,
     JobStatus,
@@ -36,7 +35,7 @@ from taskq._broker import (
     StoreStatus,
     lost_lease_outcome,
 )
-from taskq._errors import Full, StoreError
+from taskq._errors import BrokerUnavailable, Full, StoreError
 from taskq._signing import Signer
 
 log = logging.getLogger("taskq")

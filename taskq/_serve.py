@@ -138,7 +138,11 @@ class Server:
             ended.append(self._ended.popleft())
         if not ended:
             return 0
-        stored = set(self.broker.finish(self.owner, ended))
+        try:
+            stored = set(self.broker.finish(self.owner, ended))
+        except BaseException:  # the store is unreachable: keep them for the next step
+            self._ended.extendleft(reversed(ended))
+            raise
         with self._lock:
             for job_id, _ in ended:
                 self._held.pop(job_id, None)

@@ -15,6 +15,7 @@ durable across those too, at the price of an fsync per commit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -22,7 +23,7 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from taskq._errors import StoreError
+from taskq._errors import BrokerUnavailable, StoreError
 
 SCHEMA_VERSION = 1
 APPLICATION = "taskq"
@@ -110,13 +111,21 @@ class StoreFile:
         """
         conn = self.connection()
         with self._writer_lock():
-            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:  # still locked after busy_timeout
+                raise BrokerUnavailable(f"the taskq store {self.path} is busy: {exc}") from exc
             try:
                 yield conn
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:  # disk full, I/O error: nothing was kept
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"cannot write the taskq store {self.path}: {exc}") from exc
 
     def _writer_lock(self) -> threading.Lock:
         # One per process: a lock inherited through fork may be held by a thread that
