@@ -15,7 +15,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures._base import PENDING
-from typing import Any
+from typing import Any, TypeVar
+
+R = TypeVar("R")
 
 # Where Future itself logs a failing done-callback (printed to stderr by default).
 _callback_log = logging.getLogger("concurrent.futures")
@@ -54,8 +56,8 @@ class _FutureCondition(threading.Condition):
         return owned
 
 
-class JobFuture(Future[Any]):
-    """A ``concurrent.futures.Future`` for a taskq job.
+class JobFuture(Future[R]):
+    """A ``concurrent.futures.Future`` for a taskq job; ``JobFuture[R]`` resolves to an ``R``.
 
     ``cancel()`` on a queued job removes it from the queue at once (its
     ``maxsize`` slot is freed). Once a worker holds the job, ``cancel()``
@@ -186,7 +188,7 @@ class WorkItem(JobRecord):
     def __init__(
         self,
         job_id: int,
-        future: JobFuture,
+        future: JobFuture[Any],
         call: bytes,
         name: str,
         priority: float,

@@ -51,7 +51,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from multiprocessing.context import BaseContext
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from taskq import _exit, _map
 from taskq._counters import Counter, CounterBlock
@@ -78,6 +78,10 @@ from taskq._stats import (
     PoolStats,
     StatsBlock,
 )
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
 
 
 def _default_workers() -> int:
@@ -158,7 +162,9 @@ class Pool(Executor):
 
     # -- submitting -----------------------------------------------------------
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
+    def submit(
+        self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> JobFuture[R]:
         """Queue ``fn(*args, **kwargs)`` at priority 0; wait for room if the queue is full."""
         check_callable(fn, "submit")
         return self._enqueue(
@@ -167,7 +173,7 @@ class Pool(Executor):
 
     def schedule(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., R],
         args: Iterable[Any] = (),
         kwargs: dict[str, Any] | None = None,
         *,
@@ -177,7 +183,7 @@ class Pool(Executor):
         retry_delay: float | None = None,
         retry_on: RetryOn = None,
         block: bool = True,
-    ) -> JobFuture:
+    ) -> JobFuture[R]:
         """Queue ``fn(*args, **kwargs)``; return its future.
 
         priority:    **the smaller number runs first** (any int or float; equal
@@ -221,7 +227,7 @@ class Pool(Executor):
         retry_on: tuple[type[BaseException], ...] | None = None,
         block: bool = True,
         name: str | None = None,
-    ) -> JobFuture:
+    ) -> JobFuture[Any]:
         """Pickle the call and queue it; a call that cannot be pickled fails its future."""
         self._check_open()
         try:
@@ -230,7 +236,7 @@ class Pool(Executor):
             return self._failed_job(exc)
         if name is None:
             name = getattr(fn, "__qualname__", "?")
-        future = JobFuture()
+        future: JobFuture[Any] = JobFuture()
         job_id = future.job_id = next(self._job_ids)
         item = WorkItem(
             job_id, future, call, name, priority, timeout, retries, retry_delay, retry_on
@@ -252,10 +258,10 @@ class Pool(Executor):
         self._manager.dispatch_now(priority)
         return future
 
-    def _failed_job(self, error: BaseException) -> JobFuture:
+    def _failed_job(self, error: BaseException) -> JobFuture[Any]:
         """A job that fails before it is queued still gets a future, like any other job."""
         self._check_open()
-        future = JobFuture()
+        future: JobFuture[Any] = JobFuture()
         future.set_running_or_notify_cancel()
         future.set_exception(error)
         self._ledger.refused()
@@ -275,13 +281,13 @@ class Pool(Executor):
 
     def map(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., R],
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
         priority: float = 0,
         progress: bool = False,
-    ) -> Iterator[Any]:
+    ) -> Iterator[R]:
         """Like ``map(fn, *iterables)``, run on the pool; results in input order.
 
         Lazy: input is read only as results are taken (a bounded number of
@@ -310,13 +316,13 @@ class Pool(Executor):
 
     def imap_unordered(
         self,
-        fn: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        fn: Callable[[T], R],
+        iterable: Iterable[T],
         chunksize: int = 1,
         *,
         priority: float = 0,
         progress: bool = False,
-    ) -> Iterator[Any]:
+    ) -> Iterator[R]:
         """Like ``map(fn, iterable)`` but yields results as they complete (lazy too)."""
         feeder = self._feeder(iter(iterable), chunksize)
         window, done = _map.unordered_window(
@@ -347,13 +353,13 @@ class Pool(Executor):
 
     def _chunk_submitter(
         self, fn: Callable[..., Any], star: bool, priority: float
-    ) -> Callable[[list[Any]], JobFuture]:
+    ) -> Callable[[list[Any]], JobFuture[Any]]:
         check_callable(fn, "map")
         check_priority(priority)
         make_call = _map.chunk_call(fn, star)
         name = getattr(fn, "__qualname__", repr(fn))
 
-        def submit_chunk(chunk: list[Any]) -> JobFuture:
+        def submit_chunk(chunk: list[Any]) -> JobFuture[Any]:
             runner, args = make_call(chunk)
             return self._enqueue(
                 runner, args, {}, priority=priority, timeout=self._job_timeout, name=name
@@ -380,7 +386,7 @@ class Pool(Executor):
 
     # -- control ----------------------------------------------------------------
 
-    def kill(self, future: JobFuture) -> bool:
+    def kill(self, future: JobFuture[Any]) -> bool:
         """Stop one job wherever it is; True if it had not finished.
 
         A queued job is cancelled. A running job's worker is terminated
