@@ -129,6 +129,7 @@ class JobRecord:
         "job_id",
         "name",
         "priority",
+        "queued_at",
         "retries",
         "retry_delay",
         "retry_on",
@@ -153,6 +154,7 @@ class JobRecord:
         self.name = name  # the function's name, for error messages
         self.priority = priority
         self.seq = 0  # set by the queue: submission order, the tie-breaker
+        self.queued_at = 0.0  # set by the queue: when this attempt was queued (its clock)
         self.timeout = timeout
         self.retries = retries
         self.retry_delay = retry_delay
@@ -161,7 +163,7 @@ class JobRecord:
         self.state = State.QUEUED
 
     _FIELDS = ("job_id", "call", "name", "priority", "timeout", "retries", "retry_delay",
-               "retry_on", "seq", "attempts", "state")  # fmt: skip
+               "retry_on", "seq", "attempts", "state", "queued_at")  # fmt: skip
 
     def dump(self) -> tuple[Any, ...]:
         """The record's fields as a plain tuple (picklable: ``retry_on`` holds types)."""

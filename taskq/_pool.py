@@ -62,6 +62,7 @@ from taskq._log import log
 from taskq._manager import Manager
 from taskq._options import (
     RetryOn,
+    check_aging,
     check_callable,
     check_chunksize,
     check_delay,
@@ -106,6 +107,13 @@ class Pool(Executor):
                  order), "fifo" or "lifo".
     job_timeout: default run-time limit of each job, in seconds.
     retry_delay: base delay of the exponential retry backoff, in seconds.
+    aging:       None (default: strict priority order), or seconds: a waiting job's
+                 priority improves by one level per ``aging`` seconds it has waited,
+                 so a stream of urgent jobs cannot starve the others. Jobs are
+                 ordered by ``priority + queued_at / aging``, ties in submission
+                 order. Example, ``aging=10``: a priority-5 job queued at t=0 (key 5)
+                 runs before every priority-0 job queued after t=50 (key > 5), so
+                 newcomers overtake it for at most 5 x 10 = 50 seconds.
     """
 
     def __init__(
@@ -121,6 +129,7 @@ class Pool(Executor):
         order: str = "priority",
         job_timeout: float | None = None,
         retry_delay: float = 0.1,
+        aging: float | None = None,
     ):
         max_workers = _default_workers() if max_workers is None else max_workers
         counter_names = check_options(
@@ -130,7 +139,7 @@ class Pool(Executor):
         self._retry_delay = check_delay(retry_delay)
         ctx = mp_context if mp_context is not None else multiprocessing.get_context()
         self._max_workers = max_workers
-        self._queue: WorkQueue[WorkItem] = JobQueue(order, maxsize)
+        self._queue: WorkQueue[WorkItem] = JobQueue(order, maxsize, check_aging(aging))
         self._stats = StatsBlock(len(STAT_FIELDS))
         self._counters = CounterBlock(counter_names, ctx)
         self._manager = Manager(
