@@ -75,7 +75,6 @@ from taskq._options import (
 from taskq._protocol import dump_call
 from taskq._queue import JobQueue, QueueClosed, WorkQueue
 from taskq._stats import (
-    STAT_FIELDS,
     PoolStats,
     StatsBlock,
 )
@@ -140,7 +139,7 @@ class Pool(Executor):
         ctx = mp_context if mp_context is not None else multiprocessing.get_context()
         self._max_workers = max_workers
         self._queue: WorkQueue[WorkItem] = JobQueue(order, maxsize, check_aging(aging))
-        self._stats = StatsBlock(len(STAT_FIELDS))
+        self._stats = StatsBlock()
         self._counters = CounterBlock(counter_names, ctx)
         self._manager = Manager(
             ctx=ctx,
@@ -263,7 +262,7 @@ class Pool(Executor):
             raise RuntimeError("cannot schedule new futures after shutdown") from None
         # Queued: from here on the future is the answer, even if the pool breaks now
         # (the manager then fails it like every queued job).
-        self._ledger.submitted()
+        self._ledger.submitted(priority)
         self._manager.dispatch_now(priority)
         return future
 
@@ -449,7 +448,7 @@ class Pool(Executor):
 
     def stats(self) -> PoolStats:
         """A consistent snapshot of the pool's statistics (see ``PoolStats``)."""
-        return PoolStats(*self._stats.snapshot())
+        return self._stats.read()
 
     def counter(self, name: str) -> Counter:
         """The shared counter ``name`` declared with ``Pool(counters=...)``."""
