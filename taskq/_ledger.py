@@ -21,6 +21,7 @@ from the queue; otherwise the pool, which makes the future's one
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import CancelledError, InvalidStateError
 from typing import TYPE_CHECKING, Any
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 Outcome = tuple[WorkItem, bool, Any]  # (job, succeeded, result or exception)
 ErrorFor = Callable[[WorkItem], BaseException]  # a new exception for each job
 
-_SUBMITTED = ((SUBMITTED, 1), (QUEUED, 1))
 _REFUSED = ((SUBMITTED, 1), (FAILED, 1))
 _WITHDRAWN = ((QUEUED, -1), (CANCELLED, 1))
 
@@ -60,7 +60,7 @@ class Ledger:
     # -- from callers' threads (statistics only) ------------------------------------
 
     def submitted(self, priority: float) -> None:
-        self.stats.add_many(_SUBMITTED, ((priority, 1),))
+        self.stats.submitted(priority)
 
     def refused(self) -> None:
         """A job that failed before it was queued (its call could not be pickled)."""
@@ -98,7 +98,12 @@ class Ledger:
 
     def ran(self, replies: Sequence[tuple[WorkItem, Frame]]) -> None:
         """Jobs whose replies just arrived: their wait and run times (``PoolStats``)."""
-        self.stats.ran([(item.priority, item.queued_at, frame.seconds) for item, frame in replies])
+        # A job started about its run time before its reply arrived (now).
+        now = time.monotonic()
+        self.stats.ran([
+            (item.priority, max(0.0, now - frame.seconds - item.queued_at), frame.seconds)
+            for item, frame in replies
+        ])  # fmt: skip
 
     def released(self, items: list[WorkItem]) -> None:
         """Jobs a worker held but never started, going back to the queue: that
@@ -154,8 +159,14 @@ class Ledger:
         return outcomes
 
 
-def _each(items: Iterable[WorkItem], amount: int) -> list[tuple[float, int]]:
+def _each(items: Sequence[WorkItem], amount: int) -> Sequence[tuple[float, int]]:
     """Per-priority queue depth changes: ``amount`` for each job's priority."""
+    if not items:
+        return ()
+    # Usually one priority (a claim takes from one level): one entry, not one per job.
+    first = items[0].priority
+    if all(item.priority == first for item in items):
+        return ((first, amount * len(items)),)
     return [(item.priority, amount) for item in items]
 
 

@@ -16,9 +16,12 @@ when someone asks for a snapshot.
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
+import functools
+import itertools
+import math
 import threading
-import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -127,12 +130,13 @@ class StatsBlock:
     """Named integers, queue depth per priority and recent timings, updated in batches
     under one lock."""
 
-    __slots__ = ("_lock", "_queued", "_recent", "_run", "_values", "_wait")
+    __slots__ = ("_lock", "_queued", "_recent", "_run", "_unfolded", "_values", "_wait")
 
     def __init__(self, size: int = len(STAT_FIELDS)):
         self._values = [0] * size
         self._queued: dict[float, int] = {}
         self._recent: deque[Timing] = deque(maxlen=WINDOW)
+        self._unfolded = 0  # the newest entries of _recent not yet in the histograms
         self._wait = _Buckets()
         self._run = _Buckets()
         self._lock = threading.Lock()
@@ -153,16 +157,28 @@ class StatsBlock:
                 else:
                     del depths[priority]
 
-    def ran(self, timings: Iterable[tuple[float, float, float]]) -> None:
-        """Record ``(priority, queued_at, run seconds)`` of jobs whose replies just arrived."""
-        now = time.monotonic()
-        wait, run = self._wait, self._run
+    def submitted(self, priority: float) -> None:
+        """One job queued: ``add_many`` unrolled, as this runs for every job."""
+        values, depths = self._values, self._queued
         with self._lock:
-            for priority, queued_at, seconds in timings:
-                waited = max(0.0, now - seconds - queued_at)
-                self._recent.append((priority, waited, seconds))
-                wait.add(waited)
-                run.add(seconds)
+            values[SUBMITTED] += 1
+            values[QUEUED] += 1
+            depths[priority] = depths.get(priority, 0) + 1
+
+    def ran(self, timings: list[Timing]) -> None:
+        """Record ``(priority, wait, run)`` of jobs whose replies just arrived.
+
+        Only appended here (the hot path); they are added to the histograms in
+        bulk, before they would leave the window or when someone reads."""
+        with self._lock:
+            if self._unfolded + len(timings) > WINDOW:
+                self._fold()
+            if len(timings) > WINDOW:  # more than the window holds: count them now
+                self._wait.add_all([wait for _, wait, _ in timings])
+                self._run.add_all([run for _, _, run in timings])
+            else:
+                self._unfolded += len(timings)
+            self._recent.extend(timings)
 
     def snapshot(self) -> tuple[int, ...]:
         with self._lock:
@@ -171,6 +187,7 @@ class StatsBlock:
     def read(self) -> PoolStats:
         """Everything, read under the lock once; the percentiles computed after."""
         with self._lock:
+            self._fold()
             values = tuple(self._values)
             depths = dict(self._queued)
             recent = list(self._recent)
@@ -180,6 +197,16 @@ class StatsBlock:
             **counters, priorities=by_priority(depths, recent), wait_seconds=wait, run_seconds=run
         )
 
+    def _fold(self) -> None:
+        # Called with the lock held.
+        if not self._unfolded:
+            return
+        start = len(self._recent) - self._unfolded
+        new = list(itertools.islice(self._recent, start, None))
+        self._wait.add_all([wait for _, wait, _ in new])
+        self._run.add_all([run for _, _, run in new])
+        self._unfolded = 0
+
 
 class _Buckets:
     __slots__ = ("counts", "sum")
@@ -188,16 +215,15 @@ class _Buckets:
         self.counts = [0] * (len(BUCKETS) + 1)
         self.sum = 0.0
 
-    def add(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
-        self.sum += seconds
+    def add_all(self, seconds: list[float]) -> None:
+        # map and Counter run in C: about 0.1 µs a value.
+        where = collections.Counter(map(functools.partial(bisect.bisect_left, BUCKETS), seconds))
+        for index, count in where.items():
+            self.counts[index] += count
+        self.sum += math.fsum(seconds)
 
     def histogram(self) -> Histogram:
-        cumulative, total = [], 0
-        for count in self.counts:
-            total += count
-            cumulative.append(total)
-        return Histogram(BUCKETS, tuple(cumulative), self.sum)
+        return Histogram(BUCKETS, tuple(itertools.accumulate(self.counts)), self.sum)
 
 
 def by_priority(

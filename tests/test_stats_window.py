@@ -25,10 +25,12 @@ def test_percentiles_are_nearest_rank():
 
 def test_the_window_keeps_the_last_WINDOW_jobs_and_the_histograms_keep_all():
     block = StatsBlock()
-    now = time.monotonic()
-    # 500 old jobs at priority 1, then WINDOW newer ones at priority 2 push them out.
-    block.ran([(1, now, 0.5)] * 500)
-    block.ran([(2, now, 0.002)] * WINDOW)
+    # 500 old jobs at priority 1, then WINDOW newer ones at priority 2 push them out
+    # (in batches of several sizes, one larger than the window).
+    block.ran([(1, 0.1, 0.5)] * 500)
+    block.ran([(2, 0.1, 0.002)] * 7)
+    block.ran([(2, 0.1, 0.002)] * (WINDOW - 8))
+    block.ran([(2, 0.1, 0.002)] * 1)
     stats = block.read()
     assert list(stats.priorities) == [2]
     assert stats.priorities[2].recent == WINDOW
@@ -37,6 +39,11 @@ def test_the_window_keeps_the_last_WINDOW_jobs_and_the_histograms_keep_all():
     at = dict(zip(BUCKETS, stats.run_seconds.cumulative, strict=False))
     assert at[0.001] == 0 and at[0.0025] == WINDOW and at[0.5] == 500 + WINDOW
     assert stats.run_seconds.sum == pytest.approx(500 * 0.5 + WINDOW * 0.002)
+    assert stats.wait_seconds.sum == pytest.approx(0.1 * (500 + WINDOW))
+    block.ran([(3, 0.0, 7.0)] * (WINDOW + 5))  # one batch larger than the window
+    stats = block.read()
+    assert list(stats.priorities) == [3] and stats.priorities[3].recent == WINDOW
+    assert stats.run_seconds.count == 500 + 2 * WINDOW + 5
 
 
 def test_queued_depths_per_priority_add_up_and_empty_levels_disappear():
