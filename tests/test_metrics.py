@@ -68,9 +68,7 @@ def test_a_known_workload_is_scraped_with_exact_counts(pool_factory, gate):
     assert outcomes == {"succeeded": 6, "failed": 2, "cancelled": 1}
     assert done[("taskq_workers", ())] == 1
     assert done[("taskq_jobs_running", ())] == 0
-    assert all(
-        value == 0 for (name, _), value in done.items() if name == "taskq_queue_depth"
-    )
+    assert all(value == 0 for (name, _), value in done.items() if name == "taskq_queue_depth")
     # 8 attempts replied (the cancelled job never ran).
     run, wait = "taskq_job_run_seconds", "taskq_job_wait_seconds"
     assert done[(f"{run}_count", ())] == done[(f"{wait}_count", ())] == 8
