@@ -108,7 +108,8 @@ class PoolStats:
     workers: int
     """Worker processes alive now (a successor started early for a worker retiring under
     ``max_tasks_per_child`` counts too)."""
-    priorities: Mapping[float, PriorityStats] = dataclasses.field(default_factory=dict)
+    # hash=False: a dict is unhashable, and PoolStats was hashable before this field.
+    priorities: Mapping[float, PriorityStats] = dataclasses.field(default_factory=dict, hash=False)
     """Per priority level that has jobs queued or among the last ``WINDOW`` that
     replied, in ascending order (the most urgent first)."""
     wait_seconds: Histogram = EMPTY_HISTOGRAM

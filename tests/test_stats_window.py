@@ -104,3 +104,31 @@ def test_a_known_workload_gives_exact_counts_and_bounded_percentiles(pool_factor
     assert HELD + 10 * FAST + 2 * SLOW <= levels[2].wait_p50 < total
     assert HELD + 10 * FAST + 5 * SLOW <= levels[3].wait_p50 < total
     assert levels[1].wait_p50 < levels[2].wait_p50 < levels[3].wait_p50
+
+
+@pytest.mark.timeout(60)
+def test_per_priority_depths_return_to_zero_after_retries_cancels_and_kills(pool_factory, gate):
+    pool = pool_factory(2)
+    fn, args = gate.job()
+    blockers = [pool.submit(fn, *args) for _ in range(2)]
+    gate.wait_started()
+    retried = [
+        pool.schedule(raise_value_error, priority=p, retries=2, retry_delay=0.01) for p in (1, 2)
+    ]
+    cancelled = [pool.schedule(sleep_then, (0,), priority=p) for p in (3, 3, 4)]
+    killed = pool.schedule(sleep_then, (0,), priority=5)
+    assert all(future.cancel() for future in cancelled[:2])
+    assert pool.kill(killed)
+    assert {p: s.queued for p, s in pool.stats().priorities.items()} == {1: 1, 2: 1, 4: 1}
+    gate.open()
+    for future in [*blockers, cancelled[2]]:
+        future.result(timeout=30)
+    for future in retried:
+        with pytest.raises(ValueError):
+            future.result(timeout=30)
+
+    stats = pool.stats()
+    assert stats.queued == 0 and stats.retried == 4 and stats.cancelled == 3
+    assert all(level.queued == 0 for level in stats.priorities.values())
+    # Every attempt that replied is in the window: 2 blockers, 3 attempts x 2, 1 sleeper.
+    assert {p: s.recent for p, s in stats.priorities.items()} == {0: 2, 1: 3, 2: 3, 4: 1}
