@@ -8,9 +8,10 @@ related fields (``queued`` is always the sum of the per-priority ``queued``).
 
 Times are recorded when a job's reply arrives: its run time is what the worker
 measured, and its wait is from when that attempt was queued to when it started
-(estimated as the reply's arrival minus the run time). Each job then costs two
-``bisect``s and a ``deque.append`` under the lock; percentiles are computed only
-when someone asks for a snapshot.
+(estimated as the reply's arrival minus the run time). On the hot path a job
+costs one tuple appended to the window (per batch of replies: one lock, one
+``deque.extend``); the histograms take the window's new entries in bulk, and
+the percentiles are computed only when someone reads a snapshot.
 """
 
 from __future__ import annotations
