@@ -98,10 +98,11 @@ class Ledger:
 
     def ran(self, replies: Sequence[tuple[WorkItem, Frame]]) -> None:
         """Jobs whose replies just arrived: their wait and run times (``PoolStats``)."""
-        # A job started about its run time before its reply arrived (now).
+        # A job started about its run time before its reply arrived (now); a wait so
+        # estimated may come out a little below zero: stats clamps it when read.
         now = time.monotonic()
         self.stats.ran([
-            (item.priority, max(0.0, now - frame.seconds - item.queued_at), frame.seconds)
+            (item.priority, now - frame.seconds - item.queued_at, frame.seconds)
             for item, frame in replies
         ])  # fmt: skip
 
