@@ -49,6 +49,9 @@ def accepted_calls(pool: Pool) -> None:
     assert_type(pool.imap_unordered(square, range(3)), Iterator[int])
     assert_type(pool.stats(), PoolStats)
     assert_type(pool.kill(pool.submit(nothing)), bool)
+    assert_type(pool.counter("done"), taskq.Counter)
+    assert_type(pool.counters(), dict[str, int])
+    assert_type(JobFuture[int]().attempts, int)
 
 
 def is_a_standard_future(pool: Pool) -> None:
