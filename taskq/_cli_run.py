@@ -28,6 +28,7 @@ from taskq._cli_run_lines import (
     write_line,
 )
 from taskq._cli_run_loop import Runner, Tally
+from taskq._cli_run_stats import stats_table
 from taskq._progress import ProgressLine, stream_is_tty
 
 __all__ = ["NAME", "add_parser", "run"]
@@ -121,12 +122,24 @@ def add_parser(commands: Any) -> None:
         help="which queued job runs next (default: priority, the smallest number first)",
     )
     add(
+        "--aging",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="a waiting job's priority improves by 1 every SECONDS (default: never)",
+    )
+    add(
         "--ordered",
         action="store_true",
         help="write results in input order instead of as jobs finish",
     )
     add("--dry-run", action="store_true", help="check the target and every input line, run nothing")
     add("-q", "--quiet", action="store_true", help="no progress line and no summary on stderr")
+    add(
+        "--stats",
+        action="store_true",
+        help="at the end, print per priority: jobs, queue wait and run time p50/p99 (stderr)",
+    )
 
 
 def _integer(text: str) -> int:
@@ -163,6 +176,9 @@ def _positive_float(text: str) -> float:
 def run(ns: argparse.Namespace) -> int:
     """``taskq run``: load the target, open the input, then run (or just check) the jobs."""
     try:
+        if ns.aging is not None and ns.order != "priority":
+            raise UsageError("--aging orders by priority: it cannot be used with --order "
+                             f"{ns.order}")  # fmt: skip
         target = load_target(ns.target)
         source = open_input(ns.input, quiet=ns.quiet)
     except UsageError as exc:
@@ -213,7 +229,12 @@ def dry_run(target: Callable[..., Any], source: IO[bytes], *, quiet: bool) -> in
 def make_pool(ns: argparse.Namespace) -> taskq.Pool:
     context = multiprocessing.get_context(ns.start_method) if ns.start_method else None
     return taskq.Pool(
-        ns.workers, context, maxsize=ns.maxsize, order=ns.order, job_timeout=ns.timeout
+        ns.workers,
+        context,
+        maxsize=ns.maxsize,
+        order=ns.order,
+        job_timeout=ns.timeout,
+        aging=ns.aging,
     )
 
 
@@ -222,6 +243,7 @@ def run_jobs(target: Callable[..., Any], source: IO[bytes], ns: argparse.Namespa
     tally = Tally()
     progress = make_progress(source, quiet=ns.quiet)
     runner = Runner(target, ns, tally, progress)
+    pool: taskq.Pool | None = None
     try:
         with make_pool(ns) as pool:
             try:
@@ -237,11 +259,13 @@ def run_jobs(target: Callable[..., Any], source: IO[bytes], ns: argparse.Namespa
                 raise
     except KeyboardInterrupt:
         _finish(progress, tally.summary(interrupted=True, unfinished=runner.unfinished), ns)
+        _print_stats(pool, ns)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # stdout closed early, e.g. `taskq run ... | head`
         _silence_stdout()
         return EXIT_FAILED
     _finish(progress, tally.summary(), ns)
+    _print_stats(pool, ns)
     return EXIT_OK if tally.failed == 0 and runner.input_error is None else EXIT_FAILED
 
 
@@ -250,6 +274,11 @@ def _finish(progress: ProgressLine | None, summary: str, ns: argparse.Namespace)
         progress.close()
     if not ns.quiet:
         print(summary, file=sys.stderr, flush=True)
+
+
+def _print_stats(pool: taskq.Pool | None, ns: argparse.Namespace) -> None:
+    if ns.stats and pool is not None:  # asked for: printed even with --quiet
+        print(stats_table(pool.stats()), file=sys.stderr, flush=True)
 
 
 def _silence_stdout() -> None:

@@ -82,7 +82,7 @@ class Flight:
     id: JobId
     line: int
     submitted: float
-    future: taskq.JobFuture | None = None
+    future: taskq.JobFuture[Any] | None = None
     finished: float | None = None
     record: Record | None = None  # set at once for a line rejected before running
 

@@ -15,7 +15,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures._base import PENDING
-from typing import Any
+from typing import Any, TypeVar
+
+R = TypeVar("R")
 
 # Where Future itself logs a failing done-callback (printed to stderr by default).
 _callback_log = logging.getLogger("concurrent.futures")
@@ -54,8 +56,8 @@ class _FutureCondition(threading.Condition):
         return owned
 
 
-class JobFuture(Future[Any]):
-    """A ``concurrent.futures.Future`` for a taskq job.
+class JobFuture(Future[R]):
+    """A ``concurrent.futures.Future`` for a taskq job; ``JobFuture[R]`` resolves to an ``R``.
 
     ``cancel()`` on a queued job removes it from the queue at once (its
     ``maxsize`` slot is freed). Once a worker holds the job, ``cancel()``
@@ -127,6 +129,7 @@ class JobRecord:
         "job_id",
         "name",
         "priority",
+        "queued_at",
         "retries",
         "retry_delay",
         "retry_on",
@@ -151,6 +154,7 @@ class JobRecord:
         self.name = name  # the function's name, for error messages
         self.priority = priority
         self.seq = 0  # set by the queue: submission order, the tie-breaker
+        self.queued_at = 0.0  # set by the queue: when this attempt was queued (its clock)
         self.timeout = timeout
         self.retries = retries
         self.retry_delay = retry_delay
@@ -159,7 +163,7 @@ class JobRecord:
         self.state = State.QUEUED
 
     _FIELDS = ("job_id", "call", "name", "priority", "timeout", "retries", "retry_delay",
-               "retry_on", "seq", "attempts", "state")  # fmt: skip
+               "retry_on", "seq", "attempts", "state", "queued_at")  # fmt: skip
 
     def dump(self) -> tuple[Any, ...]:
         """The record's fields as a plain tuple (picklable: ``retry_on`` holds types)."""
@@ -186,7 +190,7 @@ class WorkItem(JobRecord):
     def __init__(
         self,
         job_id: int,
-        future: JobFuture,
+        future: JobFuture[Any],
         call: bytes,
         name: str,
         priority: float,

@@ -21,9 +21,10 @@ from the queue; otherwise the pool, which makes the future's one
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import CancelledError, InvalidStateError
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskq._job import State, WorkItem
 from taskq._stats import (
@@ -41,10 +42,12 @@ from taskq._stats import (
     StatsBlock,
 )
 
+if TYPE_CHECKING:
+    from taskq._protocol import Frame
+
 Outcome = tuple[WorkItem, bool, Any]  # (job, succeeded, result or exception)
 ErrorFor = Callable[[WorkItem], BaseException]  # a new exception for each job
 
-_SUBMITTED = ((SUBMITTED, 1), (QUEUED, 1))
 _REFUSED = ((SUBMITTED, 1), (FAILED, 1))
 _WITHDRAWN = ((QUEUED, -1), (CANCELLED, 1))
 
@@ -56,8 +59,8 @@ class Ledger:
 
     # -- from callers' threads (statistics only) ------------------------------------
 
-    def submitted(self) -> None:
-        self.stats.add_many(_SUBMITTED)
+    def submitted(self, priority: float) -> None:
+        self.stats.submitted(priority)
 
     def refused(self) -> None:
         """A job that failed before it was queued (its call could not be pickled)."""
@@ -66,7 +69,7 @@ class Ledger:
     def withdrawn(self, item: WorkItem) -> None:
         """Its caller cancelled it while it was queued (the queue said so)."""
         item.state = State.DONE
-        self.stats.add_many(_WITHDRAWN)
+        self.stats.add_many(_WITHDRAWN, ((item.priority, -1),))
 
     # -- from the manager, under its lock --------------------------------------------
 
@@ -87,8 +90,21 @@ class Ledger:
             item.future.attempts = item.attempts
             live.append(item)
         dropped = len(items) - len(live)
-        self.stats.add_many([(QUEUED, -len(items)), (RUNNING, len(live)), (CANCELLED, dropped)])
+        self.stats.add_many(
+            [(QUEUED, -len(items)), (RUNNING, len(live)), (CANCELLED, dropped)],
+            _each(items, -1),
+        )
         return live
+
+    def ran(self, replies: Sequence[tuple[WorkItem, Frame]]) -> None:
+        """Jobs whose replies just arrived: their wait and run times (``PoolStats``)."""
+        # A job started about its run time before its reply arrived (now); a wait so
+        # estimated may come out a little below zero: stats clamps it when read.
+        now = time.monotonic()
+        self.stats.ran([
+            (item.priority, now - frame.seconds - item.queued_at, frame.seconds)
+            for item, frame in replies
+        ])  # fmt: skip
 
     def released(self, items: list[WorkItem]) -> None:
         """Jobs a worker held but never started, going back to the queue: that
@@ -96,16 +112,16 @@ class Ledger:
         for item in items:
             item.attempts -= 1
             item.future.attempts = item.attempts
-        self.stats.add_many([(RUNNING, -len(items)), (QUEUED, len(items))])
+        self.stats.add_many([(RUNNING, -len(items)), (QUEUED, len(items))], _each(items, 1))
 
-    def settled(self, finals: list[Outcome], retried: int) -> None:
+    def settled(self, finals: list[Outcome], retried: Sequence[WorkItem]) -> None:
         """Replies (and crash outcomes) of running jobs: ``finals`` are done, ``retried``
-        more failed and wait for another attempt."""
+        failed and wait for another attempt."""
         succeeded = sum(1 for _, ok, _ in finals if ok)
         self.stats.add_many([
-            (RUNNING, -len(finals) - retried), (SUCCEEDED, succeeded),
-            (FAILED, len(finals) - succeeded), (RETRIED, retried), (QUEUED, retried),
-        ])  # fmt: skip
+            (RUNNING, -len(finals) - len(retried)), (SUCCEEDED, succeeded),
+            (FAILED, len(finals) - succeeded), (RETRIED, len(retried)), (QUEUED, len(retried)),
+        ], _each(retried, 1))  # fmt: skip
         for item, ok, value in finals:
             self.finish(item, ok, value)
 
@@ -118,7 +134,7 @@ class Ledger:
         self.stats.add_many([
             (RUNNING if running else QUEUED, -len(items)),
             (CANCELLED, cancelled), (FAILED, len(items) - cancelled),
-        ])  # fmt: skip
+        ], () if running else _each(items, -1))  # fmt: skip
         for item, error in zip(items, errors, strict=True):
             self.finish(item, False, error)
 
@@ -142,6 +158,17 @@ class Ledger:
     def take_outcomes(self) -> list[Outcome]:
         outcomes, self._outcomes = self._outcomes, []
         return outcomes
+
+
+def _each(items: Sequence[WorkItem], amount: int) -> Sequence[tuple[float, int]]:
+    """Per-priority queue depth changes: ``amount`` for each job's priority."""
+    if not items:
+        return ()
+    # Usually one priority (a claim takes from one level): one entry, not one per job.
+    first = items[0].priority
+    if all(item.priority == first for item in items):
+        return ((first, amount * len(items)),)
+    return [(item.priority, amount) for item in items]
 
 
 def deliver(outcomes: list[Outcome]) -> None:

@@ -264,15 +264,16 @@ class Manager:
             worker.signal(signal.SIGKILL)
         if replies.done:
             self._timeouts.head_changed(worker)
+            self._ledger.ran(replies.done)  # wait and run times for stats()
             self._settle([(item, decode(item, frame)) for item, frame in replies.done])
 
     def _settle(self, outcomes: list[tuple[WorkItem, tuple[bool, Any]]]) -> None:
         """Record what running jobs came to: a result, a failure, or another attempt."""
         finals: list[tuple[WorkItem, bool, Any]] = []
-        retried = 0
+        retried: list[WorkItem] = []
         for item, (ok, value) in outcomes:
             if not ok and self._retry(item, value):
-                retried += 1
+                retried.append(item)
             else:
                 finals.append((item, ok, value))
         if finals:

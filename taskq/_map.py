@@ -35,7 +35,7 @@ CHUNK_TARGET = 0.001
 MAX_AUTO_CHUNK = 1024  # bounds read-ahead: window x this many items
 WINDOW_PER_WORKER = 4
 
-ChunkSubmitter = Callable[[list[Any]], "JobFuture"]
+ChunkSubmitter = Callable[[list[Any]], "JobFuture[Any]"]
 
 
 class ChunkFeeder:
@@ -72,7 +72,7 @@ def _remaining(deadline: float | None) -> float | None:
 
 
 def _chunk_outcome(
-    future: JobFuture, feeder: ChunkFeeder, deadline: float | None
+    future: JobFuture[Any], feeder: ChunkFeeder, deadline: float | None
 ) -> tuple[list[Any], bytes | None]:
     """A finished chunk's values and the packed exception of the item that stopped it."""
     try:
@@ -142,7 +142,7 @@ class MapWindow:
         submit: ChunkSubmitter,
         feeder: ChunkFeeder,
         window: int,
-        on_submit: Callable[[JobFuture], None] | None = None,
+        on_submit: Callable[[JobFuture[Any]], None] | None = None,
     ):
         self._submit = submit
         self._on_submit = on_submit
@@ -152,7 +152,7 @@ class MapWindow:
         self._closed = False
         self.stopped_by: BaseException | None = None
         self.started = False
-        self.pending: deque[JobFuture] = deque()
+        self.pending: deque[JobFuture[Any]] = deque()
 
     def top_up(self) -> None:
         with self._lock:
@@ -222,9 +222,9 @@ def ordered_results(
 
 def unordered_window(
     submit: ChunkSubmitter, feeder: ChunkFeeder, size: int
-) -> tuple[MapWindow, queue.SimpleQueue[JobFuture]]:
+) -> tuple[MapWindow, queue.SimpleQueue[JobFuture[Any]]]:
     """A window whose chunks report to a queue as they finish, for ``unordered_results``."""
-    done: queue.SimpleQueue[JobFuture] = queue.SimpleQueue()
+    done: queue.SimpleQueue[JobFuture[Any]] = queue.SimpleQueue()
     window = MapWindow(
         submit, feeder, size, on_submit=lambda f: f.add_done_callback(done.put)  # type: ignore[arg-type]
     )
@@ -233,7 +233,7 @@ def unordered_window(
 
 def unordered_results(
     window: MapWindow,
-    done: queue.SimpleQueue[JobFuture],
+    done: queue.SimpleQueue[JobFuture[Any]],
     feeder: ChunkFeeder,
     started: Callable[[], None],
 ) -> Iterator[Any]:

@@ -91,3 +91,13 @@ def check_chunksize(chunksize: int) -> int:
     if not isinstance(chunksize, int) or chunksize < 1:
         raise ValueError(f"chunksize must be an int >= 1; got {chunksize!r}")
     return chunksize
+
+
+def check_aging(aging: float | None) -> float | None:
+    if aging is None:
+        return None
+    if isinstance(aging, bool) or not isinstance(aging, (int, float)) or not aging > 0:
+        raise ValueError(f"aging must be a positive number of seconds or None; got {aging!r}")
+    if math.isinf(aging):
+        return None  # never improves: plain priority order
+    return float(aging)

@@ -52,7 +52,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from multiprocessing.context import BaseContext
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from taskq import _exit, _map
 from taskq._counters import Counter, CounterBlock
@@ -63,6 +63,7 @@ from taskq._log import log
 from taskq._manager import Manager
 from taskq._options import (
     RetryOn,
+    check_aging,
     check_callable,
     check_chunksize,
     check_delay,
@@ -75,10 +76,13 @@ from taskq._options import (
 from taskq._protocol import dump_call
 from taskq._queue import JobQueue, QueueClosed, WorkQueue
 from taskq._stats import (
-    STAT_FIELDS,
     PoolStats,
     StatsBlock,
 )
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
 
 
 def _default_workers() -> int:
@@ -103,6 +107,13 @@ class Pool(Executor):
                  order), "fifo" or "lifo".
     job_timeout: default run-time limit of each job, in seconds.
     retry_delay: base delay of the exponential retry backoff, in seconds.
+    aging:       None (default: strict priority order), or seconds: a waiting job's
+                 priority improves by one level per ``aging`` seconds it has waited,
+                 so a stream of urgent jobs cannot starve the others. Jobs are
+                 ordered by ``priority + queued_at / aging``, ties in submission
+                 order. Example, ``aging=10``: a priority-5 job queued at t=0 (key 5)
+                 runs before every priority-0 job queued after t=50 (key > 5), so
+                 newcomers overtake it for at most 5 x 10 = 50 seconds.
     broker:      None (default): jobs wait in this process's memory. A URL such as
                  ``"sqlite:///jobs.db"``: jobs are kept in that durable store and
                  outlive this process; see ``taskq._broker_pool.BrokerPool`` for
@@ -132,6 +143,7 @@ class Pool(Executor):
         order: str = "priority",
         job_timeout: float | None = None,
         retry_delay: float = 0.1,
+        aging: float | None = None,
         broker: str | None = None,
         queue: str = "default",
         lease: float | None = None,
@@ -153,8 +165,8 @@ class Pool(Executor):
         self._retry_delay = check_delay(retry_delay)
         ctx = mp_context if mp_context is not None else multiprocessing.get_context()
         self._max_workers = max_workers
-        self._queue: WorkQueue[WorkItem] = JobQueue(order, maxsize)
-        self._stats = StatsBlock(len(STAT_FIELDS))
+        self._queue: WorkQueue[WorkItem] = JobQueue(order, maxsize, check_aging(aging))
+        self._stats = StatsBlock()
         self._counters = CounterBlock(counter_names, ctx)
         self._manager = Manager(
             ctx=ctx,
@@ -185,7 +197,9 @@ class Pool(Executor):
 
     # -- submitting -----------------------------------------------------------
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
+    def submit(
+        self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> JobFuture[R]:
         """Queue ``fn(*args, **kwargs)`` at priority 0; wait for room if the queue is full."""
         check_callable(fn, "submit")
         return self._enqueue(
@@ -194,7 +208,7 @@ class Pool(Executor):
 
     def schedule(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., R],
         args: Iterable[Any] = (),
         kwargs: dict[str, Any] | None = None,
         *,
@@ -204,7 +218,7 @@ class Pool(Executor):
         retry_delay: float | None = None,
         retry_on: RetryOn = None,
         block: bool = True,
-    ) -> JobFuture:
+    ) -> JobFuture[R]:
         """Queue ``fn(*args, **kwargs)``; return its future.
 
         priority:    **the smaller number runs first** (any int or float; equal
@@ -248,7 +262,7 @@ class Pool(Executor):
         retry_on: tuple[type[BaseException], ...] | None = None,
         block: bool = True,
         name: str | None = None,
-    ) -> JobFuture:
+    ) -> JobFuture[Any]:
         """Pickle the call and queue it; a call that cannot be pickled fails its future."""
         self._check_open()
         try:
@@ -272,9 +286,9 @@ class Pool(Executor):
         retry_on: tuple[type[BaseException], ...] | None,
         *,
         block: bool = True,
-    ) -> JobFuture:
+    ) -> JobFuture[Any]:
         """Queue an already pickled call (a broker's server hands its jobs in this way)."""
-        future = JobFuture()
+        future: JobFuture[Any] = JobFuture()
         job_id = future.job_id = next(self._job_ids)
         item = WorkItem(
             job_id, future, call, name, priority, timeout, retries, retry_delay, retry_on
@@ -292,14 +306,14 @@ class Pool(Executor):
             raise RuntimeError("cannot schedule new futures after shutdown") from None
         # Queued: from here on the future is the answer, even if the pool breaks now
         # (the manager then fails it like every queued job).
-        self._ledger.submitted()
+        self._ledger.submitted(priority)
         self._manager.dispatch_now(priority)
         return future
 
-    def _failed_job(self, error: BaseException) -> JobFuture:
+    def _failed_job(self, error: BaseException) -> JobFuture[Any]:
         """A job that fails before it is queued still gets a future, like any other job."""
         self._check_open()
-        future = JobFuture()
+        future: JobFuture[Any] = JobFuture()
         future.set_running_or_notify_cancel()
         future.set_exception(error)
         self._ledger.refused()
@@ -319,13 +333,13 @@ class Pool(Executor):
 
     def map(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., R],
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
         priority: float = 0,
         progress: bool = False,
-    ) -> Iterator[Any]:
+    ) -> Iterator[R]:
         """Like ``map(fn, *iterables)``, run on the pool; results in input order.
 
         Lazy: input is read only as results are taken (a bounded number of
@@ -354,13 +368,13 @@ class Pool(Executor):
 
     def imap_unordered(
         self,
-        fn: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        fn: Callable[[T], R],
+        iterable: Iterable[T],
         chunksize: int = 1,
         *,
         priority: float = 0,
         progress: bool = False,
-    ) -> Iterator[Any]:
+    ) -> Iterator[R]:
         """Like ``map(fn, iterable)`` but yields results as they complete (lazy too)."""
         feeder = self._feeder(iter(iterable), chunksize)
         window, done = _map.unordered_window(
@@ -391,13 +405,13 @@ class Pool(Executor):
 
     def _chunk_submitter(
         self, fn: Callable[..., Any], star: bool, priority: float
-    ) -> Callable[[list[Any]], JobFuture]:
+    ) -> Callable[[list[Any]], JobFuture[Any]]:
         check_callable(fn, "map")
         check_priority(priority)
         make_call = _map.chunk_call(fn, star)
         name = getattr(fn, "__qualname__", repr(fn))
 
-        def submit_chunk(chunk: list[Any]) -> JobFuture:
+        def submit_chunk(chunk: list[Any]) -> JobFuture[Any]:
             runner, args = make_call(chunk)
             return self._enqueue(
                 runner, args, {}, priority=priority, timeout=self._job_timeout, name=name
@@ -424,7 +438,7 @@ class Pool(Executor):
 
     # -- control ----------------------------------------------------------------
 
-    def kill(self, future: JobFuture) -> bool:
+    def kill(self, future: JobFuture[Any]) -> bool:
         """Stop one job wherever it is; True if it had not finished.
 
         A queued job is cancelled. A running job's worker is terminated
@@ -478,7 +492,7 @@ class Pool(Executor):
 
     def stats(self) -> PoolStats:
         """A consistent snapshot of the pool's statistics (see ``PoolStats``)."""
-        return PoolStats(*self._stats.snapshot())
+        return self._stats.read()
 
     def counter(self, name: str) -> Counter:
         """The shared counter ``name`` declared with ``Pool(counters=...)``."""

@@ -5,6 +5,22 @@ and jobs of equal priority run in submission order (a sequence number the
 queue assigns breaks ties). ``order="fifo"`` and ``order="lifo"`` ignore
 priorities and behave like ``queue.Queue`` and ``queue.LifoQueue``.
 
+**Aging** (``aging=seconds``, priority order only) keeps a steady stream of
+urgent jobs from starving the others: a waiting job's effective priority
+improves by one level for every ``aging`` seconds it has waited. Its place is
+then ordered by ``priority + wait / aging``; since every waiting job's wait
+grows at the same rate, that is the same order as the fixed key
+
+    key = priority + queued_at / aging      (ties: submission order)
+
+which a heap (or a durable broker's index) can hold. Worked example, with
+``aging=10``: a priority-5 job queued at t=0 has key 5.0; a priority-0 job
+queued at t=30 has key 3.0 and runs first, one queued at t=50 has key 5.0 and
+ties (the earlier submission, the priority-5 job, runs first), one queued at
+t=60 has key 6.0 and runs after it. So a job is overtaken only by jobs queued
+less than ``(its priority - theirs) * aging`` seconds after it, and never
+starves. ``aging=None`` (the default) is plain priority order.
+
 ``WorkQueue`` is the contract the pool's manager relies on; ``JobQueue``, a
 bucket per priority in this process, is its first implementation. A durable
 broker (a SQLite table, a Redis sorted set) implements the same calls over the
@@ -23,7 +39,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, TypeVar
 
 from taskq._errors import Full
@@ -94,13 +110,31 @@ class JobQueue(WorkQueue[R]):
     the priorities that have jobs: most jobs share a few priorities, so taking
     the next job costs O(1) instead of a heap operation per job. (With every
     priority distinct it degrades gracefully to a plain heap.)
+
+    With ``aging``, a bucket's jobs are still in key order (their keys grow
+    with submission), so only the buckets' *first* jobs compete: a heap of
+    ``(key, seq, priority)`` entries for them replaces the heap of priorities.
+    An entry is pushed whenever a bucket's first job changes and checked when
+    it reaches the top (a stale one is dropped), so no entry is ever updated
+    in place. ``clock`` (seconds) stamps ``queued_at``; tests may pass their own.
     """
 
-    def __init__(self, order: str = "priority", maxsize: int = 0):
+    def __init__(
+        self,
+        order: str = "priority",
+        maxsize: int = 0,
+        aging: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
+        if aging is not None and order != "priority":
+            raise ValueError(f"aging applies to order='priority' only; got order={order!r}")
         self.order = order
         self.maxsize = maxsize
+        self.aging = aging
+        self._clock = clock
+        self._heads: list[tuple[float, int, float]] = []  # aging only: see above
         self._buckets: dict[float, deque[R]] = {}
         self._levels: list[float] = []  # heap of the priorities that have a bucket
         self._live = 0  # queued jobs, not counting REMOVED ones still in a bucket
@@ -116,12 +150,24 @@ class JobQueue(WorkQueue[R]):
     def snapshot(self) -> QueueSnapshot:
         # Read without the lock: it is called on every dispatch and is a hint only
         # (claim() decides). A concurrent claim may empty the levels under us.
+        if self.aging is not None:
+            return self._aged_snapshot()
         levels = self._levels
         try:
             head = levels[0] if levels and self.order == "priority" else None
         except IndexError:
             head = None
         return QueueSnapshot(self._live, head, len(levels) > 1)
+
+    def _aged_snapshot(self) -> QueueSnapshot:
+        # The head is the *priority* of the job with the smallest key (the dispatcher
+        # compares it with held jobs' priorities); the top entry may be stale: a hint.
+        heads = self._heads
+        try:
+            head = heads[0][2] if heads else None
+        except IndexError:
+            head = None
+        return QueueSnapshot(self._live, head, len(self._buckets) > 1)
 
     def put(
         self,
@@ -139,9 +185,13 @@ class JobQueue(WorkQueue[R]):
             if self._closed:
                 raise QueueClosed("cannot schedule new futures after shutdown")
             item.seq = next(self._seq)
+            item.queued_at = self._clock()
             item.state = State.QUEUED
-            self._bucket(item).append(item)
+            bucket = self._bucket(item)
+            bucket.append(item)
             self._live += 1
+            if self.aging is not None and len(bucket) == 1:
+                self._push_head(bucket)
 
     def release(self, item: R, *, keep_place: bool) -> None:
         """Put back a job that left the queue, ignoring ``maxsize`` (it was admitted once).
@@ -157,8 +207,11 @@ class JobQueue(WorkQueue[R]):
             else:
                 if not keep_place:
                     item.seq = next(self._seq)
+                    item.queued_at = self._clock()  # a retry's wait counts from now
                 bucket.append(item)
             self._live += 1
+            if self.aging is not None and bucket[0] is item:
+                self._push_head(bucket)
 
     def claim(self, limit: int, share: int = 1) -> list[R]:
         """Up to ``limit`` jobs in the order they must run, removed from the queue.
@@ -170,6 +223,8 @@ class JobQueue(WorkQueue[R]):
         """
         taken: list[R] = []
         with self._lock:
+            if self.aging is not None:
+                taken = self._claim_aged(limit, share)
             while self._levels and not taken:
                 level = self._levels[0]
                 bucket = self._buckets[level]
@@ -213,14 +268,17 @@ class JobQueue(WorkQueue[R]):
         """Remove and return every waiting job, in order (shutdown, broken pool)."""
         with self._lock:
             items: list[R] = []
-            for level in sorted(self._levels):
+            for level in sorted(self._buckets):
                 bucket = self._buckets[level]
                 ordered = reversed(bucket) if self.order == "lifo" else bucket
                 items.extend(item for item in ordered if item.state is State.QUEUED)
+            if self.aging is not None:
+                items.sort(key=self._key)
             for item in items:
                 item.state = State.REMOVED
             self._buckets.clear()
             self._levels.clear()
+            self._heads.clear()
             self._live = self._removed = 0
             self._not_full.notify_all()
             return items
@@ -238,8 +296,69 @@ class JobQueue(WorkQueue[R]):
         bucket = self._buckets.get(level)
         if bucket is None:
             bucket = self._buckets[level] = deque()
-            heapq.heappush(self._levels, level)
+            if self.aging is None:  # with aging, _heads orders the buckets
+                heapq.heappush(self._levels, level)
         return bucket
+
+    def _key(self, item: R) -> tuple[float, int]:
+        assert self.aging is not None
+        return item.priority + item.queued_at / self.aging, item.seq
+
+    def _push_head(self, bucket: deque[R]) -> None:
+        first = bucket[0]
+        heapq.heappush(self._heads, (*self._key(first), first.priority))
+
+    def _next_aged(self) -> deque[R] | None:
+        """The bucket whose first job has the smallest key, its entry on top of the heap."""
+        heads = self._heads
+        while heads:
+            _, seq, level = heads[0]
+            bucket = self._buckets.get(level)
+            if not bucket or bucket[0].seq != seq:
+                heapq.heappop(heads)  # stale: that bucket's first job has its own entry
+                continue
+            if bucket[0].state is State.QUEUED:
+                return bucket
+            heapq.heappop(heads)  # a cancelled first job: drop it (and any behind it)
+            self._drop_removed(bucket)
+            if bucket:
+                self._push_head(bucket)
+            else:
+                del self._buckets[level]
+        return None
+
+    def _drop_removed(self, bucket: deque[R]) -> None:
+        while bucket and bucket[0].state is not State.QUEUED:
+            bucket.popleft()
+            self._removed -= 1
+
+    def _claim_aged(self, limit: int, share: int) -> list[R]:
+        """``claim`` under aging: from the bucket first in key order, only while its
+        jobs stay ahead of every other bucket's first job."""
+        taken: list[R] = []
+        bucket = self._next_aged()
+        if bucket is None:
+            return taken
+        heads = self._heads
+        level = heapq.heappop(heads)[2]
+        limit = min(limit, -(-len(bucket) // share))
+        while bucket and len(taken) < limit:
+            item = bucket[0]
+            if item.state is not State.QUEUED:
+                bucket.popleft()
+                self._removed -= 1
+                continue
+            # A stale rival entry is never later than that bucket's real first job,
+            # so comparing with it can only stop early, never take out of order.
+            if taken and heads and self._key(item) > heads[0][:2]:
+                break
+            item.state = State.CLAIMED
+            taken.append(bucket.popleft())
+        if bucket:
+            self._push_head(bucket)
+        else:
+            del self._buckets[level]
+        return taken
 
     def _wait_for_room(self, block: bool, timeout: float | None) -> None:
         if self._live < self.maxsize or self._closed:
@@ -257,6 +376,13 @@ class JobQueue(WorkQueue[R]):
         for level, bucket in self._buckets.items():
             self._buckets[level] = deque(item for item in bucket if item.state is State.QUEUED)
         self._removed = 0
+        if self.aging is not None:  # first jobs changed: one fresh entry per bucket
+            self._heads.clear()
+            for level, bucket in list(self._buckets.items()):
+                if bucket:
+                    self._push_head(bucket)
+                else:
+                    del self._buckets[level]
 
 
 def _insert_in_order(bucket: deque[R], item: R) -> None:

@@ -262,15 +262,16 @@ def test_the_ledger_keeps_submitted_equal_to_what_ended():
     block = StatsBlock(len(STAT_FIELDS))
     ledger = Ledger(block)
     jobs = [item(i) for i in range(4)]
-    for _ in jobs:
-        ledger.submitted()
+    for job in jobs:
+        ledger.submitted(job.priority)
     live = ledger.started(jobs[:3])
-    ledger.settled([(live[0], True, 1), (live[1], False, ValueError())], retried=0)
+    ledger.settled([(live[0], True, 1), (live[1], False, ValueError())], retried=[])
     ledger.released([live[2]])
     ledger.ended([live[2], jobs[3]], lambda j: CancelledError(), running=False)
     s = stats_of(block)
     assert s.submitted == s.succeeded + s.failed + s.cancelled == 4
     assert s.queued == s.running == 0
+    assert block.read().priorities == {}  # no priority level left with a queued job
     deliver(ledger.take_outcomes())
     assert jobs[0].future.result(timeout=0) == 1
     assert jobs[3].future.cancelled() and jobs[3].state is State.DONE
