@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
+from typing import Any
 
 from taskq._broker import FINAL_STATES, Broker, JobStatus, Outcome, OutcomeKind
 from taskq._errors import StoreError
@@ -26,7 +27,7 @@ from taskq._job import JobFuture
 RECONCILE_EVERY = 2.0  # seconds between direct reads of the pending jobs' states
 
 
-class BrokerFuture(JobFuture):
+class BrokerFuture(JobFuture[Any]):
     """The future of a job kept in a broker's store; ``job_id`` is a string valid in
     every process (``pool.job(job_id)`` returns a future for it anywhere).
 

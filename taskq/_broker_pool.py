@@ -166,7 +166,7 @@ class BrokerPool(Pool):
         retry_on: tuple[type[BaseException], ...] | None = None,
         block: bool = True,
         name: str | None = None,
-    ) -> JobFuture:
+    ) -> JobFuture[Any]:
         self._check_open()
         try:
             call = dump_call(fn, args, kwargs)
@@ -209,8 +209,8 @@ class BrokerPool(Pool):
             time.sleep(delay)
             delay = min(delay * 2, FULL_BACKOFF[1])
 
-    def _failed_job(self, error: BaseException) -> JobFuture:
-        future = JobFuture()
+    def _failed_job(self, error: BaseException) -> JobFuture[Any]:
+        future: JobFuture[Any] = JobFuture()
         future.set_running_or_notify_cancel()
         future.set_exception(error)
         return future
@@ -228,7 +228,7 @@ class BrokerPool(Pool):
     def _window_size(self) -> int:
         return 4 * max(2, self._max_workers)  # a client's map still reads ahead a little
 
-    def job(self, job_id: str) -> JobFuture:
+    def job(self, job_id: str) -> JobFuture[Any]:
         """A future for the job ``job_id`` of this store, submitted by any process,
         before or after a restart; ``KeyError`` if the store has no such job (or its
         outcome expired after ``result_ttl``)."""
@@ -240,7 +240,7 @@ class BrokerPool(Pool):
 
     # -- control ----------------------------------------------------------------
 
-    def kill(self, future: JobFuture) -> bool:
+    def kill(self, future: JobFuture[Any]) -> bool:
         """Stop the job wherever it is, in any process serving the store: a queued job
         is removed; a running one is stopped by its server (SIGTERM, then SIGKILL)
         and its future raises ``CancelledError``. True if it had not finished."""

@@ -436,6 +436,14 @@ class Pool(Executor):
 
         return track(results, total)
 
+    def job(self, job_id: str) -> JobFuture[Any]:
+        """A future for a job kept in a broker's store, by its id (``broker=`` pools only:
+        an in-memory pool's jobs are known by their futures alone)."""
+        raise TypeError(
+            "pool.job(job_id) looks a job up in a broker's store: create the pool with "
+            "broker='sqlite:///jobs.db' or broker='redis://...'"
+        )
+
     # -- control ----------------------------------------------------------------
 
     def kill(self, future: JobFuture[Any]) -> bool:

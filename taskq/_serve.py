@@ -95,7 +95,7 @@ class Server:
         self._wake = wake
         self._delivered = delivered  # an outcome this process stored (its waiters may care)
         self._pace = ClaimPace(workers, lambda: pool._manager.average_job_seconds)
-        self._held: dict[str, JobFuture] = {}  # claimed job id -> the local pool's future
+        self._held: dict[str, JobFuture[Any]] = {}  # claimed job id -> the local pool's future
         self._releasing: set[str] = set()  # unstarted jobs being given back: no outcome
         self._ended: collections.deque[tuple[str, Outcome]] = collections.deque()
         self._lock = threading.Lock()  # _held and _releasing: the step vs callbacks
@@ -221,7 +221,7 @@ class Server:
             self._held[job.job_id] = future
         future.add_done_callback(lambda _: self._ended_locally(job, future))
 
-    def _ended_locally(self, job: ClaimedJob, future: JobFuture) -> None:
+    def _ended_locally(self, job: ClaimedJob, future: JobFuture[Any]) -> None:
         """A local future ended (on the local pool's manager thread): keep its outcome."""
         with self._lock:
             if job.job_id in self._releasing:
@@ -283,7 +283,7 @@ class Server:
         self.broker.unregister_server(self.owner)
 
 
-def _outcome_of(job: ClaimedJob, future: JobFuture, attempts: int, url: str) -> Outcome:
+def _outcome_of(job: ClaimedJob, future: JobFuture[Any], attempts: int, url: str) -> Outcome:
     if future.cancelled():
         return Outcome.cancelled("stopped by pool.kill()", attempts)
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import Future, as_completed
+from typing import Any
 
 from typing_extensions import assert_type
 
@@ -72,6 +73,14 @@ def rejected_calls(pool: Pool) -> None:
     pool.schedule(add, (1, 2), priority="high")  # type: ignore[arg-type]
     pool.submit(42)  # type: ignore[arg-type]
     del text
+
+
+def broker_pools(url: str) -> None:
+    pool = Pool(0, broker=url, queue="q", lease=5.0, result_ttl=60.0, max_lost=3, secret=None)
+    assert_type(pool, Pool)
+    assert_type(pool.submit(add, 1, 2), JobFuture[int])
+    assert_type(pool.job("job-id"), JobFuture[Any])
+    pool.job(42)  # type: ignore[arg-type]
 
 
 def pool_as_context(workers: int) -> None:
