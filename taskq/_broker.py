@@ -89,9 +89,10 @@ class NewJob(NamedTuple):
     job_id: str
     name: str
     priority: float
-    rank: float  # what the store orders by: the priority (plus waiting credit with aging)
+    rank: float  # what the store orders by: the priority (0 for every job under "fifo")
     call: bytes  # pickle((fn, args, kwargs))
     options: bytes  # pickle(JobOptions)
+    aging: float | None = None  # the store adds (its clock at put) / aging to the rank
 
 
 class ClaimedJob(NamedTuple):

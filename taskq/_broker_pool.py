@@ -44,7 +44,7 @@ from taskq._counters import Counter
 from taskq._errors import Full, PicklingFailed
 from taskq._job import JobFuture
 from taskq._log import log
-from taskq._options import check_delay, check_options, check_timeout
+from taskq._options import check_aging, check_delay, check_options, check_timeout
 from taskq._pool import Pool
 from taskq._protocol import dump_call, dumps
 from taskq._serve import Server, init_worker
@@ -90,6 +90,7 @@ class BrokerPool(Pool):
         result_ttl: float | None = None,
         max_lost: int | None = None,
         secret: str | None = None,
+        aging: float | None = None,
     ):
         assert broker is not None
         lease = DEFAULT_LEASE if lease is None else lease
@@ -106,6 +107,9 @@ class BrokerPool(Pool):
         if not (isinstance(max_lost, int) and max_lost >= 1):
             raise ValueError(f"max_lost must be an int >= 1; got {max_lost!r}")
         self._order = order
+        self._aging = check_aging(aging)
+        if self._aging is not None and order != "priority":
+            raise ValueError("aging applies to order='priority' only")
         self._maxsize = maxsize
         self._job_timeout = check_timeout(job_timeout, "job_timeout")
         self._retry_delay = check_delay(retry_delay)
@@ -178,7 +182,7 @@ class BrokerPool(Pool):
         if name is None:
             name = getattr(fn, "__qualname__", "?")
         rank = priority if self._order == "priority" else 0
-        job = NewJob(new_job_id(), name, priority, rank, call, options)
+        job = NewJob(new_job_id(), name, priority, rank, call, options, self._aging)
         future = self._waiters.new(job.job_id)
         try:
             self._put(job, block)

@@ -150,6 +150,7 @@ class RedisBroker:
             job.options,
             sig,
             maxsize,
+            repr(float(job.aging or 0)),
         )
         if not self._run("PUT", keys, args):
             raise Full(

@@ -27,23 +27,28 @@ local function finish(key, id, state, outcome, osig, ttl, now)
 end
 """
 
-# KEYS: queued, seq, job prefix | ARGV: id, rank, priority, name, call, options, sig, maxsize
+# KEYS: queued, seq, job prefix
+# ARGV: id, rank, priority, name, call, options, sig, maxsize, aging (0: none)
 PUT = (
     NOW
     + """
 if tonumber(ARGV[8]) > 0 and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[8]) then
   return 0
 end
+local rank = tonumber(ARGV[2])
+if tonumber(ARGV[9]) > 0 then  -- aging: the server's clock, in seconds, per level
+  rank = rank + now / 1000 / tonumber(ARGV[9])
+end
+rank = string.format('%.17g', rank)
 local member = string.format('%020d', redis.call('INCR', KEYS[2])) .. ':' .. ARGV[1]
-redis.call('HSET', KEYS[3] .. ARGV[1], 'state', 'queued', 'rank', ARGV[2], 'priority', ARGV[3],
+redis.call('HSET', KEYS[3] .. ARGV[1], 'state', 'queued', 'rank', rank, 'priority', ARGV[3],
   'name', ARGV[4], 'call', ARGV[5], 'options', ARGV[6], 'sig', ARGV[7], 'member', member,
   'attempts', 0, 'lost', 0, 'submitted_at', now)
-redis.call('ZADD', KEYS[1], ARGV[2], member)
+redis.call('ZADD', KEYS[1], rank, member)
 return 1
 """
 )
 
-# KEYS: queued, leases, job prefix | ARGV: owner, limit, lease ms
 CLAIM = (
     NOW
     + """

@@ -62,7 +62,7 @@ class SqliteBroker:
                 (
                     job.job_id,
                     self.queue,
-                    job.rank,
+                    job.rank if job.aging is None else job.rank + time.time() / job.aging,
                     job.priority,
                     job.name,
                     job.call,
