@@ -20,6 +20,7 @@ import os
 import sqlite3
 import threading
 import urllib.parse
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -98,6 +99,10 @@ class StoreFile:
     def __init__(self, url: str):
         self.path, self._synchronous = path_of(url)
         self._local = threading.local()
+        self._open = _Connections()
+        # Closed when the file object goes, not left to the garbage collector (which
+        # warns about each one since Python 3.13).
+        weakref.finalize(self, self._open.close_all)
         self._lock, self._lock_pid = threading.Lock(), os.getpid()
         self._create_or_check()
 
@@ -138,17 +143,15 @@ class StoreFile:
         """This thread's connection (a new one in a forked child: never reuse a parent's)."""
         local = self._local
         conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():
+        if conn is None or local.key != self._open.key():
             conn = self._connect()
-            local.conn, local.pid = conn, os.getpid()
+            local.conn, local.key = conn, self._open.add(conn)
         return conn
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their thread's data goes)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
-            conn.close()
-        self._local.conn = None
+        """Close every connection this process opened to the file (a later call opens
+        a new one: closing is for shutdown, not a state)."""
+        self._open.close_all()
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -158,9 +161,13 @@ class StoreFile:
                 isolation_level=None,
                 check_same_thread=False,
             )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(_explain(self.path, exc)) from exc
+        try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.DatabaseError as exc:  # not a database, unreadable, ...
+            conn.close()
             raise StoreError(_explain(self.path, exc)) from exc
         return conn
 
@@ -209,6 +216,44 @@ class StoreFile:
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
             tx.execute("INSERT OR IGNORE INTO meta VALUES ('done_seq', '0')")
+
+
+class _Connections:
+    """The connections a process opened to one file, so that they can be closed: those
+    of threads that ended as new ones open, and all of them at ``close_all``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._generation = 0
+        self._open: list[tuple[threading.Thread, sqlite3.Connection]] = []
+
+    def key(self) -> tuple[int, int]:
+        """Changes when the process forks or ``close_all`` runs: a thread's cached
+        connection is valid only under the key it was opened with."""
+        return (os.getpid(), self._generation)
+
+    def add(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent's are not ours to close
+                self._pid, self._open = os.getpid(), []
+            alive = []
+            for thread, other in self._open:
+                if thread.is_alive():
+                    alive.append((thread, other))
+                else:
+                    other.close()
+            alive.append((threading.current_thread(), conn))
+            self._open = alive
+            return self.key()
+
+    def close_all(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                for _, conn in self._open:
+                    conn.close()
+            self._open = []
+            self._generation += 1
 
 
 def _create_private(path: str) -> None:

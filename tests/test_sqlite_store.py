@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+from contextlib import closing
 
 import pytest
 
@@ -197,14 +198,14 @@ def test_a_file_that_is_not_sqlite_is_refused_by_name(tmp_path):
 
 def test_an_sqlite_file_of_another_application_is_refused(tmp_path):
     path = tmp_path / "app.db"
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:  # closing: `with conn` only commits
         conn.execute("CREATE TABLE users (id INTEGER)")
     with pytest.raises(StoreError, match=r"not a taskq store.*users"):
         open_broker(f"sqlite:///{path}", "q")
 
 
 def test_a_store_of_a_newer_schema_is_refused(url, store):
-    with sqlite3.connect(path_of(url)[0]) as conn:
+    with closing(sqlite3.connect(path_of(url)[0])) as conn, conn:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                      (str(SCHEMA_VERSION + 1),))  # fmt: skip
     with pytest.raises(StoreError, match=r"newer taskq.*upgrade taskq"):
