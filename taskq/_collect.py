@@ -20,6 +20,7 @@ import signal
 from concurrent.futures import CancelledError
 from typing import Any, NamedTuple
 
+from taskq import _shm
 from taskq._dispatch import BatchPolicy
 from taskq._errors import JobTimeout, RemoteError, UnpicklingFailed, WorkerCrashed
 from taskq._job import WorkItem
@@ -55,6 +56,7 @@ class ExitPlan(NamedTuple):
 class Collector:
     def __init__(self, policy: BatchPolicy):
         self.policy = policy
+        self._segment_prefixes: dict[int, str] = {}  # worker pid -> its result segments'
 
     def take_replies(self, worker: WorkerHandle, frames: list[Frame]) -> Replies:
         """Match replies to the jobs the worker holds (it replies in order)."""
@@ -69,6 +71,8 @@ class Collector:
                 self.policy.observe(frame.seconds)
             elif frame.kind == Kind.READY:
                 worker.ready = ready = True
+                if frame.payload:
+                    self._segment_prefixes[worker.pid] = bytes(frame.payload).decode()
             elif frame.kind == Kind.INIT_FAILED:
                 worker.init_error = load(frame.payload)
         if done:
@@ -79,8 +83,12 @@ class Collector:
         """After its last replies were taken in: what to do with what it still held.
 
         A job that started is never put back as if it had not: the one the slot
-        names is to blame, whatever the reason the worker stopped.
+        names is to blame, whatever the reason the worker stopped. Result segments
+        it left that no reply named (it died writing one) are removed.
         """
+        prefix = self._segment_prefixes.pop(worker.pid, None)
+        if prefix is not None:
+            _shm.sweep(prefix)
         held = list(worker.outstanding)
         worker.outstanding.clear()
         if worker.init_error is not None:

@@ -73,6 +73,7 @@ from taskq._options import (
 )
 from taskq._protocol import dump_call
 from taskq._queue import JobQueue, QueueClosed, WorkQueue
+from taskq._shm import SharedCall
 from taskq._stats import (
     STAT_FIELDS,
     PoolStats,
@@ -237,6 +238,8 @@ class Pool(Executor):
         )
         future._work = item
         future._on_cancel = self._withdraw_hook
+        if type(call) is SharedCall:  # its shared memory lives as long as the job
+            future.add_done_callback(call.segment.close)
         # A done-callback runs on the manager thread, which is what frees room:
         # waiting there would deadlock, so a job queued from a callback skips maxsize.
         force = self._queue.maxsize > 0 and self._manager.is_manager_thread()
