@@ -286,6 +286,9 @@ class ResultFiles:
         sweep(self.prefix)
 
 
+worker_results: ResultFiles | None = None  # in a worker: its ResultFiles (tests use it)
+
+
 def _wrap_one(value: Any) -> Any:
     return _wrap(value) if type(value) in _WRAPPED else value
 

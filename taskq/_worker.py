@@ -58,7 +58,7 @@ class WorkerSpec(NamedTuple):
 def run_worker(spec: WorkerSpec) -> None:
     """Entry point of a worker process."""
     reset_signals()
-    results = _shm.ResultFiles()
+    results = _shm.worker_results = _shm.ResultFiles()
     _watch_parent(spec.lifeline.fileno(), results)
     _counters.install_worker_counters(spec.counters)
     out_fd = spec.results.fileno()
