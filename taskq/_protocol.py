@@ -203,7 +203,10 @@ def _found_by_name(fn: Any) -> bool:
 
 
 def dump_call(
-    fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, shared: bool = True
+    fn: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    segments: _shm.SegmentCache | None = None,
 ) -> bytes:
     """pickle((fn, args, kwargs)) for a CALL frame.
 
@@ -215,18 +218,19 @@ def dump_call(
     pickle refuses. Raises ``PicklingFailed`` (a ``SerializationError`` and a
     ``pickle.PicklingError``) naming the problem otherwise.
 
-    With ``shared`` (the default), large buffers go into a shared-memory segment
+    Given ``segments`` (a pool's), large buffers go into a shared-memory segment
     and the result is a ``_shm.SharedCall``: valid in this process only, and its
-    ``segment`` must be closed when the job ends. Pass ``shared=False`` for a
-    call stored beyond this process (a durable broker).
+    ``segment`` must be released when the job ends. Leave it out for a call
+    stored beyond this process (a durable broker): everything is then in the bytes.
     """
     name = getattr(fn, "__qualname__", repr(fn))
     cloudpickle = _load_cloudpickle()
     if cloudpickle and getattr(fn, "__module__", None) == "__main__" and not _found_by_name(fn):
         fn = _by_value(fn, cloudpickle)
     try:
-        if shared:
-            return _shm.dump_call((fn, _shm.outband(args), _shm.outband_kwargs(kwargs)))
+        if segments is not None:
+            call = (fn, _shm.outband(args), _shm.outband_kwargs(kwargs))
+            return _shm.dump_call(call, segments)
         return dumps((fn, args, kwargs))
     except KeyboardInterrupt:
         raise

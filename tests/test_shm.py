@@ -41,6 +41,11 @@ def argument_segments():
     return found
 
 
+def wait_released():
+    """Segments are released by a done-callback, which may run just after result() returns."""
+    wait_until(lambda: argument_segments() == [], T, "the argument segments to be closed")
+
+
 @pytest.fixture
 def no_leak():
     """Fails the test if it leaves a result file in /dev/shm or an argument memfd open."""
@@ -117,26 +122,49 @@ def test_a_job_modifying_its_argument_changes_only_its_own_copy(pool_factory, no
     pool.shutdown()
 
 
-def test_argument_segments_are_closed_as_soon_as_their_jobs_are_done(pool_factory, no_leak):
+def test_argument_segments_are_freed_or_kept_for_reuse_as_jobs_end(pool_factory, no_leak):
     pool = pool_factory(2)
     futures = [pool.submit(shm_jobs.echo, payload()) for _ in range(20)]
     assert all(f.result(timeout=T) == payload() for f in futures)
-    # Closed by a done-callback, which runs just after result() may return: wait for it.
-    wait_until(lambda: argument_segments() == [], T, "the segments to be closed")
+    # Released by a done-callback, which runs just after result() may return: wait for it.
+    wait_until(
+        lambda: len(argument_segments()) <= _shm.KEEP_SEGMENTS, T, "the segments to be released"
+    )
+    pool.shutdown()  # then none is left (no_leak)
+
+
+def test_a_mapped_argument_segment_is_closed_when_its_job_ends(pool_factory, no_leak):
+    pool = pool_factory(1)
+    value = memoryview(payload(kind=bytearray))  # mapped by the worker: never reused
+    assert pool.submit(shm_jobs.describe, value).result(timeout=T)[1] == value
+    wait_released()
     pool.shutdown()
 
 
-def test_a_call_whose_segment_is_gone_fails_instead_of_reading_other_data():
-    call = _shm.dump_call((shm_jobs.echo, _shm.outband((payload(),)), {}))
+def shared_call(cache, value):
+    call = _shm.dump_call((shm_jobs.echo, _shm.outband((value,)), {}), cache)
     assert isinstance(call, _shm.SharedCall)
-    assert pickle.loads(call) == (shm_jobs.echo, (payload(),), {})
-    call.segment.close()
+    return call
+
+
+def test_a_call_whose_segment_was_reused_or_closed_fails_instead_of_reading_other_data():
+    cache = _shm.SegmentCache()
+    first = shared_call(cache, payload())
+    assert pickle.loads(first) == (shm_jobs.echo, (payload(),), {})
+    first.segment.release()  # kept for reuse...
+    second = shared_call(cache, payload(kind=bytearray))  # ...and reused at once
+    assert second.segment.fd == first.segment.fd or second.segment.name == first.segment.name
     with pytest.raises(_shm.SegmentGone):
-        pickle.loads(call)
+        pickle.loads(first)
+    assert pickle.loads(second)[1] == (payload(kind=bytearray),)
+    second.segment.release()
+    cache.close()
+    with pytest.raises(_shm.SegmentGone):
+        pickle.loads(second)
     other = os.memfd_create("not-taskq")  # takes the lowest free number: the closed one
     try:
         with pytest.raises(_shm.SegmentGone):
-            pickle.loads(call)
+            pickle.loads(second)
     finally:
         os.close(other)
     assert argument_segments() == []
@@ -150,7 +178,7 @@ def test_a_cancelled_job_frees_its_segment_at_once(pool_factory, no_leak, gate):
     fn, args = gate.job()
     blocker = pool.submit(fn, *args)
     gate.wait_started()
-    queued = pool.submit(shm_jobs.echo, payload())
+    queued = pool.submit(shm_jobs.echo, memoryview(payload()))
     assert len(argument_segments()) == 1
     assert queued.cancel()
     assert argument_segments() == []
@@ -161,31 +189,31 @@ def test_a_cancelled_job_frees_its_segment_at_once(pool_factory, no_leak, gate):
 
 def test_a_timed_out_job_leaves_nothing(pool_factory, no_leak):
     pool = pool_factory(1)
-    fut = pool.schedule(shm_jobs.sleep_holding, (payload(kind=bytearray), 30), timeout=0.5)
+    fut = pool.schedule(shm_jobs.sleep_holding, (memoryview(payload()), 30), timeout=0.5)
     with pytest.raises(JobTimeout):
         fut.result(timeout=T)
-    assert argument_segments() == []
+    wait_released()
     assert pool.submit(shm_jobs.echo, payload()).result(timeout=T) == payload()
     pool.shutdown()
 
 
 def test_a_killed_job_leaves_nothing(pool_factory, no_leak):
     pool = pool_factory(1)
-    fut = pool.submit(shm_jobs.sleep_holding, payload(kind=bytearray), 30)
+    fut = pool.submit(shm_jobs.sleep_holding, memoryview(payload()), 30)
     wait_until(lambda: pool.stats().running == 1, T, "the job to start")
     time.sleep(0.2)  # let it map its argument
     assert pool.kill(fut)
     with pytest.raises(CancelledError):
         fut.result(timeout=T)
-    assert argument_segments() == []
+    wait_released()
     pool.shutdown()
 
 
 def test_a_worker_killed_with_a_segment_mapped_leaves_nothing(pool_factory, no_leak):
     pool = pool_factory(1)
     with pytest.raises(WorkerCrashed):
-        pool.submit(shm_jobs.die_holding, payload(kind=bytearray)).result(timeout=T)
-    assert argument_segments() == []
+        pool.submit(shm_jobs.die_holding, memoryview(payload())).result(timeout=T)
+    wait_released()
     assert pool.submit(shm_jobs.echo, payload()).result(timeout=T) == payload()
     pool.shutdown()
 
@@ -207,7 +235,7 @@ from tests import shm_jobs
 started, method = sys.argv[1], sys.argv[2]
 pool = taskq.Pool(2, mp_context=multiprocessing.get_context(method))
 pool.submit(shm_jobs.write_a_result_then_wait, shm_jobs.BIG, started)
-pool.submit(shm_jobs.sleep_holding, bytearray(shm_jobs.BIG), 60)
+pool.submit(shm_jobs.sleep_holding, memoryview(bytearray(shm_jobs.BIG)), 60)
 time.sleep(120)
 """
 
