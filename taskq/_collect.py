@@ -20,7 +20,7 @@ import signal
 from concurrent.futures import CancelledError
 from typing import Any, NamedTuple
 
-from taskq import _shm
+from taskq import _segments
 from taskq._dispatch import BatchPolicy
 from taskq._errors import JobTimeout, RemoteError, UnpicklingFailed, WorkerCrashed
 from taskq._job import WorkItem
@@ -88,7 +88,7 @@ class Collector:
         """
         prefix = self._segment_prefixes.pop(worker.pid, None)
         if prefix is not None:
-            _shm.sweep(prefix)
+            _segments.sweep(prefix)
         held = list(worker.outstanding)
         worker.outstanding.clear()
         if worker.init_error is not None:

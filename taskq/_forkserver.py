@@ -48,7 +48,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 from typing import NoReturn
 
-from taskq import _shm
+from taskq import _segments
 from taskq._worker import reset_signals
 
 RunChild = Callable[[int, list[int]], None]
@@ -335,7 +335,7 @@ class _Server:
             if process.is_alive():
                 process.kill()
         for process in self._children.values():
-            _shm.sweep_dead_worker(process.pid)  # its result files (it had no time to)
+            _segments.sweep_dead_worker(process.pid)  # its result files (it had no time to)
             process.join()
         self._children.clear()
 

@@ -26,6 +26,7 @@ from taskq._loop import EventLoop
 from taskq._process import WorkerHandle
 from taskq._protocol import Kind, encode, encode_parts
 from taskq._queue import WorkQueue
+from taskq._shm import payload
 from taskq._timeouts import TimeoutWatch
 from taskq._workforce import Workforce
 
@@ -78,7 +79,7 @@ class Handoff:
             self._retire(worker)
         buffers: list[bytes] = []
         for item in live:
-            buffers += encode_parts(Kind.CALL, item.job_id, item.call)
+            buffers += encode_parts(Kind.CALL, item.job_id, payload(item.call))
         worker.outbox.push(buffers)
         self.flush(worker, on_manager=self._loop.on_loop_thread())
         if was_idle:

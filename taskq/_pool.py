@@ -73,7 +73,8 @@ from taskq._options import (
 )
 from taskq._protocol import dump_call
 from taskq._queue import JobQueue, QueueClosed, WorkQueue
-from taskq._shm import SegmentCache, SharedCall
+from taskq._segments import SegmentCache
+from taskq._shm import SharedCall
 from taskq._stats import (
     STAT_FIELDS,
     PoolStats,

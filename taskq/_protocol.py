@@ -32,7 +32,7 @@ import traceback
 import weakref
 from typing import Any, NamedTuple
 
-from taskq import _shm
+from taskq import _segments, _shm
 from taskq._errors import PicklingFailed, RemoteError, RemoteTraceback
 
 HEADER = struct.Struct("<QBqd")
@@ -206,7 +206,7 @@ def dump_call(
     fn: Any,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    segments: _shm.SegmentCache | None = None,
+    segments: _segments.SegmentCache | None = None,
 ) -> bytes:
     """pickle((fn, args, kwargs)) for a CALL frame.
 

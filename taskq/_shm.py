@@ -11,69 +11,44 @@ shared segment; the pickle that crosses the pipe is then a small reference::
     result: worker               buffers -> /dev/shm/taskq-<worker>-<token>-<n>
             parent, decode       open, take over ("adopt") -> read -> result
 
-Reading a segment: a buffer that will become a ``bytes`` or ``bytearray`` is
-read into its new object (one copy, no mapping); any other buffer (a NumPy
-array...) points straight into a private, copy-on-write mapping of the segment
-(no copy; a job may modify its arguments, as with a pipe).
+A buffer that will become a ``bytes`` or ``bytearray`` is read into its new
+object (one copy, no mapping); any other buffer (a NumPy array...) points
+straight into a private, copy-on-write mapping of the segment (no copy; a job
+may modify its arguments, as with a pipe).
 
-Fresh shared memory is slow to fill (the kernel allocates and clears every
-page), so segments nobody maps are reused: a pool keeps a few argument memfds
-(``SegmentCache``), and the parent hands each worker's last copied-out result
-file back to it under the name ``<prefix>spare``.
-
-Who frees a segment, whatever dies at whatever instant:
-
-* An argument segment is a memfd: it has no name anywhere; the parent's
-  descriptor is the only way to it. The parent releases it when the job's
-  future resolves (a result, an error, a crash, a timeout, a cancel, a kill: a
-  worker that could still open it has replied or is dead by then); if the
-  parent dies, the kernel frees it. A worker's mapping goes with the worker.
-  The worker checks the name and the generation written in its header, so a
-  reused descriptor number or a reused segment is never read as this job's.
-* A result segment has a name with its worker's prefix from the moment the
-  worker creates it until the parent adopts it: unlinked then, or renamed to
-  the worker's spare (the same prefix). If the worker dies, the parent removes
-  every file with that prefix when it handles the exit, after reading the
-  replies the worker managed to write. If the parent dies, each worker removes
-  its own files as its lifeline closes, holding the lock under which files are
-  created, so none can appear after it looked. Only a worker and its parent
-  killed at the same instant (SIGKILL to the process group) can leave a file.
-  Under fork, the fork server kills the workers when the parent dies, and then
-  removes their files itself (``sweep_dead_worker``).
-
-Nothing here uses ``multiprocessing.shared_memory``: no resource_tracker.
+Segments (``_segments.py``: layout, reading, reuse, and who frees what,
+whatever dies) are reused when nobody maps them: a pool keeps a few free
+argument memfds, and the parent hands each worker's last copied-out result
+files back to it under the names ``<prefix>spare<n>``.
 """
 
 from __future__ import annotations
 
 import itertools
-import mmap
 import os
 import pickle
 import secrets
-import struct
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
+from taskq import _segments
+from taskq._segments import (
+    BYTEARRAY,
+    BYTES,
+    MAPPED,
+    PREFIX,
+    SHM_DIR,
+    Layout,
+    SegmentCache,
+    SegmentGone,
+)
+
 THRESHOLD = 64 * 1024  # smaller buffers stay in the pickle (see benchmarks/README.md)
-ALIGN = 64  # every buffer starts on a cache line (NumPy likes aligned data)
-HEADER = struct.Struct("<Q")  # an argument segment's generation, at offset 0
-SHM_DIR = "/dev/shm"
-PREFIX = "taskq-"
-# Reuse: at most this many argument segments kept per pool, each at most REUSE_MAX
-# bytes (memory held while idle vs. ~0.4 ms per MiB to fill fresh pages).
-KEEP_SEGMENTS = 4
-REUSE_MAX = 16 * 1024 * 1024
-
-MAPPED, BYTES, BYTEARRAY = 0, 1, 2  # how a buffer is read back
-Layout = list[tuple[int, int, int]]  # (offset, length, how) of each buffer
-
-
-class SegmentGone(OSError):
-    """Raised when a worker cannot read a call's segment (the job already ended)."""
-
+# Result files a worker may get back for reuse: a worker running short jobs writes
+# its next result before the parent has read the last one. Each holds up to
+# _segments.REUSE_MAX bytes of memory while the worker lives.
+SPARES = 4
 
 # -- pickling with out-of-band buffers -------------------------------------------------
 
@@ -158,64 +133,6 @@ def _gather(obj: Any, values: tuple[Any, ...]) -> tuple[bytes, _Gather]:
     return pickle.dumps(obj, protocol=5, buffer_callback=gather), gather
 
 
-def _layout(gather: _Gather) -> tuple[Layout, int]:
-    layout: Layout = []
-    offset = ALIGN  # the header comes first
-    for view, how in zip(gather.views, gather.hows, strict=True):
-        layout.append((offset, view.nbytes, how))
-        offset += -(-view.nbytes // ALIGN) * ALIGN
-    return layout, offset
-
-
-def _write(fd: int, size: int, views: list[memoryview], layout: Layout, header: bytes) -> None:
-    os.ftruncate(fd, size)
-    os.pwrite(fd, header, 0)
-    for view, (offset, length, _) in zip(views, layout, strict=True):
-        done = 0
-        while done < length:  # pwrite may stop short (2 GiB per call on Linux)
-            done += os.pwrite(fd, view[done:], offset + done)
-
-
-def _read(fd: int, size: int, layout: Layout) -> list[Any]:
-    """The buffers of a segment: copied into new objects, or views of a private mapping."""
-    buffers: list[Any] = []
-    whole: memoryview | None = None
-    for offset, length, how in layout:
-        if how == MAPPED:
-            if whole is None:
-                flags, prot = mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE
-                whole = memoryview(mmap.mmap(fd, size, flags=flags, prot=prot))
-            buffers.append(whole[offset : offset + length])
-            continue
-        buffers.append(_pread(fd, offset, length) if how == BYTES else _preadv(fd, offset, length))
-    if whole is not None:
-        whole.release()  # the slices keep the mapping alive, and close it with the last
-    return buffers
-
-
-def _pread(fd: int, offset: int, length: int) -> bytes:
-    """``length`` bytes at ``offset``, read straight into a new bytes object."""
-    data = os.pread(fd, length, offset)
-    if len(data) == length:
-        return data
-    return bytes(_preadv(fd, offset, length))  # a short read (2 GiB or more): rare
-
-
-def _preadv(fd: int, offset: int, length: int) -> bytearray:
-    data = bytearray(length)
-    done = 0
-    with memoryview(data) as view:
-        while done < length:
-            got = os.preadv(fd, [view[done:]], offset + done)
-            if not got:
-                raise SegmentGone("a shared-memory segment is shorter than its reference")
-            done += got
-    return data
-
-
-def _recyclable(layout: Layout) -> bool:
-    return all(how != MAPPED for _, _, how in layout)
-
 
 class _Reduced:
     """Pickles as the given reduce tuple: unpickling calls the function."""
@@ -233,90 +150,64 @@ def _reference(fn: Callable[..., Any], *args: Any) -> bytes:
     return pickle.dumps(_Reduced((fn, args)), protocol=5)
 
 
-# -- arguments: parent -> worker ---------------------------------------------------------
-
-_generations = itertools.count(1)
-_token = secrets.token_hex(4)
-
-
-class SegmentCache:
-    """A pool's argument segments: made on demand, a few kept for reuse once free."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._free: list[tuple[int, str]] = []  # (fd, name)
-        self._ids = itertools.count(1)
-        self._closed = False
-        _caches.add(self)
-
-    def take(self) -> tuple[int, str]:
-        with self._lock:
-            if self._free:
-                return self._free.pop()
-        name = f"{PREFIX}{os.getpid()}-{_token}-{next(self._ids)}"
-        return os.memfd_create(name, os.MFD_CLOEXEC), name
-
-    def give_back(self, fd: int, name: str, size: int, reuse: bool) -> None:
-        keep = reuse and size <= REUSE_MAX
-        with self._lock:
-            if keep and not self._closed and len(self._free) < KEEP_SEGMENTS:
-                self._free.append((fd, name))
-                return
-        os.close(fd)
-
-    def close(self) -> None:
-        """Free the kept segments; those in use are freed as their jobs end."""
-        with self._lock:
-            free, self._free = self._free, []
-            self._closed = True
-        for fd, _ in free:
-            os.close(fd)
-
-    __del__ = close
-
-    def _forget(self) -> None:
-        # A forked child must not write into its parent's segments.
-        for fd, _ in self._free:
-            os.close(fd)
-        self._free = []
-        self._lock = threading.Lock()
-
-
-_caches: weakref.WeakSet[SegmentCache] = weakref.WeakSet()
-
-
-def _forget_in_child() -> None:
-    for cache in list(_caches):
-        cache._forget()
-
-
-os.register_at_fork(after_in_child=_forget_in_child)
-
 
 class ArgSegment:
-    """One call's large buffers, in a memfd of the pool's ``SegmentCache``."""
+    """One call's large buffers, in a memfd of the pool's ``SegmentCache``.
 
-    __slots__ = ("_cache", "_lock", "fd", "generation", "name", "reuse", "size")
+    Buffers of mutable objects are copied at once (the job sees them as they were
+    at ``schedule()``); a call whose buffers all belong to ``bytes`` (immutable)
+    is written only when it is first handed to a worker, so that only jobs in
+    flight hold segments, and those come warm from the cache.
+    """
 
-    def __init__(self, cache: SegmentCache, gather: _Gather, layout: Layout, size: int):
+    __slots__ = (
+        "_cache", "_call", "_inband", "_layout", "_lock", "_payload", "_views",
+        "fd", "name", "reuse", "size",
+    )  # fmt: skip
+
+    def __init__(self, cache: SegmentCache, call: Any, inband: bytes, gather: _Gather):
         self._cache = cache
         self._lock = threading.Lock()
-        self.fd, self.name = cache.take()
-        self.size = size
-        self.reuse = _recyclable(layout)
-        self.generation = next(_generations)
+        self._call: Any = call
+        self._inband = inband
+        self._views: list[memoryview] | None = gather.views
+        self._layout, self.size = _segments.layout(gather.views, gather.hows)
+        self.reuse = _segments.recyclable(self._layout)
+        self._payload: bytes | None = None
+        self.fd, self.name = -1, ""
+
+    def payload(self) -> bytes:
+        """What the CALL frame carries: a reference to the segment, written now if it
+        was not yet (or, if no segment can be had, the whole pickle)."""
+        with self._lock:
+            if self._payload is None:
+                try:
+                    self._payload = self._write()
+                except OSError:  # no memfd (EMFILE, ENOMEM...): through the pipe instead
+                    self._payload = pickle.dumps(self._call, protocol=5)
+                self._call = self._views = None  # the segment (or pickle) has it all
+            return self._payload
+
+    def _write(self) -> bytes:
+        assert self._views is not None
+        fd, name = self._cache.take()
+        generation = next(_segments.generations)
         try:
-            _write(self.fd, size, gather.views, layout, HEADER.pack(self.generation))
+            header = _segments.HEADER.pack(generation)
+            _segments.write(fd, self.size, self._views, self._layout, header)
         except BaseException:
-            os.close(self.fd)
-            self.fd = -1
+            os.close(fd)
             raise
+        self.fd, self.name = fd, name
+        ref = (os.getpid(), fd, name, generation, self.size, self._inband, self._layout)
+        return _reference(_open_call, *ref)
 
     def release(self, _: object = None) -> None:
         """The job ended: free the segment or keep it for another (idempotent; takes a
         future so it can be a done-callback)."""
         with self._lock:
             fd, self.fd = self.fd, -1
+            self._call = self._views = None
         if fd >= 0:
             self._cache.give_back(fd, self.name, self.size, self.reuse)
 
@@ -327,23 +218,26 @@ class ArgSegment:
 
 
 class SharedCall(bytes):
-    """A pickled call whose large buffers wait in ``segment``; release it when the job ends."""
+    """A call whose large buffers go through ``segment``: what a worker is sent is
+    ``payload(call)``. Valid in this process only; release the segment when the job ends."""
 
     segment: ArgSegment
 
 
+def payload(call: bytes) -> bytes:
+    """What a CALL frame carries for ``call`` (the output of ``dump_call``)."""
+    return call.segment.payload() if type(call) is SharedCall else call
+
+
 def dump_call(call: tuple[Any, Any, Any], cache: SegmentCache) -> bytes:
-    """pickle(call), its large buffers moved into a segment when there are any."""
+    """pickle(call), or a ``SharedCall`` if it has large buffers."""
     inband, gather = _gather(call, (*call[1], *call[2].values()))
     if not gather.views:
         return inband
-    layout, size = _layout(gather)
-    try:
-        segment = ArgSegment(cache, gather, layout, size)
-    except OSError:  # no memfd (EMFILE, ENOMEM...): through the pipe instead
-        return pickle.dumps(call, protocol=5)
-    ref = (os.getpid(), segment.fd, segment.name, segment.generation, size, inband, layout)
-    shared = SharedCall(_reference(_open_call, *ref))
+    segment = ArgSegment(cache, call, inband, gather)
+    if not all(how == BYTES for how in gather.hows):
+        segment.payload()  # a snapshot now: the caller may modify its objects after this
+    shared = SharedCall(inband)
     shared.segment = segment
     return shared
 
@@ -360,7 +254,7 @@ def _open_call(
         if os.readlink(f"/proc/self/fd/{own}") != f"/memfd:{name} (deleted)":
             raise SegmentGone("the call's shared memory is gone (its descriptor was reused)")
         _check_generation(own, generation)
-        buffers = _read(own, size, layout)
+        buffers = _segments.read(own, size, layout)
         _check_generation(own, generation)  # not reused while we read it
     finally:
         os.close(own)
@@ -368,7 +262,7 @@ def _open_call(
 
 
 def _check_generation(fd: int, generation: int) -> None:
-    if os.pread(fd, HEADER.size, 0) != HEADER.pack(generation):
+    if os.pread(fd, _segments.HEADER.size, 0) != _segments.HEADER.pack(generation):
         raise SegmentGone("the call's shared memory is gone (reused for another job)")
 
 
@@ -382,6 +276,7 @@ class ResultFiles:
         self.prefix = f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}-"
         self.lock = threading.Lock()  # held while a file is created and filled
         self._ids = itertools.count(1)
+        self._spares = itertools.cycle(range(SPARES))
 
     def dump(self, result: Any) -> tuple[bytes, str | None]:
         """pickle(result), its large buffers moved into a file; and that file's name."""
@@ -389,7 +284,7 @@ class ResultFiles:
         inband, gather = _gather(wrapped, (wrapped,))
         if not gather.views:
             return inband, None
-        layout, size = _layout(gather)
+        layout, size = _segments.layout(gather.views, gather.hows)
         name = f"{self.prefix}{next(self._ids)}"
         try:
             self._fill(name, gather.views, layout, size)
@@ -400,18 +295,28 @@ class ResultFiles:
     def _fill(self, name: str, views: list[memoryview], layout: Layout, size: int) -> None:
         path = os.path.join(SHM_DIR, name)
         with self.lock:
-            try:  # the spare the parent gave back: its pages exist already
-                os.rename(os.path.join(SHM_DIR, self.prefix + "spare"), path)
+            if self._take_spare(path):
                 fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
+            else:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
             try:
-                _write(fd, size, views, layout, b"")
+                _segments.write(fd, size, views, layout, b"")
             except BaseException:
                 os.unlink(path)
                 raise
             finally:
                 os.close(fd)
+
+    def _take_spare(self, path: str) -> bool:
+        """Rename a file the parent gave back (its pages exist already) to ``path``."""
+        for _ in range(SPARES):
+            spare = f"{self.prefix}spare{next(self._spares)}"
+            try:
+                os.rename(os.path.join(SHM_DIR, spare), path)
+                return True
+            except FileNotFoundError:
+                continue
+        return False
 
     def remove(self, name: str) -> None:
         """The parent will never adopt it (its reply could not be written)."""
@@ -424,7 +329,7 @@ class ResultFiles:
         """The parent is gone: remove every file it did not adopt. Keeps the lock, so no
         other file appears before the process exits."""
         self.lock.acquire()
-        sweep(self.prefix)
+        _segments.sweep(self.prefix)
 
 
 worker_results: ResultFiles | None = None  # in a worker: its ResultFiles (tests use it)
@@ -438,43 +343,13 @@ def _adopt_result(name: str, size: int, inband: bytes, layout: Layout) -> Any:
     path = os.path.join(SHM_DIR, name)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        reuse = _recyclable(layout) and size <= REUSE_MAX
+        reuse = _segments.recyclable(layout) and size <= _segments.REUSE_MAX
         if not reuse:
             os.unlink(path)  # from here on only our descriptor and mapping hold it
-        buffers = _read(fd, size, layout)
+        buffers = _segments.read(fd, size, layout)
         if reuse:  # nothing maps it: the worker may fill it again
-            os.rename(path, os.path.join(SHM_DIR, f"{prefix}-spare"))
+            os.rename(path, os.path.join(SHM_DIR, f"{prefix}-spare{int(number) % SPARES}"))
     finally:
         os.close(fd)
     return pickle.loads(inband, buffers=buffers)
 
-
-def sweep_dead_worker(pid: int | None) -> None:
-    """Remove the result files of worker ``pid``, a child of ours killed but not yet
-    reaped (its pid cannot belong to another process yet)."""
-    if pid is None:
-        return
-    try:
-        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # dead: it creates no more
-    except ChildProcessError:
-        return  # already reaped: the pid may be another process's now
-    sweep(f"{PREFIX}{pid}-")
-
-
-def sweep(prefix: str) -> int:
-    """Remove every segment file whose name starts with ``prefix``; return how many."""
-    if not prefix.startswith(PREFIX):
-        return 0
-    try:
-        names = os.listdir(SHM_DIR)
-    except OSError:
-        return 0
-    removed = 0
-    for name in names:
-        if name.startswith(prefix):
-            try:
-                os.unlink(os.path.join(SHM_DIR, name))
-                removed += 1
-            except FileNotFoundError:
-                pass
-    return removed

@@ -7,7 +7,7 @@ import pickle
 import signal
 import time
 
-from taskq import _shm
+from taskq import _segments, _shm
 
 BIG = 256 * 1024  # above the threshold: travels through shared memory
 
@@ -59,7 +59,7 @@ def die_after_writing_a_result(size):
     """Write a result segment as a reply would, then die before replying."""
     assert _shm.worker_results is not None
     _, name = _shm.worker_results.dump(bytearray(size))
-    assert name is not None and os.path.exists(os.path.join(_shm.SHM_DIR, name))
+    assert name is not None and os.path.exists(os.path.join(_segments.SHM_DIR, name))
     os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from taskq import JobTimeout, WorkerCrashed, _shm
+from taskq import JobTimeout, WorkerCrashed, _segments, _shm
 from tests import shm_jobs
 from tests.jobs import pid_alive, wait_until
 
@@ -27,7 +27,7 @@ REPO = str(Path(__file__).resolve().parent.parent)
 
 
 def shm_names():
-    return {name for name in os.listdir(_shm.SHM_DIR) if name.startswith(_shm.PREFIX)}
+    return {name for name in os.listdir(_segments.SHM_DIR) if name.startswith(_segments.PREFIX)}
 
 
 def argument_segments():
@@ -36,7 +36,7 @@ def argument_segments():
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):
             link = os.readlink(f"/proc/self/fd/{fd}")
-            if link.startswith(f"/memfd:{_shm.PREFIX}"):
+            if link.startswith(f"/memfd:{_segments.PREFIX}"):
                 found.append(link)
     return found
 
@@ -127,9 +127,8 @@ def test_argument_segments_are_freed_or_kept_for_reuse_as_jobs_end(pool_factory,
     futures = [pool.submit(shm_jobs.echo, payload()) for _ in range(20)]
     assert all(f.result(timeout=T) == payload() for f in futures)
     # Released by a done-callback, which runs just after result() may return: wait for it.
-    wait_until(
-        lambda: len(argument_segments()) <= _shm.KEEP_SEGMENTS, T, "the segments to be released"
-    )
+    kept = _segments.KEEP_SEGMENTS
+    wait_until(lambda: len(argument_segments()) <= kept, T, "the segments to be released")
     pool.shutdown()  # then none is left (no_leak)
 
 
@@ -148,23 +147,23 @@ def shared_call(cache, value):
 
 
 def test_a_call_whose_segment_was_reused_or_closed_fails_instead_of_reading_other_data():
-    cache = _shm.SegmentCache()
+    cache = _segments.SegmentCache()
     first = shared_call(cache, payload())
-    assert pickle.loads(first) == (shm_jobs.echo, (payload(),), {})
+    assert pickle.loads(_shm.payload(first)) == (shm_jobs.echo, (payload(),), {})
     first.segment.release()  # kept for reuse...
     second = shared_call(cache, payload(kind=bytearray))  # ...and reused at once
     assert second.segment.fd == first.segment.fd or second.segment.name == first.segment.name
     with pytest.raises(_shm.SegmentGone):
-        pickle.loads(first)
-    assert pickle.loads(second)[1] == (payload(kind=bytearray),)
+        pickle.loads(_shm.payload(first))
+    assert pickle.loads(_shm.payload(second))[1] == (payload(kind=bytearray),)
     second.segment.release()
     cache.close()
     with pytest.raises(_shm.SegmentGone):
-        pickle.loads(second)
+        pickle.loads(_shm.payload(second))
     other = os.memfd_create("not-taskq")  # takes the lowest free number: the closed one
     try:
         with pytest.raises(_shm.SegmentGone):
-            pickle.loads(second)
+            pickle.loads(_shm.payload(second))
     finally:
         os.close(other)
     assert argument_segments() == []
