@@ -44,7 +44,8 @@ from taskq._segments import (
     SegmentGone,
 )
 
-THRESHOLD = 64 * 1024  # smaller buffers stay in the pickle (see benchmarks/README.md)
+THRESHOLD = 128 * 1024  # smaller buffers stay in the pickle: the pipe is faster (measured,
+# benchmarks/README.md: even at 128 KiB, the pipe ahead below, shared memory above 256 KiB)
 # Result files a worker may get back for reuse: a worker running short jobs writes
 # its next result before the parent has read the last one. Each holds up to
 # _segments.REUSE_MAX bytes of memory while the worker lives.
