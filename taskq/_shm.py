@@ -29,7 +29,7 @@ import os
 import pickle
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from taskq import _segments
@@ -106,10 +106,11 @@ class _Gather:
     objects; all others are mapped (a NumPy array, a PickleBuffer...).
     """
 
-    __slots__ = ("copied", "hows", "views")
+    __slots__ = ("_values", "copied", "hows", "views")
 
-    def __init__(self, copied: tuple[Any, ...]) -> None:
-        self.copied = {id(value.data) for value in copied if type(value) is _Bytes}
+    def __init__(self, *values: Iterable[Any]) -> None:
+        self._values = values  # looked at only once a large buffer shows up
+        self.copied: set[int] | None = None
         self.views: list[memoryview] = []
         self.hows: list[int] = []
 
@@ -122,15 +123,18 @@ class _Gather:
             return True
         self.views.append(view)
         how = MAPPED
+        if self.copied is None:
+            wrapped = itertools.chain.from_iterable(self._values)
+            self.copied = {id(value.data) for value in wrapped if type(value) is _Bytes}
         if id(view.obj) in self.copied:
             how = BYTES if type(view.obj) is bytes else BYTEARRAY
         self.hows.append(how)
         return False
 
 
-def _gather(obj: Any, values: tuple[Any, ...]) -> tuple[bytes, _Gather]:
+def _gather(obj: Any, *values: Iterable[Any]) -> tuple[bytes, _Gather]:
     """pickle(obj) and its large buffers; ``values``: where its ``_Bytes`` may be."""
-    gather = _Gather(values)
+    gather = _Gather(*values)
     return pickle.dumps(obj, protocol=5, buffer_callback=gather), gather
 
 
@@ -232,7 +236,7 @@ def payload(call: bytes) -> bytes:
 
 def dump_call(call: tuple[Any, Any, Any], cache: SegmentCache) -> bytes:
     """pickle(call), or a ``SharedCall`` if it has large buffers."""
-    inband, gather = _gather(call, (*call[1], *call[2].values()))
+    inband, gather = _gather(call, call[1], call[2].values())
     if not gather.views:
         return inband
     segment = ArgSegment(cache, call, inband, gather)
