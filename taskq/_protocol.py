@@ -229,8 +229,9 @@ def dump_call(
         fn = _by_value(fn, cloudpickle)
     try:
         if segments is not None:
-            call = (fn, _shm.outband(args), _shm.outband_kwargs(kwargs))
-            return _shm.dump_call(call, segments)
+            if kwargs:
+                kwargs = _shm.outband_kwargs(kwargs)
+            return _shm.dump_call((fn, _shm.outband(args), kwargs), segments)
         return dumps((fn, args, kwargs))
     except KeyboardInterrupt:
         raise

@@ -29,7 +29,7 @@ import os
 import pickle
 import secrets
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from taskq import _segments
@@ -99,20 +99,18 @@ def outband_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-class _Gather:
-    """``buffer_callback``: large contiguous buffers go out of band, the rest stays in.
+class _Gather(list[memoryview]):
+    """``buffer_callback``: large contiguous buffers go out of band (into this list),
+    the rest stays in. A list subclass with no ``__init__``: cheap to make per call.
 
-    The buffers of the ``_Bytes`` values in ``copied`` are read back into new
+    The buffers of the ``_Bytes`` values among ``source`` are read back into new
     objects; all others are mapped (a NumPy array, a PickleBuffer...).
     """
 
-    __slots__ = ("_values", "copied", "hows", "views")
-
-    def __init__(self, *values: Iterable[Any]) -> None:
-        self._values = values  # looked at only once a large buffer shows up
-        self.copied: set[int] | None = None
-        self.views: list[memoryview] = []
-        self.hows: list[int] = []
+    __slots__ = ("copied", "hows", "source")
+    source: Any  # the (fn, args, kwargs) whose args and kwargs may hold _Bytes values
+    copied: set[int]
+    hows: list[int]
 
     def __call__(self, buffer: pickle.PickleBuffer) -> bool:
         try:
@@ -121,22 +119,24 @@ class _Gather:
             return True
         if view.nbytes < THRESHOLD:
             return True
-        self.views.append(view)
-        how = MAPPED
-        if self.copied is None:
-            wrapped = itertools.chain.from_iterable(self._values)
+        if not self:
+            self.hows = []
+            _, args, kwargs = self.source
+            wrapped = itertools.chain(args, kwargs.values())
             self.copied = {id(value.data) for value in wrapped if type(value) is _Bytes}
+        self.append(view)
+        how = MAPPED
         if id(view.obj) in self.copied:
             how = BYTES if type(view.obj) is bytes else BYTEARRAY
         self.hows.append(how)
         return False
 
 
-def _gather(obj: Any, *values: Iterable[Any]) -> tuple[bytes, _Gather]:
-    """pickle(obj) and its large buffers; ``values``: where its ``_Bytes`` may be."""
-    gather = _Gather(*values)
+def _gather(obj: Any, source: Any) -> tuple[bytes, _Gather]:
+    """pickle(obj) and its large buffers; ``source``: see ``_Gather``."""
+    gather = _Gather()
+    gather.source = source
     return pickle.dumps(obj, protocol=5, buffer_callback=gather), gather
-
 
 
 class _Reduced:
@@ -175,8 +175,8 @@ class ArgSegment:
         self._lock = threading.Lock()
         self._call: Any = call
         self._inband = inband
-        self._views: list[memoryview] | None = gather.views
-        self._layout, self.size = _segments.layout(gather.views, gather.hows)
+        self._views: list[memoryview] | None = gather
+        self._layout, self.size = _segments.layout(gather, gather.hows)
         self.reuse = _segments.recyclable(self._layout)
         self._payload: bytes | None = None
         self.fd, self.name = -1, ""
@@ -236,8 +236,10 @@ def payload(call: bytes) -> bytes:
 
 def dump_call(call: tuple[Any, Any, Any], cache: SegmentCache) -> bytes:
     """pickle(call), or a ``SharedCall`` if it has large buffers."""
-    inband, gather = _gather(call, call[1], call[2].values())
-    if not gather.views:
+    gather = _Gather()  # (_gather inlined: the hot path of every submit)
+    gather.source = call
+    inband = pickle.dumps(call, protocol=5, buffer_callback=gather)
+    if not gather:
         return inband
     segment = ArgSegment(cache, call, inband, gather)
     if not all(how == BYTES for how in gather.hows):
@@ -286,13 +288,13 @@ class ResultFiles:
     def dump(self, result: Any) -> tuple[bytes, str | None]:
         """pickle(result), its large buffers moved into a file; and that file's name."""
         wrapped = _wrap(result) if type(result) in _WRAPPED else result
-        inband, gather = _gather(wrapped, (wrapped,))
-        if not gather.views:
+        inband, gather = _gather(wrapped, (None, (wrapped,), {}))
+        if not gather:
             return inband, None
-        layout, size = _segments.layout(gather.views, gather.hows)
+        layout, size = _segments.layout(gather, gather.hows)
         name = f"{self.prefix}{next(self._ids)}"
         try:
-            self._fill(name, gather.views, layout, size)
+            self._fill(name, gather, layout, size)
         except OSError:  # /dev/shm full or missing: through the pipe instead
             return pickle.dumps(wrapped, protocol=5), None
         return _reference(_adopt_result, name, size, inband, layout), name
