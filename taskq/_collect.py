@@ -28,6 +28,9 @@ from taskq._process import WorkerHandle
 from taskq._protocol import Frame, Kind, load, unpack_exception
 
 RETRY_DELAY_CAP = 30.0
+# Plain ints: compared once per reply (an IntEnum member lookup costs more).
+_OK, _ERROR, _READY, _INIT_FAILED = map(int, (Kind.OK, Kind.ERROR, Kind.READY, Kind.INIT_FAILED))
+_REPLIES = frozenset((_OK, _ERROR))
 
 
 class Replies(NamedTuple):
@@ -63,17 +66,19 @@ class Collector:
         done: list[tuple[WorkItem, Frame]] = []
         ready = False
         held = worker.outstanding
+        observe = self.policy.observe
         for frame in frames:
-            if frame.kind == Kind.OK or frame.kind == Kind.ERROR:
+            kind = frame.kind
+            if kind in _REPLIES:
                 if not held or held[0].job_id != frame.job_id:
                     return Replies(done, ready, frame)
                 done.append((held.popleft(), frame))
-                self.policy.observe(frame.seconds)
-            elif frame.kind == Kind.READY:
+                observe(frame.seconds)
+            elif kind == _READY:
                 worker.ready = ready = True
                 if frame.payload:
                     self._segment_prefixes[worker.pid] = bytes(frame.payload).decode()
-            elif frame.kind == Kind.INIT_FAILED:
+            elif kind == _INIT_FAILED:
                 worker.init_error = load(frame.payload)
         if done:
             worker.reported = True
@@ -135,7 +140,7 @@ def decode(item: WorkItem, frame: Frame) -> tuple[bool, Any]:
     Unpickling runs user code (``__setstate__``, ``__reduce__`` callables) on the
     manager thread: whatever it raises, SystemExit included, fails only this job.
     """
-    if frame.kind == Kind.OK:
+    if frame.kind == _OK:
         try:
             return True, load(frame.payload)
         except BaseException as exc:

@@ -29,8 +29,11 @@ from typing import Any, NamedTuple
 from taskq import _counters, _shm
 from taskq._channel import FrameReader, enlarge_pipe, write_all
 from taskq._errors import PicklingFailed, UnpicklingFailed
-from taskq._protocol import Kind, dumps, encode, encode_parts, pack_exception
+from taskq._protocol import HEADER, Kind, dumps, encode, encode_parts, pack_exception
 from taskq._slot import WorkerSlot
+
+SMALL_REPLY = 2048  # a smaller reply is joined to its header and written in one call
+_STOP = int(Kind.STOP)
 
 RESET_SIGNALS = (
     signal.SIGTERM,
@@ -107,7 +110,7 @@ def _serve(
         except EOFError:
             return
         for frame in frames:
-            if frame.kind == Kind.STOP:
+            if frame.kind == _STOP:
                 return
             received += 1
             if not spec.slot.begin(received, frame.job_id):
@@ -128,12 +131,22 @@ def _run_call(
     started = time.perf_counter()
     kind, reply, segment = _call(job_id, payload, results)
     try:
-        write_all(out_fd, encode_parts(kind, job_id, reply, time.perf_counter() - started))
+        _reply(out_fd, kind, job_id, reply, time.perf_counter() - started)
     except BaseException:
         if segment is not None:  # the parent will never read its name
             results.remove(segment)
         raise
     spec.slot.end()
+
+
+def _reply(out_fd: int, kind: Kind, job_id: int, reply: bytes, seconds: float) -> None:
+    if len(reply) > SMALL_REPLY:  # never copied to prepend its header
+        write_all(out_fd, encode_parts(kind, job_id, reply, seconds))
+        return
+    frame = HEADER.pack(len(reply), kind, job_id, seconds) + reply
+    written = os.write(out_fd, frame)  # the whole frame, unless the pipe is nearly full
+    if written < len(frame):
+        write_all(out_fd, [frame[written:]])
 
 
 def _call(
