@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import resource
 import signal
 import subprocess
 import sys
@@ -70,6 +71,20 @@ def test_large_bytes_and_bytearrays_keep_their_type_and_content(pool_factory, no
     assert pool.submit(shm_jobs.describe, value).result(timeout=T) == (kind.__name__, value)
     back = pool.submit(shm_jobs.echo, value).result(timeout=T)
     assert type(back) is kind and back == value
+    pool.shutdown()
+
+
+def test_large_values_cross_under_every_start_method(pool_factory, no_leak, ctx):
+    pool = pool_factory(1, mp_context=ctx)
+    value = payload(kind=bytearray)
+    assert pool.submit(shm_jobs.describe, memoryview(value)).result(timeout=T) == (
+        "memoryview",
+        value,
+    )
+    assert pool.submit(shm_jobs.echo, bytes(value)).result(timeout=T) == value
+    back = pool.submit(shm_jobs.pickle_buffer, BIG).result(timeout=T)
+    assert isinstance(back, memoryview) and back == b"p" * BIG
+    del back
     pool.shutdown()
 
 
@@ -167,6 +182,26 @@ def test_a_call_whose_segment_was_reused_or_closed_fails_instead_of_reading_othe
     finally:
         os.close(other)
     assert argument_segments() == []
+
+
+def test_out_of_descriptors_the_calls_go_through_the_pipe_instead(pool_factory, no_leak, gate):
+    pool = pool_factory(1)
+    fn, args = gate.job()
+    blocker = pool.submit(fn, *args)
+    gate.wait_started()
+    values = [payload(kind=bytearray) for _ in range(40)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 10, hard))
+    try:  # each snapshot needs a memfd: the first few get one, the rest are pickled
+        futures = [pool.submit(shm_jobs.describe, value) for value in values]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert 0 < len(argument_segments()) < len(values)
+    gate.open()
+    blocker.result(timeout=T)
+    assert [f.result(timeout=T) for f in futures] == [("bytearray", v) for v in values]
+    pool.shutdown()
 
 
 # -- whatever dies -----------------------------------------------------------------------
