@@ -64,7 +64,6 @@ class SegmentGone(OSError):
     """Raised when a worker cannot read a call's segment (the job already ended)."""
 
 
-
 def layout(views: list[memoryview], hows: list[int]) -> tuple[Layout, int]:
     """Where each buffer goes, and the segment's size."""
     placed: Layout = []
@@ -76,6 +75,7 @@ def layout(views: list[memoryview], hows: list[int]) -> tuple[Layout, int]:
 
 
 def write(fd: int, size: int, views: list[memoryview], layout: Layout, header: bytes) -> None:
+    """Fill a segment: its header, then each buffer where ``layout`` places it."""
     os.ftruncate(fd, size)
     os.pwrite(fd, header, 0)
     for view, (offset, length, _) in zip(views, layout, strict=True):
@@ -122,8 +122,8 @@ def _preadv(fd: int, offset: int, length: int) -> bytearray:
 
 
 def recyclable(layout: Layout) -> bool:
+    """Whether nothing will map the segment (every buffer is copied out): reusable."""
     return all(how != MAPPED for _, _, how in layout)
-
 
 
 generations = itertools.count(1)
@@ -190,6 +190,7 @@ def _forget_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
+
 
 def sweep_dead_worker(pid: int | None) -> None:
     """Remove the result files of worker ``pid``, a child of ours killed but not yet

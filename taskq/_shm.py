@@ -7,6 +7,7 @@ into the pickle. Buffers of ``THRESHOLD`` bytes or more are written once into a
 shared segment; the pickle that crosses the pipe is then a small reference::
 
     call:   parent, schedule()   buffers -> memfd (anonymous)      CALL = reference
+                                 (bytes only: when first handed to a worker)
             worker               /proc/<pool pid>/fd/<n> -> read -> fn(*args)
     result: worker               buffers -> /dev/shm/taskq-<worker>-<token>-<n>
             parent, decode       open, take over ("adopt") -> read -> result
@@ -44,8 +45,9 @@ from taskq._segments import (
     SegmentGone,
 )
 
-THRESHOLD = 128 * 1024  # smaller buffers stay in the pickle: the pipe is faster (measured,
-# benchmarks/README.md: even at 128 KiB, the pipe ahead below, shared memory above 256 KiB)
+# Smaller buffers stay in the pickle. Measured (benchmarks/README.md): the pipe is
+# faster below 128 KiB, the two are even there, shared memory is ahead from 256 KiB.
+THRESHOLD = 128 * 1024
 # Result files a worker may get back for reuse: a worker running short jobs writes
 # its next result before the parent has read the last one. Each holds up to
 # _segments.REUSE_MAX bytes of memory while the worker lives.
@@ -153,7 +155,6 @@ class _Reduced:
 
 def _reference(fn: Callable[..., Any], *args: Any) -> bytes:
     return pickle.dumps(_Reduced((fn, args)), protocol=5)
-
 
 
 class ArgSegment:
@@ -359,4 +360,3 @@ def _adopt_result(name: str, size: int, inband: bytes, layout: Layout) -> Any:
     finally:
         os.close(fd)
     return pickle.loads(inband, buffers=buffers)
-
