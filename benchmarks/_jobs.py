@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from multiprocessing.connection import Connection
+from typing import Any
 
 
 def noop(x: int) -> int:
@@ -50,6 +51,11 @@ def started_at(tag: int) -> tuple[int, float, int]:
 def echo_bytes(payload: bytes) -> bytes:
     """Return the payload (a 1 MB argument becomes a 1 MB result)."""
     return payload
+
+
+def add_one(array: Any) -> Any:
+    """Return ``array + 1`` (a NumPy array of the same size as the argument)."""
+    return array + 1
 
 
 def kill_self(stamp_path: str) -> None:

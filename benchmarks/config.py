@@ -22,6 +22,8 @@ class Sizes:
     latency_calls: int
     cpu_jobs: int
     payload_jobs: int
+    array_jobs: int  # numpy_64mb: jobs per measurement
+    array_mib: int  # numpy_64mb: size of the array argument (and result)
     backlog_100us: int
     backlog_1ms: int
     backlog_noop: int
@@ -43,6 +45,8 @@ SIZES: dict[str, Sizes] = {
         latency_calls=2000,
         cpu_jobs=2000,
         payload_jobs=200,
+        array_jobs=8,
+        array_mib=64,
         backlog_100us=100_000,
         backlog_1ms=10_000,
         backlog_noop=100_000,
@@ -62,6 +66,8 @@ SIZES: dict[str, Sizes] = {
         latency_calls=500,
         cpu_jobs=500,
         payload_jobs=50,
+        array_jobs=4,
+        array_mib=64,
         backlog_100us=20_000,
         backlog_1ms=2000,
         backlog_noop=20_000,
@@ -81,6 +87,8 @@ SIZES: dict[str, Sizes] = {
         latency_calls=50,
         cpu_jobs=20,
         payload_jobs=4,
+        array_jobs=1,
+        array_mib=4,
         backlog_100us=500,
         backlog_1ms=50,
         backlog_noop=500,

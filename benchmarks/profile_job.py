@@ -1,8 +1,8 @@
 """Where the time of one job goes: a reproducible account for benchmarks/README.md.
 
-    python -m benchmarks.profile_job [--jobs 20000] [--latency 2000]
+    python -m benchmarks.profile_job [--jobs 20000] [--latency 2000] [--payloads 200]
 
-Two views, both with two fork workers and no-op jobs:
+Two views, both with two fork workers and no-op jobs, and a third for large payloads:
 
 1. *One job in flight* (latency): the wall time of each stage of a job's round
    trip, from timestamps taken at the stage boundaries (medians):
@@ -12,6 +12,11 @@ Two views, both with two fork workers and no-op jobs:
    the parent's two threads (cProfile's inclusive wall-clock times, so a
    profiled run is about twice as slow as a plain one, whose wall time per job
    is shown last), and the worker's own time per job (as each reply reports it).
+
+3. *1 MiB payloads* (shared memory): CPU µs per job of each step a ``bytes``
+   argument and its ``bytes`` result go through, run one after the other in this
+   process (``thread_time``), with distinct payloads and every result kept, as in
+   the ``payload_1mb`` scenario.
 
 It patches a few of taskq's internals to take timestamps, so it belongs to the
 benchmark suite, not to the library.
@@ -153,10 +158,64 @@ def throughput_costs(n: int) -> dict[str, float]:
     }
 
 
+class _StageClock:
+    """``with clock(stage):`` adds the block's CPU time (this thread's) to ``stage``."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self._stage = ""
+        self._start = 0.0
+
+    def __call__(self, stage: str) -> _StageClock:
+        self._stage = stage
+        return self
+
+    def __enter__(self) -> None:
+        self._start = time.thread_time()
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.thread_time() - self._start
+        self.totals[self._stage] = self.totals.get(self._stage, 0.0) + elapsed
+
+
+def payload_stages(n: int, size: int = 1 << 20) -> dict[str, float]:
+    """CPU µs per job of each shared-memory step of a ``bytes`` echo job."""
+    import pickle
+
+    from taskq import _segments, _shm
+    from taskq._protocol import dump_call
+
+    tail = bytes(range(256)) * ((size - 8) // 256) + bytes((size - 8) % 256)
+    payloads = [i.to_bytes(8, "little") + tail for i in range(n)]
+    cache, files = _segments.SegmentCache(), _shm.ResultFiles()
+    clock = _StageClock()
+    kept = []
+    try:
+        for data in payloads:
+            with clock("parent: pickle the call"):
+                call = dump_call(_jobs.echo_bytes, (data,), {}, cache)
+            with clock("parent: write the argument's segment"):
+                sent = _shm.payload(call)
+            with clock("worker: read the call"):
+                fn, args, kwargs = pickle.loads(sent)
+            with clock("worker: write the result's segment"):
+                reply, _ = files.dump(fn(*args, **kwargs))
+            del fn, args, kwargs
+            with clock("parent: adopt and read the result"):
+                kept.append(pickle.loads(reply))
+            call.segment.release()  # type: ignore[attr-defined]
+    finally:
+        _segments.sweep(files.prefix)
+        cache.close()
+    assert kept == payloads
+    return {stage: seconds / n * 1e6 for stage, seconds in clock.totals.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--latency", type=int, default=2000)
+    parser.add_argument("--payloads", type=int, default=200)
     args = parser.parse_args()
     print("One job in flight, median µs per stage:")
     for stage, us in latency_stages(args.latency).items():
@@ -164,6 +223,9 @@ def main() -> None:
     print(f"{args.jobs} jobs in flight, µs per job:")
     for stage, us in throughput_costs(args.jobs).items():
         print(f"  {stage:<70} {us:8.2f}")
+    print(f"{args.payloads} jobs echoing 1 MiB bytes, CPU µs per job (shared memory):")
+    for stage, us in payload_stages(args.payloads).items():
+        print(f"  {stage:<40} {us:8.1f}")
 
 
 if __name__ == "__main__":

@@ -99,25 +99,39 @@ def _below_every_peer(metric: str, label: str) -> Callable[[Results], Verdict]:
     return check
 
 
+def _fraction_of_limit(scenario: str, metric: str, label: str) -> Callable[[Results], Verdict]:
+    """Not a target: taskq's median as a fraction of the scenario's limit row."""
+    target = f"{label}: taskq as a fraction of its limit (reported, no threshold)"
+
+    def check(results: Results) -> Verdict:
+        ours = _median(results, scenario, "taskq", metric)
+        limit = _median(results, scenario, "ref", metric)
+        if ours is None or limit is None or limit <= 0:
+            return Verdict(target, None, "not measured")
+        return Verdict(target, True, f"{100 * ours / limit:.0f} % ({ours:,.0f} vs {limit:,.0f})")
+
+    return check
+
+
 TARGETS: tuple[tuple[str, Callable[[Results], Verdict]], ...] = (
     (
         "submit",
         _ratio(
-            "no-op submit ≥ 2x multiprocessing.Pool apply_async",
+            "no-op submit ≥ 2.5x multiprocessing.Pool apply_async",
             "submit",
             "mp_pool",
             "jobs_per_s",
-            2.0,
+            2.5,
         ),
     ),
     (
         "map_best",
         _ratio(
-            "map (best chunksize) ≥ 1x multiprocessing.Pool (best)",
+            "map (best chunksize) ≥ 1.1x multiprocessing.Pool (best)",
             "map_best",
             "mp_pool",
             "items_per_s",
-            1.0,
+            1.1,
         ),
     ),
     (
@@ -141,6 +155,7 @@ TARGETS: tuple[tuple[str, Callable[[Results], Verdict]], ...] = (
         ),
     ),
     ("latency", _latency_vs_pipe),
+    ("latency", _limit("latency p50 ≤ 120 µs", "latency", "p50_us", 120.0, "µs")),
     ("latency", _below_every_peer("p50_us", "p50")),
     ("latency", _below_every_peer("p99_us", "p99")),
     (
@@ -151,8 +166,19 @@ TARGETS: tuple[tuple[str, Callable[[Results], Verdict]], ...] = (
     ),
     (
         "payload_1mb",
-        _ratio("1 MB payloads ≥ 1.5x ProcessPoolExecutor", "payload_1mb", "ppe", "mib_per_s", 1.5),
+        _ratio("1 MB payloads ≥ 2x ProcessPoolExecutor", "payload_1mb", "ppe", "mib_per_s", 2.0),
     ),
+    (
+        "numpy_64mb",
+        _ratio(
+            "64 MiB NumPy arrays ≥ 5x ProcessPoolExecutor", "numpy_64mb", "ppe", "mib_per_s", 5.0
+        ),
+    ),
+    (
+        "numpy_64mb",
+        _ratio("64 MiB NumPy arrays ≥ 1.5x joblib", "numpy_64mb", "joblib", "mib_per_s", 1.5),
+    ),
+    ("numpy_64mb", _fraction_of_limit("numpy_64mb", "mib_per_s", "64 MiB NumPy arrays")),
     (
         "urgent_100us",
         _limit("urgent job behind 100 µs backlog: p99 ≤ 5 ms", "urgent_100us", "p99_ms", 5.0, "ms"),

@@ -20,6 +20,7 @@ import signal
 from concurrent.futures import CancelledError
 from typing import Any, NamedTuple
 
+from taskq import _segments
 from taskq._dispatch import BatchPolicy
 from taskq._errors import JobTimeout, RemoteError, UnpicklingFailed, WorkerCrashed
 from taskq._job import WorkItem
@@ -27,6 +28,9 @@ from taskq._process import WorkerHandle
 from taskq._protocol import Frame, Kind, load, unpack_exception
 
 RETRY_DELAY_CAP = 30.0
+# Plain ints: compared once per reply (an IntEnum member lookup costs more).
+_OK, _ERROR, _READY, _INIT_FAILED = map(int, (Kind.OK, Kind.ERROR, Kind.READY, Kind.INIT_FAILED))
+_REPLIES = frozenset((_OK, _ERROR))
 
 
 class Replies(NamedTuple):
@@ -55,21 +59,26 @@ class ExitPlan(NamedTuple):
 class Collector:
     def __init__(self, policy: BatchPolicy):
         self.policy = policy
+        self._segment_prefixes: dict[int, str] = {}  # worker pid -> its result segments'
 
     def take_replies(self, worker: WorkerHandle, frames: list[Frame]) -> Replies:
         """Match replies to the jobs the worker holds (it replies in order)."""
         done: list[tuple[WorkItem, Frame]] = []
         ready = False
         held = worker.outstanding
+        observe = self.policy.observe
         for frame in frames:
-            if frame.kind == Kind.OK or frame.kind == Kind.ERROR:
+            kind = frame.kind
+            if kind in _REPLIES:
                 if not held or held[0].job_id != frame.job_id:
                     return Replies(done, ready, frame)
                 done.append((held.popleft(), frame))
-                self.policy.observe(frame.seconds)
-            elif frame.kind == Kind.READY:
+                observe(frame.seconds)
+            elif kind == _READY:
                 worker.ready = ready = True
-            elif frame.kind == Kind.INIT_FAILED:
+                if frame.payload:
+                    self._segment_prefixes[worker.pid] = bytes(frame.payload).decode()
+            elif kind == _INIT_FAILED:
                 worker.init_error = load(frame.payload)
         if done:
             worker.reported = True
@@ -79,8 +88,12 @@ class Collector:
         """After its last replies were taken in: what to do with what it still held.
 
         A job that started is never put back as if it had not: the one the slot
-        names is to blame, whatever the reason the worker stopped.
+        names is to blame, whatever the reason the worker stopped. Result segments
+        it left that no reply named (it died writing one) are removed.
         """
+        prefix = self._segment_prefixes.pop(worker.pid, None)
+        if prefix is not None:
+            _segments.sweep(prefix)
         held = list(worker.outstanding)
         worker.outstanding.clear()
         if worker.init_error is not None:
@@ -127,7 +140,7 @@ def decode(item: WorkItem, frame: Frame) -> tuple[bool, Any]:
     Unpickling runs user code (``__setstate__``, ``__reduce__`` callables) on the
     manager thread: whatever it raises, SystemExit included, fails only this job.
     """
-    if frame.kind == Kind.OK:
+    if frame.kind == _OK:
         try:
             return True, load(frame.payload)
         except BaseException as exc:

@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 from typing import NoReturn
 
+from taskq import _segments
 from taskq._worker import reset_signals
 
 RunChild = Callable[[int, list[int]], None]
@@ -334,6 +335,7 @@ class _Server:
             if process.is_alive():
                 process.kill()
         for process in self._children.values():
+            _segments.sweep_dead_worker(process.pid)  # its result files (it had no time to)
             process.join()
         self._children.clear()
 

@@ -24,8 +24,9 @@ from taskq._ledger import Ledger, cancelled_as
 from taskq._log import log
 from taskq._loop import EventLoop
 from taskq._process import WorkerHandle
-from taskq._protocol import Kind, encode, encode_parts
+from taskq._protocol import HEADER, Kind, encode
 from taskq._queue import WorkQueue
+from taskq._shm import SharedCall
 from taskq._timeouts import TimeoutWatch
 from taskq._workforce import Workforce
 
@@ -76,10 +77,7 @@ class Handoff:
         worker.reported = False
         if self._max_tasks is not None and worker.sent - worker.revoked >= self._max_tasks:
             self._retire(worker)
-        buffers: list[bytes] = []
-        for item in live:
-            buffers += encode_parts(Kind.CALL, item.job_id, item.call)
-        worker.outbox.push(buffers)
+        worker.outbox.push(call_frames(live))
         self.flush(worker, on_manager=self._loop.on_loop_thread())
         if was_idle:
             self._timeouts.head_changed(worker)
@@ -164,3 +162,24 @@ class Handoff:
         worker.stop_reason = "stop"
         worker.outbox.push([encode(Kind.STOP)])
         self.flush(worker)
+
+
+SMALL_CALL = 2048  # a smaller call is joined to its header: one buffer, fewer iovecs per writev
+_CALL = int(Kind.CALL)
+
+
+def call_frames(items: list[WorkItem]) -> list[bytes]:
+    """The CALL frames of ``items``, as buffers for one ``writev``."""
+    buffers: list[bytes] = []
+    append, pack = buffers.append, HEADER.pack
+    for item in items:
+        call = item.call
+        if type(call) is SharedCall:  # what the worker reads is a reference to its segment
+            call = call.segment.payload()
+        header = pack(len(call), _CALL, item.job_id, 0.0)
+        if len(call) <= SMALL_CALL:
+            append(header + call)
+        else:  # never copied to prepend its header
+            append(header)
+            append(call)
+    return buffers

@@ -75,6 +75,8 @@ from taskq._options import (
 )
 from taskq._protocol import dump_call
 from taskq._queue import JobQueue, QueueClosed, WorkQueue
+from taskq._segments import SegmentCache
+from taskq._shm import SharedCall
 from taskq._stats import (
     PoolStats,
     StatsBlock,
@@ -179,6 +181,7 @@ class Pool(Executor):
             max_tasks=max_tasks_per_child,
         )
         self._job_ids = itertools.count(1)
+        self._segments = SegmentCache()  # large arguments' shared memory (_shm.py)
         # One hook for every job's future, holding no reference to the pool: a pool
         # dropped after shutdown() is freed at once (no cycle to wait for the GC).
         self._withdraw_hook = _Withdraw(self._queue, self._manager.ledger)
@@ -266,7 +269,7 @@ class Pool(Executor):
         """Pickle the call and queue it; a call that cannot be pickled fails its future."""
         self._check_open()
         try:
-            call = dump_call(fn, args, kwargs)
+            call = dump_call(fn, args, kwargs, self._segments)
         except PicklingFailed as exc:
             return self._failed_job(exc)
         if name is None:
@@ -295,6 +298,8 @@ class Pool(Executor):
         )
         future._work = item
         future._on_cancel = self._withdraw_hook
+        if type(call) is SharedCall:  # its shared memory lives as long as the job
+            future.add_done_callback(call.segment.release)
         # A done-callback runs on the manager thread, which is what frees room:
         # waiting there would deadlock, so a job queued from a callback skips maxsize.
         force = self._queue.maxsize > 0 and self._manager.is_manager_thread()
@@ -479,6 +484,7 @@ class Pool(Executor):
             self._manager.post(self._manager.request_stop)
         if wait:
             self._manager.join()
+        self._segments.close()  # no new job will need one; those in use go as their jobs end
 
     def terminate(self) -> None:
         """Stop now: cancel queued jobs, kill running ones (their futures raise
@@ -488,6 +494,7 @@ class Pool(Executor):
         self._queue.close()
         self._manager.call(self._manager.terminate)
         self._manager.join()
+        self._segments.close()
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
         # Ctrl-C inside the block must not wait for long jobs: stop them.

@@ -15,7 +15,10 @@ Worker -> parent
     INIT_FAILED  the initializer raised; payload = pickle(traceback text)
 
 Calls and results are pickled one job at a time, so that a payload which cannot
-be pickled or unpickled fails only its own job.
+be pickled or unpickled fails only its own job. Their large buffers (NumPy
+arrays, bytearrays, large bytes...) do not cross the pipe: they travel through
+shared memory (``_shm.py``) and the payload only refers to them. READY's
+payload names the prefix of the worker's result segments.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import traceback
 import weakref
 from typing import Any, NamedTuple
 
+from taskq import _segments, _shm
 from taskq._errors import PicklingFailed, RemoteError, RemoteTraceback
 
 HEADER = struct.Struct("<QBqd")
@@ -198,7 +202,12 @@ def _found_by_name(fn: Any) -> bool:
     return found
 
 
-def dump_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+def dump_call(
+    fn: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    segments: _segments.SegmentCache | None = None,
+) -> bytes:
     """pickle((fn, args, kwargs)) for a CALL frame.
 
     Functions pickle by reference (module and name), as with any process pool;
@@ -208,12 +217,21 @@ def dump_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     goes by value instead (pickled once and cached), and so do arguments plain
     pickle refuses. Raises ``PicklingFailed`` (a ``SerializationError`` and a
     ``pickle.PicklingError``) naming the problem otherwise.
+
+    Given ``segments`` (a pool's), large buffers go into a shared-memory segment
+    and the result is a ``_shm.SharedCall``: valid in this process only, and its
+    ``segment`` must be released when the job ends. Leave it out for a call
+    stored beyond this process (a durable broker): everything is then in the bytes.
     """
     name = getattr(fn, "__qualname__", repr(fn))
     cloudpickle = _load_cloudpickle()
     if cloudpickle and getattr(fn, "__module__", None) == "__main__" and not _found_by_name(fn):
         fn = _by_value(fn, cloudpickle)
     try:
+        if segments is not None:
+            if kwargs:
+                kwargs = _shm.outband_kwargs(kwargs)
+            return _shm.dump_call((fn, _shm.outband(args), kwargs), segments)
         return dumps((fn, args, kwargs))
     except KeyboardInterrupt:
         raise

@@ -26,11 +26,14 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
-from taskq import _counters
+from taskq import _counters, _shm
 from taskq._channel import FrameReader, enlarge_pipe, write_all
 from taskq._errors import PicklingFailed, UnpicklingFailed
-from taskq._protocol import Kind, dumps, encode, encode_parts, pack_exception
+from taskq._protocol import HEADER, Kind, dumps, encode, encode_parts, pack_exception
 from taskq._slot import WorkerSlot
+
+SMALL_REPLY = 2048  # a smaller reply is joined to its header and written in one call
+_STOP = int(Kind.STOP)
 
 RESET_SIGNALS = (
     signal.SIGTERM,
@@ -58,14 +61,17 @@ class WorkerSpec(NamedTuple):
 def run_worker(spec: WorkerSpec) -> None:
     """Entry point of a worker process."""
     reset_signals()
-    _watch_parent(spec.lifeline.fileno())
+    results = _shm.worker_results = _shm.ResultFiles()
+    _watch_parent(spec.lifeline.fileno(), results)
     _counters.install_worker_counters(spec.counters)
     out_fd = spec.results.fileno()
     enlarge_pipe(out_fd)
     if not _initialize(spec, out_fd):
         return
-    write_all(out_fd, [encode(Kind.READY)])
-    _serve(spec, FrameReader(spec.calls.fileno()), out_fd)
+    # READY names the prefix of this worker's result segments: the parent removes
+    # any it did not adopt when this worker exits.
+    write_all(out_fd, [encode(Kind.READY, payload=results.prefix.encode())])
+    _serve(spec, FrameReader(spec.calls.fileno()), out_fd, results)
 
 
 def reset_signals() -> None:
@@ -94,7 +100,9 @@ def _initialize(spec: WorkerSpec, out_fd: int) -> bool:
     return True
 
 
-def _serve(spec: WorkerSpec, reader: FrameReader, out_fd: int) -> None:
+def _serve(
+    spec: WorkerSpec, reader: FrameReader, out_fd: int, results: _shm.ResultFiles
+) -> None:
     received = done = 0
     while True:
         try:
@@ -102,49 +110,74 @@ def _serve(spec: WorkerSpec, reader: FrameReader, out_fd: int) -> None:
         except EOFError:
             return
         for frame in frames:
-            if frame.kind == Kind.STOP:
+            if frame.kind == _STOP:
                 return
             received += 1
             if not spec.slot.begin(received, frame.job_id):
                 continue  # taken back by the parent: another worker runs it
-            _run_call(spec, frame.job_id, frame.payload, out_fd)
+            _run_call(spec, frame.job_id, frame.payload, out_fd, results)
             done += 1
             if spec.max_tasks is not None and done >= spec.max_tasks:
                 return
 
 
-def _run_call(spec: WorkerSpec, job_id: int, payload: bytes | bytearray, out_fd: int) -> None:
+def _run_call(
+    spec: WorkerSpec,
+    job_id: int,
+    payload: bytes | bytearray,
+    out_fd: int,
+    results: _shm.ResultFiles,
+) -> None:
     started = time.perf_counter()
-    kind, reply = _call(job_id, payload)
-    write_all(out_fd, encode_parts(kind, job_id, reply, time.perf_counter() - started))
+    kind, reply, segment = _call(job_id, payload, results)
+    try:
+        _reply(out_fd, kind, job_id, reply, time.perf_counter() - started)
+    except BaseException:
+        if segment is not None:  # the parent will never read its name
+            results.remove(segment)
+        raise
     spec.slot.end()
 
 
-def _call(job_id: int, payload: bytes | bytearray) -> tuple[Kind, bytes]:
+def _reply(out_fd: int, kind: Kind, job_id: int, reply: bytes, seconds: float) -> None:
+    if len(reply) > SMALL_REPLY:  # never copied to prepend its header
+        write_all(out_fd, encode_parts(kind, job_id, reply, seconds))
+        return
+    frame = HEADER.pack(len(reply), kind, job_id, seconds) + reply
+    written = os.write(out_fd, frame)  # the whole frame, unless the pipe is nearly full
+    if written < len(frame):
+        write_all(out_fd, [frame[written:]])
+
+
+def _call(
+    job_id: int, payload: bytes | bytearray, results: _shm.ResultFiles
+) -> tuple[Kind, bytes, str | None]:
+    """Run the call: the reply, and the name of the result's segment if it has one."""
     try:
         fn, args, kwargs = pickle.loads(payload)
     except BaseException as exc:
         return Kind.ERROR, _packed(UnpicklingFailed(
             f"job {job_id}: its call could not be unpickled in the worker ({exc!r}); "
             "check that the function and arguments are importable and picklable"
-        ), exc)  # fmt: skip
+        ), exc), None  # fmt: skip
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
-        return Kind.ERROR, pack_exception(exc)
+        return Kind.ERROR, pack_exception(exc), None
     try:
-        return Kind.OK, dumps(result)
+        reply, segment = results.dump(result)
     except Exception as exc:
         name = getattr(fn, "__qualname__", repr(fn))
         return Kind.ERROR, _packed(PicklingFailed(
             f"job {job_id} ({name}): its result of type {type(result).__qualname__} "
             f"could not be pickled ({exc!r}); return picklable data"
-        ), exc)  # fmt: skip
+        ), exc), None  # fmt: skip
     except BaseException as exc:  # SystemExit from a __reduce__: the job gets it as itself
         add_note = getattr(exc, "add_note", None)  # Python 3.11+
         if add_note is not None:
             add_note(f"taskq: raised while pickling the result of job {job_id}")
-        return Kind.ERROR, pack_exception(exc)
+        return Kind.ERROR, pack_exception(exc), None
+    return Kind.OK, reply, segment
 
 
 def _packed(error: BaseException, cause: BaseException) -> bytes:
@@ -152,8 +185,9 @@ def _packed(error: BaseException, cause: BaseException) -> bytes:
     return pack_exception(error)
 
 
-def _watch_parent(lifeline_fd: int) -> None:
-    """Exit when the parent dies, even by SIGKILL, so no worker is ever orphaned."""
+def _watch_parent(lifeline_fd: int, results: _shm.ResultFiles) -> None:
+    """Exit when the parent dies, even by SIGKILL, so no worker is ever orphaned,
+    removing the result segments it will never adopt."""
     parent = os.getppid()
 
     def watch() -> None:
@@ -164,6 +198,7 @@ def _watch_parent(lifeline_fd: int) -> None:
             # by a stray fork; under fork the ppid is the fork server (_forkserver.py),
             # which exits when the pool's parent does.
             if (readable and not os.read(lifeline_fd, 64)) or os.getppid() != parent:
+                results.remove_all()
                 os._exit(0)
 
     threading.Thread(target=watch, name="taskq-lifeline", daemon=True).start()

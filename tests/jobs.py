@@ -459,7 +459,7 @@ def pid_alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # it exited meanwhile (read: ESRCH)
         return False
     # the command name may contain spaces/parens: fields after the last ')'
     fields = stat.rsplit(")", 1)[1].split()

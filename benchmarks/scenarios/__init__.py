@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.scenarios._base import Metric, Scenario, ScenarioResult
+from benchmarks.scenarios.arrays import NumpyArrays
 from benchmarks.scenarios.latency import Latency
 from benchmarks.scenarios.lifecycle import KilledWorker, Startup, TimeoutAccuracy
 from benchmarks.scenarios.streaming import EndlessMap
@@ -17,6 +18,7 @@ SCENARIOS: tuple[type[Scenario], ...] = (
     Latency,
     CpuJobs,
     BigPayloads,
+    NumpyArrays,
     UrgentBehind100us,
     UrgentBehind1ms,
     UrgentBehindNoop,
