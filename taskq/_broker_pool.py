@@ -15,6 +15,7 @@ The thread that serves and waits is in ``_broker_loop.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import pickle
 import threading
@@ -48,7 +49,7 @@ from taskq._options import check_aging, check_delay, check_options, check_timeou
 from taskq._pool import Pool
 from taskq._protocol import dump_call, dumps
 from taskq._serve import Server, init_worker
-from taskq._stats import PoolStats
+from taskq._stats import EMPTY_HISTOGRAM, PoolStats, PriorityStats
 
 FULL_BACKOFF = (0.001, 0.05)  # waiting for room in a bounded store queue
 
@@ -309,14 +310,17 @@ class BrokerPool(Pool):
             self._counts[kind] += 1
 
     def stats(self) -> PoolStats:
-        """This process's jobs (submitted, succeeded, failed, cancelled), the store queue's
-        ``queued`` count, and this process's workers and the jobs they run."""
+        """This process's jobs (submitted, succeeded, failed, cancelled); what waits in
+        the store's queue (``queued``, and per priority in ``priorities``); this
+        process's workers, the jobs they hold, and their statistics (wait and run times
+        of the jobs they ran: the wait counts from the claim by this process)."""
         local = self._local.stats() if self._local is not None else None
         with self._counts_lock:
             submitted, counts = self._submitted, dict(self._counts)
+        queued = self._broker.queued_by_priority()
         return PoolStats(
             submitted=submitted,
-            queued=self._broker.queued_count(),
+            queued=sum(queued.values()),
             running=self._server.held if self._server is not None else 0,
             succeeded=counts[OutcomeKind.OK],
             failed=counts[OutcomeKind.ERROR],
@@ -326,6 +330,20 @@ class BrokerPool(Pool):
             crashed=local.crashed if local else 0,
             worker_restarts=local.worker_restarts if local else 0,
             workers=local.workers if local else 0,
+            priorities=_by_priority(queued, local),
+            wait_seconds=local.wait_seconds if local else EMPTY_HISTOGRAM,
+            run_seconds=local.run_seconds if local else EMPTY_HISTOGRAM,
+        )
+
+    def served_stats(self) -> PoolStats:
+        """What this process's workers ran (every counter of the local pool), with the
+        store's queue (``queued`` and ``priorities``): the view of a ``taskq worker``,
+        which submits nothing itself."""
+        if self._local is None:
+            raise ValueError("a pool with max_workers=0 serves nothing: use stats()")
+        own = self.stats()
+        return dataclasses.replace(
+            self._local.stats(), queued=own.queued, priorities=own.priorities
         )
 
     def counter(self, name: str) -> Counter:
@@ -340,6 +358,17 @@ class BrokerPool(Pool):
             f"<taskq.Pool broker={self._broker.url!r} queue={self._broker.queue!r} "
             f"workers={self._max_workers}{' shut down' if self._shutdown else ''}>"
         )
+
+
+def _by_priority(queued: dict[float, int], local: PoolStats | None) -> dict[float, PriorityStats]:
+    """The store's queued counts, with this process's recent figures per priority."""
+    recent = dict(local.priorities) if local else {}
+    levels = sorted(set(queued) | set(recent))
+    empty = PriorityStats(0, 0, None, None, None, None)
+    return {
+        level: dataclasses.replace(recent.get(level, empty), queued=queued.get(level, 0))
+        for level in levels
+    }
 
 
 def _check_workers(max_workers: int | None) -> int:

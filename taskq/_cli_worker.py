@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 from taskq._broker import DEFAULT_LEASE, DEFAULT_MAX_LOST
+from taskq._broker_pool import BrokerPool
 from taskq._cli_exit import EXIT_FAILED, EXIT_OK
 from taskq._errors import StoreError
 
@@ -67,13 +68,24 @@ def add_parser(commands: Any) -> None:
         default=None,
         help="how worker processes start (default: the platform's)",
     )
+    add(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (needs taskq[metrics])",
+    )
+    add(
+        "--metrics-addr",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="the address of the metrics endpoint (default: %(default)s)",
+    )
     add("-v", "--verbose", action="store_true", help="log each job event (DEBUG)")
 
 
 def run(args: argparse.Namespace) -> int:
     import multiprocessing
-
-    from taskq._broker_pool import BrokerPool
 
     logging.basicConfig(
         level=logging.INFO,
@@ -112,16 +124,36 @@ def run(args: argparse.Namespace) -> int:
         pool._max_workers,
         os.getpid(),
     )
+    metrics = _serve_metrics(pool, args, log)
     try:
         while not stop.wait(0.5):
             pass
         log.info("stopping: no new jobs; running jobs have %.0f s to finish", args.grace)
         pool.stop_serving(args.grace)
     finally:
+        if metrics is not None:
+            metrics.close()
         for signum, handler in signals.items():
             signal.signal(signum, handler)
     log.info("stopped")
     return EXIT_OK
+
+
+class _Served:
+    """What the metrics of a worker show: the jobs it ran, the store's queue."""
+
+    def __init__(self, pool: BrokerPool):
+        self.stats = pool.served_stats
+
+
+def _serve_metrics(pool: BrokerPool, args: argparse.Namespace, log: logging.Logger) -> Any:
+    if args.metrics_port is None:
+        return None
+    from taskq.metrics import serve
+
+    server = serve(_Served(pool), port=args.metrics_port, addr=args.metrics_addr)
+    log.info("metrics at %s", server.url)
+    return server
 
 
 def _second_stops_now(stop: threading.Event) -> None:

@@ -161,6 +161,14 @@ class RedisBroker:
     def queued_count(self) -> int:
         return int(self._call(self._r.zcard, self.key["queued"]))
 
+    def queued_by_priority(self) -> dict[float, int]:
+        """Counted from the queue's scores (the priorities, unless aging is on: then the
+        ranks): a read of the whole queue, for statistics and metrics only."""
+        counts: dict[float, int] = {}
+        for _, score in self._call(self._r.zrange, self.key["queued"], 0, -1, withscores=True):
+            counts[score] = counts.get(score, 0) + 1
+        return dict(sorted(counts.items()))
+
     def cancel(self, job_id: str) -> bool:
         return self._kill(job_id, kill_running=False) == "queued"
 

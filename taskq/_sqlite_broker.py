@@ -74,6 +74,14 @@ class SqliteBroker:
     def queued_count(self) -> int:
         return self._queued(self.file.connection())
 
+    def queued_by_priority(self) -> dict[float, int]:
+        rows = self.file.connection().execute(
+            "SELECT priority, count(*) FROM jobs WHERE queue = ? AND state = 'queued' "
+            "GROUP BY priority ORDER BY priority",
+            (self.queue,),
+        )
+        return {float(priority): int(count) for priority, count in rows}
+
     def _queued(self, conn: sqlite3.Connection) -> int:
         row = conn.execute(
             "SELECT count(*) FROM jobs WHERE queue = ? AND state = 'queued'", (self.queue,)

@@ -247,3 +247,47 @@ def test_a_serving_pool_runs_its_jobs_to_the_end_at_interpreter_exit(store, tmp_
     done = run_python(EXIT_WITHOUT_SHUTDOWN, store.url, store.queue, log)
     assert done.returncode == 0, done.stderr
     assert runs(log) == [f"job{i}" for i in range(5)]
+
+
+def test_taskq_worker_serves_prometheus_metrics_of_the_jobs_it_ran(store, tmp_path, workers):
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.redis_server import free_port
+
+    port = free_port()
+    log = str(tmp_path / "runs")
+    client = taskq.Pool(0, **store.kw)
+    try:
+        workers(store, "--workers", "1", "--metrics-port", str(port))
+        done = [client.schedule(record, (log, f"ok{i}")) for i in range(3)]
+        done.append(client.schedule(record, (log, "bad", "not seconds")))
+        assert [f.exception(timeout=60) is None for f in done] == [True] * 3 + [False]
+        blocker = client.schedule(record, (log, "long", 30.0))
+        wait_until(lambda: "long" in runs(log), 60, "the long job to start")
+        client.schedule(record, (log, "waits"), priority=4)
+        text = ""
+
+        def scraped():
+            nonlocal text
+            try:
+                text = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            except OSError:
+                return False
+            return 'outcome="failed"' in text
+
+        wait_until(scraped, 60, "the metrics endpoint")
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        assert samples[("taskq_jobs_total", (("outcome", "succeeded"),))] == 3
+        assert samples[("taskq_jobs_total", (("outcome", "failed"),))] == 1
+        assert samples[("taskq_queue_depth", (("priority", "4"),))] == 1
+        assert samples[("taskq_jobs_running", ())] == 1
+        assert samples[("taskq_job_run_seconds_count", ())] == 4
+        client.kill(blocker)
+    finally:
+        client.shutdown(wait=False, cancel_futures=True)
