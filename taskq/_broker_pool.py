@@ -16,6 +16,7 @@ The thread that serves and waits is in ``_broker_loop.py``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing
 import pickle
 import threading
@@ -175,7 +176,7 @@ class BrokerPool(Pool):
         self._check_open()
         try:
             call = dump_call(fn, args, kwargs)
-            options = dumps(JobOptions(timeout, retries, retry_delay, retry_on))
+            options = _options_blob(JobOptions(timeout, retries, retry_delay, retry_on))
         except PicklingFailed as exc:
             return self._failed_job(exc)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
@@ -358,6 +359,11 @@ class BrokerPool(Pool):
             f"<taskq.Pool broker={self._broker.url!r} queue={self._broker.queue!r} "
             f"workers={self._max_workers}{' shut down' if self._shutdown else ''}>"
         )
+
+
+@functools.lru_cache(maxsize=64)  # most jobs of a program share a few option sets
+def _options_blob(options: JobOptions) -> bytes:
+    return dumps(options)
 
 
 def _by_priority(queued: dict[float, int], local: PoolStats | None) -> dict[float, PriorityStats]:

@@ -49,27 +49,25 @@ class SqliteBroker:
 
     # -- submitting ---------------------------------------------------------
 
+    _INSERT = (
+        "INSERT INTO jobs (id, queue, state, rank, priority, name, call, options, "
+        "submitted_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)"
+    )
+
     def put(self, job: NewJob, *, maxsize: int = 0) -> None:
         """Commit a new job; raise ``Full`` if ``maxsize`` jobs of this queue are waiting."""
+        now = time.time()
+        rank = job.rank if job.aging is None else job.rank + now / job.aging
+        row = (job.job_id, self.queue, rank, job.priority, job.name, job.call, job.options, now)
+        if maxsize <= 0:  # one statement is its own transaction: no BEGIN/COMMIT round
+            self.file.write_one(self._INSERT, row)
+            return
         with self.file.write() as tx:
-            if maxsize > 0 and self._queued(tx) >= maxsize:
+            if self._queued(tx) >= maxsize:
                 raise Full(
                     f"the queue {self.queue!r} of {self.path} already holds maxsize={maxsize} jobs"
                 )
-            tx.execute(
-                "INSERT INTO jobs (id, queue, state, rank, priority, name, call, options, "
-                "submitted_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-                (
-                    job.job_id,
-                    self.queue,
-                    job.rank if job.aging is None else job.rank + time.time() / job.aging,
-                    job.priority,
-                    job.name,
-                    job.call,
-                    job.options,
-                    time.time(),
-                ),
-            )
+            tx.execute(self._INSERT, row)
 
     def queued_count(self) -> int:
         return self._queued(self.file.connection())

@@ -132,6 +132,18 @@ class StoreFile:
                     conn.execute("ROLLBACK")
                 raise StoreError(f"cannot write the taskq store {self.path}: {exc}") from exc
 
+    def write_one(self, statement: str, parameters: tuple[object, ...]) -> None:
+        """One statement, committed on return (SQLite makes it a transaction of its own,
+        taking the write lock as ``BEGIN IMMEDIATE`` would)."""
+        conn = self.connection()
+        with self._writer_lock():
+            try:
+                conn.execute(statement, parameters)
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise BrokerUnavailable(f"the taskq store {self.path} is busy: {exc}") from exc
+                raise StoreError(f"cannot write the taskq store {self.path}: {exc}") from exc
+
     def _writer_lock(self) -> threading.Lock:
         # One per process: a lock inherited through fork may be held by a thread that
         # does not exist in the child.
