@@ -114,19 +114,13 @@ class Waiters:
         if future is None:
             return
         future.attempts = outcome.attempts
+        if future._own:  # counted first: nothing may hold the result once it is handed out
+            self._on_resolved(outcome.kind)
         if outcome.kind is OutcomeKind.CANCELLED:
             Future.cancel(future)  # PENDING -> CANCELLED (not our cancel(): the store is done)
             future.set_running_or_notify_cancel()
-        else:
-            is_error, value = outcome.value(job_id)
-            if not future.set_running_or_notify_cancel():
-                return
-            if is_error:
-                future.set_exception(value)  # type: ignore[arg-type]
-            else:
-                future.set_result(value)
-        if future._own:
-            self._on_resolved(outcome.kind)
+        elif future.set_running_or_notify_cancel():
+            _settle(future, *outcome.value(job_id))
 
     def poll(self, block: float = 0) -> int:
         """Resolve the futures whose outcome another process stored; how many were.
@@ -174,6 +168,15 @@ class Waiters:
         for future in futures:
             if future.set_running_or_notify_cancel():
                 future.set_exception(error)
+
+
+def _settle(future: BrokerFuture, is_error: bool, value: object) -> None:
+    # A frame of its own, gone as soon as the future holds the value: a caller that
+    # drops the result may count on it being freed (map drops each result it hands out).
+    if is_error:
+        future.set_exception(value)  # type: ignore[arg-type]
+    else:
+        future.set_result(value)
 
 
 def final(status: JobStatus) -> bool:
