@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
 from typing import Any
 
-from taskq._broker import FINAL_STATES, Broker, JobStatus, Outcome, OutcomeKind
+from taskq._broker import Broker, Outcome, OutcomeKind
 from taskq._errors import StoreError
 from taskq._job import JobFuture
 
@@ -177,7 +177,3 @@ def _settle(future: BrokerFuture, is_error: bool, value: object) -> None:
         future.set_exception(value)  # type: ignore[arg-type]
     else:
         future.set_result(value)
-
-
-def final(status: JobStatus) -> bool:
-    return status.state in FINAL_STATES and status.outcome is not None
