@@ -218,6 +218,7 @@ class Broker(Protocol):
     url: str
     queue: str
     can_block: bool  # finished_since(block=...) waits in the store (else: poll it)
+    result_ttl: float  # seconds an outcome is kept
 
     def put(self, job: NewJob, *, maxsize: int = 0) -> None: ...
     def claim(self, owner: str, limit: int, lease: float) -> list[ClaimedJob]: ...

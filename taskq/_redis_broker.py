@@ -58,6 +58,7 @@ class RedisBroker:
                 "a redis:// broker needs redis-py: pip install 'taskq[redis]'"
             ) from None
         self.url, self.queue = url, queue
+        self.result_ttl = result_ttl
         self.result_ttl_ms = int(result_ttl * 1000)
         self.signer = Signer(secret)
         self._redis_errors = (redis.ConnectionError, redis.TimeoutError)

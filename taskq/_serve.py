@@ -126,7 +126,7 @@ class Server:
             self._kill_requested()
         claimed = self._claim(now) if self._claiming else 0
         if now >= self._next_purge:
-            self._next_purge = now + PURGE_EVERY
+            self._next_purge = now + min(PURGE_EVERY, max(0.1, self.broker.result_ttl / 2))
             self.broker.purge_expired()
         return bool(stored or claimed)
 

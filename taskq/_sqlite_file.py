@@ -28,6 +28,7 @@ from taskq._errors import BrokerUnavailable, StoreError
 
 SCHEMA_VERSION = 1
 APPLICATION = "taskq"
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the -wal file keeps after a checkpoint
 BUSY_TIMEOUT_MS = 60_000  # a writer waits this long for the lock before an error
 
 SCHEMA = """
@@ -178,6 +179,8 @@ class StoreFile:
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            # The -wal file is reused, not regrown, after each checkpoint: cap what it keeps.
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         except sqlite3.DatabaseError as exc:  # not a database, unreadable, ...
             conn.close()
             raise StoreError(_explain(self.path, exc)) from exc

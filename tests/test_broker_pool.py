@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import operator
+import time
 
 import pytest
 
@@ -168,3 +169,32 @@ def test_shutdown_waits_for_own_jobs_then_leaves_the_rest_in_the_store(store, tm
     # The server ran the client's job too: it was in the store, at its place.
     with taskq.Pool(0, **store.kw) as reader:
         assert reader.job(left.job_id).result(timeout=30) == 3
+
+
+def test_outcomes_expire_so_a_steady_load_keeps_the_store_bounded(pool_factory, store):
+    pool = pool_factory(2, **store.kw, result_ttl=0.3)
+    first = pool.submit(operator.add, 0, 0)
+    first.result(timeout=30)
+    for batch in range(4):
+        futures = [pool.submit(operator.add, batch, i) for i in range(50)]
+        assert [f.result(timeout=60) for f in futures] == [batch + i for i in range(50)]
+        time.sleep(0.4)
+    jobs.wait_until(lambda: _stored_jobs(store) <= 50, 30, "expired outcomes to be deleted")
+    with pytest.raises(KeyError, match="expired"):
+        pool.job(first.job_id)
+
+
+def _stored_jobs(store):
+    if store.kind == "sqlite":
+        import sqlite3
+        from contextlib import closing
+
+        with closing(sqlite3.connect(store.where)) as conn:
+            return conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+    import redis
+
+    client = redis.Redis.from_url(store.url)
+    try:
+        return sum(1 for _ in client.scan_iter(match=f"taskq:{store.queue}:job:*", count=1000))
+    finally:
+        client.close()
