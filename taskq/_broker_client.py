@@ -25,6 +25,7 @@ from taskq._errors import StoreError
 from taskq._job import JobFuture
 
 RECONCILE_EVERY = 2.0  # seconds between direct reads of the pending jobs' states
+FOREIGN_EVERY = 0.05  # ... of jobs submitted by another process and waited for here
 
 
 class BrokerFuture(JobFuture[Any]):
@@ -64,7 +65,8 @@ class Waiters:
         self._lock = threading.Lock()
         self._on_resolved = on_resolved  # statistics
         self._cursor = broker.current_cursor()  # outcomes stored before us: not ours
-        self._last_reconcile = time.monotonic()
+        self._last_reconcile = self._last_foreign = time.monotonic()
+        self._foreign: set[str] = set()  # jobs looked up by id: submitted elsewhere
         # Jobs this process's own server holds: it hands their outcomes over itself.
         self.delivered_here: Callable[[str], bool] = lambda job_id: False
 
@@ -97,11 +99,14 @@ class Waiters:
             return future
         # Waiting first: an outcome stored meanwhile is then not missed.
         future = self.new(job_id, own=False)
+        with self._lock:
+            self._foreign.add(job_id)
         try:
             status = self.broker.job_status(job_id)
         except KeyError:
             with self._lock:
                 self._futures.pop(job_id, None)
+                self._foreign.discard(job_id)
             raise
         if status.outcome is not None:
             self.resolve(job_id, status.outcome)
@@ -111,6 +116,7 @@ class Waiters:
         """Settle the future of ``job_id`` (once; later calls do nothing)."""
         with self._lock:
             future = self._futures.pop(job_id, None)
+            self._foreign.discard(job_id)
         if future is None:
             return
         future.attempts = outcome.attempts
@@ -139,14 +145,23 @@ class Waiters:
         return len(ours)
 
     def reconcile(self, every: float = RECONCILE_EVERY) -> None:
-        """Now and then, read the state of every pending job directly: an outcome whose
-        notice was missed (trimmed from the store's list, a reconnect) still arrives."""
+        """Read the state of pending jobs directly: every ``every`` seconds all of them
+        (an outcome whose notice was missed still arrives), and every
+        ``FOREIGN_EVERY`` the jobs submitted elsewhere and looked up here by id (a
+        store may notify only the client that submitted a job)."""
         now = time.monotonic()
-        if now - self._last_reconcile < every:
-            return
-        self._last_reconcile = now
         with self._lock:  # only jobs known to be in the store (put() has returned)
-            pending = [job_id for job_id, f in self._futures.items() if f._stored]
+            if now - self._last_reconcile >= every:
+                self._last_reconcile = self._last_foreign = now
+                pending = [job_id for job_id, f in self._futures.items() if f._stored]
+            elif self._foreign and now - self._last_foreign >= FOREIGN_EVERY:
+                self._last_foreign = now
+                pending = [job_id for job_id in self._foreign if job_id in self._futures]
+            else:
+                return
+        self._read_directly(pending)
+
+    def _read_directly(self, pending: list[str]) -> None:
         found = self.broker.outcomes(pending)
         for job_id, status in found.items():
             if status.outcome is not None:
@@ -165,6 +180,7 @@ class Waiters:
     def fail_all(self, error: BaseException) -> None:
         with self._lock:
             futures, self._futures = list(self._futures.values()), {}
+            self._foreign.clear()
         for future in futures:
             if future.set_running_or_notify_cancel():
                 future.set_exception(error)

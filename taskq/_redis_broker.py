@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import time
 import urllib.parse
+import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -80,7 +81,6 @@ class RedisBroker:
                 "queued",
                 "seq",
                 "leases",
-                "done",
                 "stats",
                 "heartbeats",
                 "servers",
@@ -89,6 +89,12 @@ class RedisBroker:
             )
         }
         self.job_prefix, self.kills_prefix = p + "job:", p + "kills:"
+        # Ids of this client's jobs that ended are pushed to its own list (by whoever ended
+        # them, unless that is this client): a blocking pop wakes it, and a list, unlike a
+        # pub/sub message, waits in Redis while the connection is down.
+        self.client_id = uuid.uuid4().hex[:16]
+        self.notify_prefix = p + "notify:"
+        self._inbox = self.notify_prefix + self.client_id
         self._scripts = {
             name: self._r.register_script(getattr(lua, name))
             for name in (
@@ -152,6 +158,7 @@ class RedisBroker:
             sig,
             maxsize,
             repr(float(job.aging or 0)),
+            self.client_id,
         )
         if not self._run("PUT", keys, args):
             raise Full(
@@ -182,7 +189,7 @@ class RedisBroker:
         keys = (
             self.key["queued"],
             self.job_prefix,
-            self.key["done"],
+            self.notify_prefix,
             self.key["stats"],
             self.kills_prefix,
         )
@@ -192,6 +199,7 @@ class RedisBroker:
             self.signer.sign(job_id, outcome),
             self.result_ttl_ms,
             "1" if kill_running else "0",
+            self.client_id,
         )
         state = self._run("KILL", keys, args)
         return None if state is None else state.decode()
@@ -221,7 +229,7 @@ class RedisBroker:
         self._call(self._r.hset, self.key["deadletter"], job_id, reason)
         error = StoreError(f"job {job_id} was refused by the worker and never run: {reason}")
         outcome = Outcome.of_error(error, attempts).dump()
-        keys = (self.key["leases"], self.job_prefix, self.key["done"], self.key["stats"])
+        keys = (self.key["leases"], self.job_prefix, self.notify_prefix, self.key["stats"])
         args = (
             job_id,
             owner,
@@ -229,6 +237,7 @@ class RedisBroker:
             self.signer.sign(job_id, outcome),
             self.result_ttl_ms,
             "refused",
+            self.client_id,
         )
         self._run("GIVE_UP", keys, args)
 
@@ -238,14 +247,14 @@ class RedisBroker:
         return {raw.decode() for raw in held}
 
     def finish(self, owner: str, outcomes: Sequence[tuple[str, Outcome]]) -> list[str]:
-        args: list[Any] = [owner, self.result_ttl_ms]
+        args: list[Any] = [owner, self.result_ttl_ms, self.client_id]
         for job_id, outcome in outcomes:
             data = outcome.dump()
             args += [job_id, _FINAL_STATE[outcome.kind.value], data, self.signer.sign(job_id, data)]
         keys = (
             self.key["leases"],
             self.job_prefix,
-            self.key["done"],
+            self.notify_prefix,
             self.key["stats"],
             self.kills_prefix + owner,
         )
@@ -273,7 +282,7 @@ class RedisBroker:
             outcome = lost_lease_outcome(
                 job_id, int(lost), int(attempts), owner_text, _safe(self.url)
             ).dump()
-            keys2 = (self.key["leases"], self.job_prefix, self.key["done"], self.key["stats"])
+            keys2 = (self.key["leases"], self.job_prefix, self.notify_prefix, self.key["stats"])
             self._run(
                 "GIVE_UP",
                 keys2,
@@ -284,6 +293,7 @@ class RedisBroker:
                     self.signer.sign(job_id, outcome),
                     self.result_ttl_ms,
                     "dead",
+                    self.client_id,
                 ),
             )
         return int(back)
@@ -291,19 +301,21 @@ class RedisBroker:
     # -- waiting for outcomes ------------------------------------------------------------
 
     def current_cursor(self) -> str:
-        last = self._call(self._r.xrevrange, self.key["done"], count=1)
-        return last[0][0].decode() if last else "0-0"
+        return ""  # each client has a list of its own ended jobs: nothing to skip
 
     def finished_since(self, cursor: str, block: float = 0) -> tuple[str, list[str]]:
-        client = self._blocking if block else self._r
-        kwargs: dict[str, Any] = {"count": 10_000}
+        """This client's jobs that ended (ids popped from its list); ``block``: wait up
+        to that long for the first. Jobs of other clients are not listed here: a waiter
+        for one of those reads its state directly (``Waiters.reconcile``)."""
+        ids: list[bytes] = []
         if block:
-            kwargs["block"] = max(1, int(block * 1000))
-        reply = self._call(client.xread, {self.key["done"]: cursor}, **kwargs)
-        if not reply:
-            return cursor, []
-        entries = reply[0][1]
-        return entries[-1][0].decode(), [fields[b"id"].decode() for _, fields in entries]
+            first = self._call(self._blocking.blpop, [self._inbox], timeout=block)
+            if first is None:
+                return cursor, []
+            ids.append(first[1])
+        more = self._call(self._r.lpop, self._inbox, 10_000)
+        ids.extend(more or ())
+        return cursor, [raw.decode() for raw in ids]
 
     def job_status(self, job_id: str) -> JobStatus:
         found = self.outcomes([job_id])

@@ -4,9 +4,10 @@ A client that dies between two commands can then never leave a job half-moved.
 Keys (``P`` = ``taskq:{queue}:``): ``P queued`` (sorted set; score: the rank, member:
 the zero-padded sequence from ``P seq`` then the id, so equal ranks sort by
 submission order, exactly), ``P leases`` (sorted set; id scored by its lease
-deadline in the server's clock, ms), ``P job:ID`` (hash), ``P done`` (stream of
-ended job ids), ``P kills:OWNER`` (set), ``P stats`` (hash of ended counts),
-``P heartbeats`` (hash). Times come from the server's ``TIME``, never a client clock.
+deadline in the server's clock, ms), ``P job:ID`` (hash), ``P notify:CLIENT`` (a list
+per submitting client: ids of its jobs that ended, for a blocking pop), ``P kills:OWNER``
+(set), ``P stats`` (hash of ended counts), ``P heartbeats`` (hash). Times come from the
+server's ``TIME``, never a client clock.
 """
 
 from __future__ import annotations
@@ -18,17 +19,22 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # An ended job: its outcome stored, its call dropped, expiring after result_ttl.
 END = """
-local function finish(key, id, state, outcome, osig, ttl, now)
+local function finish(key, id, state, outcome, osig, ttl, now, me)
   redis.call('HSET', key, 'state', state, 'outcome', outcome, 'osig', osig, 'finished_at', now)
   redis.call('HDEL', key, 'call', 'kill')
   redis.call('PEXPIRE', key, ttl)
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100000, '*', 'id', id)
+  local client = redis.call('HGET', key, 'client')
+  if client and client ~= me then  -- tell the submitter (unless it is who ended the job)
+    local box = KEYS[3] .. client
+    redis.call('RPUSH', box, id)
+    redis.call('PEXPIRE', box, ttl)
+  end
   redis.call('HINCRBY', KEYS[4], state, 1)
 end
 """
 
 # KEYS: queued, seq, job prefix
-# ARGV: id, rank, priority, name, call, options, sig, maxsize, aging (0: none)
+# ARGV: id, rank, priority, name, call, options, sig, maxsize, aging (0: none), client
 PUT = (
     NOW
     + """
@@ -43,7 +49,7 @@ rank = string.format('%.17g', rank)
 local member = string.format('%020d', redis.call('INCR', KEYS[2])) .. ':' .. ARGV[1]
 redis.call('HSET', KEYS[3] .. ARGV[1], 'state', 'queued', 'rank', rank, 'priority', ARGV[3],
   'name', ARGV[4], 'call', ARGV[5], 'options', ARGV[6], 'sig', ARGV[7], 'member', member,
-  'attempts', 0, 'lost', 0, 'submitted_at', now)
+  'attempts', 0, 'lost', 0, 'submitted_at', now, 'client', ARGV[10])
 redis.call('ZADD', KEYS[1], rank, member)
 return 1
 """
@@ -88,21 +94,21 @@ return held
 """
 )
 
-# KEYS: leases, job prefix, done, stats, kills set
-# ARGV: owner, ttl ms, then (id, state, outcome, osig) per job
+# KEYS: leases, job prefix, notify prefix, stats, kills set
+# ARGV: owner, ttl ms, me (the finishing client), then (id, state, outcome, osig) per job
 FINISH = (
     NOW
     + END
     + """
 local stored = {}
-for i = 3, #ARGV, 4 do
+for i = 4, #ARGV, 4 do
   local id = ARGV[i]
   local key = KEYS[2] .. id
   local f = redis.call('HMGET', key, 'state', 'owner')
   if f[1] == 'running' and f[2] == ARGV[1] then
     redis.call('ZREM', KEYS[1], id)
     redis.call('SREM', KEYS[5], id)
-    finish(key, id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[2], now)
+    finish(key, id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[2], now, ARGV[3])
     stored[#stored + 1] = id
   end
 end
@@ -127,7 +133,8 @@ end
 return 1
 """
 
-# KEYS: queued, job prefix, done, stats, kills prefix | ARGV: id, outcome, osig, ttl ms
+# KEYS: queued, job prefix, notify prefix, stats, kills prefix
+# ARGV: id, outcome, osig, ttl ms, kill a running job ('1'/'0'), me
 # Returns the state the job was in ('queued' means: cancelled now).
 KILL = (
     NOW
@@ -137,7 +144,7 @@ local key = KEYS[2] .. ARGV[1]
 local f = redis.call('HMGET', key, 'state', 'member', 'owner')
 if f[1] == 'queued' then
   redis.call('ZREM', KEYS[1], f[2])
-  finish(key, ARGV[1], 'cancelled', ARGV[2], ARGV[3], ARGV[4], now)
+  finish(key, ARGV[1], 'cancelled', ARGV[2], ARGV[3], ARGV[4], now, ARGV[6])
 elseif f[1] == 'running' and ARGV[5] == '1' then
   redis.call('HSET', key, 'kill', 1)
   redis.call('SADD', KEYS[5] .. f[3], ARGV[1])
@@ -171,7 +178,8 @@ return {back, doomed}
 """
 )
 
-# KEYS: leases, job prefix, done, stats | ARGV: id, owner, outcome, osig, ttl ms, state
+# KEYS: leases, job prefix, notify prefix, stats
+# ARGV: id, owner, outcome, osig, ttl ms, state, me
 # Ends a job whose lease expired (given up, or refused by its signature) if nothing
 # changed since the caller looked.
 GIVE_UP = (
@@ -185,7 +193,7 @@ if f[1] ~= 'running' or f[2] ~= ARGV[2] then return 0 end
 if ARGV[6] == 'dead' and (not deadline or tonumber(deadline) > now) then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HINCRBY', key, 'lost', ARGV[6] == 'dead' and 1 or 0)
-finish(key, ARGV[1], ARGV[6], ARGV[3], ARGV[4], ARGV[5], now)
+finish(key, ARGV[1], ARGV[6], ARGV[3], ARGV[4], ARGV[5], now, ARGV[7])
 return 1
 """
 )
