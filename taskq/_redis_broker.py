@@ -3,16 +3,15 @@
 Every step that moves a job is one Lua script (``_redis_scripts.py``), so a
 client or server dying between two commands loses nothing; ties in priority are
 broken by a sequence the server assigns (``INCR``), leases and heartbeats use the
-server's clock. Waiting clients block on the stream of ended jobs (``XREAD
-BLOCK``): they are woken when an outcome is stored, and read on from where they
-were after a reconnect, so nothing is missed.
+server's clock. A waiting client blocks on a list of its own (``BLPOP``) to which
+whoever ends one of its jobs pushes the id: it is woken when an outcome is stored,
+and the ids wait in Redis while its connection is down, so nothing is missed.
 
-Needs Redis 6.2 or newer (``ZRANGE`` over a sorted set, ``XADD ... MAXLEN ~``,
-``HSET`` with several fields, ``TIME`` inside scripts: Redis 5+ replicates
-script effects). A single Redis (or a primary with replicas), not Redis Cluster.
-What survives a Redis restart is what its persistence kept: with
-``appendonly yes`` every acknowledged write (``appendfsync everysec``: all but the
-last second after a power loss); with no persistence, nothing.
+Needs Redis 6.2 or newer (``LPOP key count``, ``HSET`` with several fields, ``TIME``
+inside scripts, whose effects Redis 5+ replicates). A single Redis (or a primary
+with replicas), not Redis Cluster. What survives a Redis restart is what its
+persistence kept: with ``appendonly yes`` every acknowledged write (``appendfsync
+everysec``: all but the last second after a power loss); with no persistence, nothing.
 """
 
 from __future__ import annotations
