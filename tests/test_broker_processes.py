@@ -3,6 +3,7 @@ and servers, several submitters and servers on one store, `taskq worker`, `taskq
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import json
 import os
@@ -291,3 +292,19 @@ def test_taskq_worker_serves_prometheus_metrics_of_the_jobs_it_ran(store, tmp_pa
         client.kill(blocker)
     finally:
         client.shutdown(wait=False, cancel_futures=True)
+
+
+def test_kill_stops_a_job_running_in_a_taskq_worker_process(store, tmp_path, workers):
+    log = str(tmp_path / "runs")
+    client = taskq.Pool(0, **store.kw)
+    try:
+        workers(store, "--workers", "1")
+        victim = client.schedule(record, (log, "victim", 60.0))
+        wait_until(lambda: runs(log) == ["victim"], 60, "the job to start in the worker")
+        assert client.kill(victim) is True
+        with pytest.raises(concurrent.futures.CancelledError):
+            victim.result(timeout=30)  # stopped there, well before its 60 s
+        assert client.schedule(record, (log, "next")).result(timeout=60) == "next"
+        assert client.kill(victim) is False  # finished (cancelled): nothing to stop
+    finally:
+        client.shutdown(wait=False)
