@@ -233,6 +233,19 @@ class StoreFile:
             tx.execute("INSERT OR IGNORE INTO meta VALUES ('done_seq', '0')")
 
 
+# Bumped in every forked child (by far more than any number of close_all calls), so a
+# connection cached by a thread of the parent is never used in the child.
+_fork_epoch = 0
+
+
+def _forked() -> None:
+    global _fork_epoch
+    _fork_epoch += 1 << 40
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class _Connections:
     """The connections a process opened to one file, so that they can be closed: those
     of threads that ended as new ones open, and all of them at ``close_all``."""
@@ -243,12 +256,12 @@ class _Connections:
         self._generation = 0
         self._open: list[tuple[threading.Thread, sqlite3.Connection]] = []
 
-    def key(self) -> tuple[int, int]:
+    def key(self) -> int:
         """Changes when the process forks or ``close_all`` runs: a thread's cached
         connection is valid only under the key it was opened with."""
-        return (os.getpid(), self._generation)
+        return _fork_epoch + self._generation
 
-    def add(self, conn: sqlite3.Connection) -> tuple[int, int]:
+    def add(self, conn: sqlite3.Connection) -> int:
         with self._lock:
             if self._pid != os.getpid():  # a forked child: the parent's are not ours to close
                 self._pid, self._open = os.getpid(), []
