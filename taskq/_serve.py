@@ -39,6 +39,7 @@ from taskq._pool import Pool
 log = logging.getLogger("taskq")
 
 RECLAIM_EVERY = 0.25  # seconds between looks for expired leases (recovery = lease + this)
+STALL_AFTER = 0.05  # seconds without an ending job before jobs claimed ahead go back
 KILL_CHECK_EVERY = 0.02  # seconds between looks for kill requests (how soon kill() acts)
 PURGE_EVERY = 60.0  # seconds between deletions of expired outcomes
 MAX_EXTRA_PER_WORKER = 64  # claimed ahead per worker when jobs are tiny
@@ -59,13 +60,14 @@ class ClaimPace:
         self.workers = workers
         self._average = average
 
-    def room(self, held: int) -> int:
+    def room(self, held: int, stalled: bool = False) -> int:
         """How many jobs to claim now (0: none). With extra jobs held, claims wait until
         half of them have run, so a stream of tiny jobs costs one claim per batch, not
-        one per job; a worker with nothing to do is always given work at once."""
+        one per job; a worker with nothing to do is always given work at once.
+        ``stalled``: no job has ended for a while (one runs long): hold no extra."""
         average = self._average()
         extra = 0
-        if average is not None and average < HOLD_BUDGET:
+        if average is not None and average < HOLD_BUDGET and not stalled:
             extra = self.workers * min(MAX_EXTRA_PER_WORKER, int(HOLD_BUDGET / max(average, 1e-6)))
         room = self.workers + extra - held
         if extra and held >= self.workers and room < (self.workers + extra) // 2:
@@ -105,6 +107,7 @@ class Server:
         self._next_reclaim = now
         self._next_purge = now
         self._next_kill_check = now
+        self._last_ended = now  # when a held job last ended (or the server started)
         broker.register_server(self.owner, workers)
 
     @property
@@ -124,6 +127,11 @@ class Server:
         if self._held and now >= self._next_kill_check:
             self._next_kill_check = now + KILL_CHECK_EVERY
             self._kill_requested()
+        if self._stalled(now) and len(self._held) > self._pace.workers:
+            # Jobs claimed ahead wait behind one that runs long: let other servers have
+            # them (they go back in their place); no more are claimed ahead meanwhile.
+            self._last_ended = now
+            self.release_unstarted()
         claimed = self._claim(now) if self._claiming else 0
         if now >= self._next_purge:
             self._next_purge = now + min(PURGE_EVERY, max(0.1, self.broker.result_ttl / 2))
@@ -132,12 +140,16 @@ class Server:
 
     # -- the steps ------------------------------------------------------------
 
+    def _stalled(self, now: float) -> bool:
+        return bool(self._held) and now - self._last_ended > STALL_AFTER
+
     def _store_outcomes(self, now: float) -> int:
         ended = []
         while self._ended:
             ended.append(self._ended.popleft())
         if not ended:
             return 0
+        self._last_ended = now
         try:
             stored = set(self.broker.finish(self.owner, ended))
         except BaseException:  # the store is unreachable: keep them for the next step
@@ -180,7 +192,7 @@ class Server:
 
     def _claim(self, now: float) -> int:
         with self._lock:
-            room = self._pace.room(len(self._held))
+            room = self._pace.room(len(self._held), self._stalled(now))
         if room <= 0:
             return 0
         if now >= self._next_reclaim:

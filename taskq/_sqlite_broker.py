@@ -137,54 +137,56 @@ class SqliteBroker:
 
     def renew(self, owner: str, job_ids: Sequence[str], lease: float) -> set[str]:
         """Extend ``owner``'s leases; return the ids it still holds (a lost one is not)."""
-        held: set[str] = set()
         until = time.time() + lease
         with self.file.write() as tx:
-            for chunk in _chunks(job_ids):
-                marks = ",".join("?" * len(chunk))
-                tx.execute(
-                    f"UPDATE jobs SET lease_until = ? WHERE state = 'running' AND owner = ? "
-                    f"AND id IN ({marks})",
-                    (until, owner, *chunk),
-                )
-                held.update(
-                    row[0]
-                    for row in tx.execute(
-                        f"SELECT id FROM jobs WHERE state = 'running' AND owner = ? "
-                        f"AND id IN ({marks})",
-                        (owner, *chunk),
-                    )
-                )
+            held = self._held(tx, owner, job_ids)
+            tx.executemany(
+                "UPDATE jobs SET lease_until = ? WHERE id = ?", [(until, i) for i in held]
+            )
             tx.execute("UPDATE servers SET heartbeat = ? WHERE owner = ?", (time.time(), owner))
         return held
 
     def finish(self, owner: str, outcomes: Sequence[tuple[str, Outcome]]) -> list[str]:
         """Store outcomes of jobs ``owner`` holds; return the ids stored. An outcome for
         a job ``owner`` no longer holds (its lease expired) is discarded: first wins."""
-        stored: list[str] = []
         now = time.time()
+        dumped = [(job_id, outcome, outcome.dump()) for job_id, outcome in outcomes]
         with self.file.write() as tx:
-            numbers = self._done_seqs(tx, len(outcomes))
-            for (job_id, outcome), done_seq in zip(outcomes, numbers, strict=True):
-                cursor = tx.execute(
-                    "UPDATE jobs SET state = ?, outcome = ?, attempts = max(attempts, ?), "
-                    "call = NULL, owner = NULL, lease_until = NULL, done_seq = ?, "
-                    "finished_at = ?, expires_at = ? "
-                    "WHERE id = ? AND state = 'running' AND owner = ?",
+            held = self._held(tx, owner, [job_id for job_id, _ in outcomes])
+            kept = [row for row in dumped if row[0] in held]
+            numbers = self._done_seqs(tx, len(kept)) if kept else range(0)
+            # One statement for the batch: a transaction holds the write lock, so it
+            # should make as few round trips through Python as it can.
+            tx.executemany(
+                "UPDATE jobs SET state = ?, outcome = ?, attempts = max(attempts, ?), "
+                "call = NULL, owner = NULL, lease_until = NULL, done_seq = ?, "
+                "finished_at = ?, expires_at = ? WHERE id = ?",
+                [
                     (
                         _FINAL_STATE[outcome.kind].value,
-                        outcome.dump(),
+                        data,
                         outcome.attempts,
                         done_seq,
                         now,
                         now + self.result_ttl,
                         job_id,
-                        owner,
-                    ),
-                )
-                if cursor.rowcount:
-                    stored.append(job_id)
-        return stored
+                    )
+                    for (job_id, outcome, data), done_seq in zip(kept, numbers, strict=True)
+                ],
+            )
+        return [row[0] for row in kept]
+
+    def _held(self, tx: sqlite3.Connection, owner: str, job_ids: Sequence[str]) -> set[str]:
+        """Which of ``job_ids`` run under ``owner``'s lease (inside ``tx``)."""
+        held: set[str] = set()
+        for chunk in _chunks(job_ids):
+            marks = ",".join("?" * len(chunk))
+            rows = tx.execute(
+                f"SELECT id FROM jobs WHERE state = 'running' AND owner = ? AND id IN ({marks})",
+                (owner, *chunk),
+            )
+            held.update(row[0] for row in rows)
+        return held
 
     def release(self, owner: str, job_ids: Sequence[str]) -> None:
         """Give back claimed jobs that never started, in their original place."""

@@ -276,7 +276,8 @@ def test_taskq_worker_serves_prometheus_metrics_of_the_jobs_it_ran(store, tmp_pa
                 text = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
             except OSError:
                 return False
-            return 'outcome="failed"' in text
+            # the job queued behind the long one goes back to the store (not held ahead)
+            return 'outcome="failed"' in text and 'taskq_queue_depth{priority="4"} 1.0' in text
 
         wait_until(scraped, 60, "the metrics endpoint")
         samples = {
