@@ -32,6 +32,7 @@ from taskq._serve import Server
 
 MIN_POLL = 0.001  # seconds between looks at the store right after something happened
 MAX_POLL = 0.02  # ... and at most this long when nothing did (an idle store: 50 reads/s)
+COALESCE = 0.0005  # seconds a busy loop pauses so outcomes and claims come in batches
 MAX_BACKOFF = 2.0  # seconds between attempts while the store cannot be reached
 
 
@@ -98,6 +99,10 @@ class BrokerLoop:
                     delay = min(max(delay, 0.05) * 2, MAX_BACKOFF)
                     continue
                 delay = MIN_POLL if busy else min(delay * 2, MAX_POLL)
+                if busy and self._server is not None and self._server.saturated:
+                    # A backlog: let a little more gather, one transaction for several
+                    # jobs (never with a job or two in flight: that would be latency).
+                    time.sleep(COALESCE)
                 self.wake.wait(delay)
                 self.wake.clear()
         except BaseException as exc:  # the store or the local pool failed

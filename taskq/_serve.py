@@ -114,6 +114,11 @@ class Server:
     def held(self) -> int:
         return len(self._held)
 
+    @property
+    def saturated(self) -> bool:
+        """More jobs held than workers: some wait here, a backlog is being worked off."""
+        return len(self._held) > self._pace.workers
+
     def holds(self, job_id: str) -> bool:
         """True while this server holds the job (it will hand the outcome over itself)."""
         return job_id in self._held
