@@ -109,9 +109,12 @@ def test_a_known_workload_gives_exact_counts_and_bounded_percentiles(pool_factor
 @pytest.mark.timeout(60)
 def test_per_priority_depths_return_to_zero_after_retries_cancels_and_kills(pool_factory, gate):
     pool = pool_factory(2)
-    fn, args = gate.job()
-    blockers = [pool.submit(fn, *args) for _ in range(2)]
-    gate.wait_started()
+    blockers = []
+    for name in ("first", "second"):  # both workers busy before anything else is queued
+        fn, args = gate.job(name)
+        blockers.append(pool.submit(fn, *args))
+    for name in ("first", "second"):
+        gate.wait_started(name)
     retried = [
         pool.schedule(raise_value_error, priority=p, retries=2, retry_delay=0.01) for p in (1, 2)
     ]
