@@ -217,7 +217,7 @@ def measure_recovery(peer: Peer, sizes: Sizes, log_dir: Path) -> dict[str, float
     """Kill the process group of the worker running the job; B must finish it."""
     markers = Path(tempfile.mkdtemp(prefix="taskq-bench-recovery-"))
     try:
-        (a,) = peer.start_workers(log_dir)
+        group_a = peer.start_workers(log_dir)
         warm_up(peer, 10, 60)
         handle = peer.submit_recovery_job("job", 600.0, str(markers))
         deadline = time.monotonic() + 30
@@ -229,9 +229,11 @@ def measure_recovery(peer: Peer, sizes: Sizes, log_dir: Path) -> dict[str, float
         first_pid = int(first.name.split(".")[1])
         peer.start_workers(log_dir)  # B
         time.sleep(peer.startup_grace)
-        os.killpg(a.pid, signal.SIGKILL)
+        for proc in group_a:
+            os.killpg(proc.pid, signal.SIGKILL)
         killed = time.monotonic()
-        a.wait()
+        for proc in group_a:
+            proc.wait()
         try:
             (value,) = peer.results([handle], sizes.recovery_wait)
         except Exception as exc:  # not recovered in the bounded wait: a result, not an error
