@@ -38,11 +38,9 @@ import contextlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -57,6 +55,8 @@ from benchmarks.redis_peers import ENV_URL, PEERS, QUEUE, Peer, Unavailable, loa
 from benchmarks.runner import TrialTimeout, VerificationError, check, percentile, time_budget
 
 HERE = Path(__file__).resolve().parent
+DASH = "\N{EN DASH}"
+TIMES = "\N{MULTIPLICATION SIGN}"
 
 
 @dataclass
@@ -255,9 +255,10 @@ class Session:
     def run(self, peer: Peer, results: dict[str, Result], scenarios: set[str]) -> None:
         """One repetition of every scenario for ``peer`` (fresh workers for each part)."""
         parts: list[tuple[str, Callable[[], dict[str, float]]]] = []
+        scenarios = scenarios & set(results)
         if "enqueue" in scenarios:
             parts.append(("enqueue", lambda: measure_enqueue(peer, self.sizes.enqueue)))
-        if scenarios & {"e2e", "latency"}:
+        if "e2e" in scenarios:
             parts.append(("e2e+latency", lambda: self._served(peer, scenarios, results)))
         if "urgent" in scenarios:
             parts.append(("urgent", lambda: self._urgent(peer)))
@@ -313,7 +314,7 @@ class Session:
         )
 
 
-# -- correctness under SIGKILLs (taskq only) --------------------------------------------------------
+# -- correctness under SIGKILLs (taskq only) ----------------------------------------
 def pool_children(pid: int) -> list[int]:
     """The forked pool workers of a serving process (same command line; not helpers)."""
     try:
@@ -421,7 +422,7 @@ TITLES = {
     "enqueue": "Enqueue rate (no worker running, one call per job)",
     "e2e": "End-to-end no-op throughput (submit all, read every result)",
     "latency": "One-job latency (submit, wait; one in flight)",
-    "urgent": "Urgent job behind a 10,000-job backlog",
+    "urgent": "Urgent job behind a {backlog:,}-job backlog",
     "recovery": "SIGKILL of a serving process: its job completes elsewhere",
 }
 
@@ -441,11 +442,11 @@ def summary(values: list[float]) -> dict[str, float]:
 def cell(res: Result, metric: str) -> str:
     values = res.samples.get(metric)
     if not values:
-        return "–"
+        return DASH
     s = summary(values)
     if len(values) == 1:
         return fmt(s["median"])
-    return f"{fmt(s['median'])} ({fmt(s['min'])}–{fmt(s['max'])})"
+    return f"{fmt(s['median'])} ({fmt(s['min'])}{DASH}{fmt(s['max'])})"
 
 
 def markdown(data: dict[str, Any], results: dict[str, dict[str, Result]]) -> str:
@@ -455,7 +456,7 @@ def markdown(data: dict[str, Any], results: dict[str, dict[str, Result]]) -> str
         f"Mode `{data['mode']}`, {data['repeat']} interleaved repetitions, "
         f"{data['machine']['cores']} cores, Python {data['machine']['python']}, "
         f"Redis {data['redis_version']}, {data['machine']['date_utc']}. "
-        "Cells: median (min–max) over the repetitions.",
+        f"Cells: median (min{DASH}max) over the repetitions.",
         "",
         "## Targets",
         "",
@@ -469,12 +470,13 @@ def markdown(data: dict[str, Any], results: dict[str, dict[str, Result]]) -> str
         if not rows:
             continue
         metrics = METRICS[scenario]
+        title = title.format(backlog=data["sizes"]["backlog"])
         lines += ["", f"## {title}", "", "| contestant | "
                   + " | ".join(m[1] for m in metrics) + " | notes |",
                   "|---" * (len(metrics) + 2) + "|"]
         for res in rows.values():
             if res.status == "skipped":
-                lines.append(f"| {res.label} | " + " | ".join("–" for _ in metrics)
+                lines.append(f"| {res.label} | " + " | ".join(DASH for _ in metrics)
                              + f" | skipped: {res.error} |")
                 continue
             if res.status == "error":
@@ -488,14 +490,15 @@ def markdown(data: dict[str, Any], results: dict[str, dict[str, Result]]) -> str
                     extra = (f"recovered in {int(sum(rec))}/{len(rec)} runs; not recovered "
                              f"within {data['sizes']['recovery_wait']:.0f} s otherwise. {extra}")
             if scenario == "urgent" and res.samples.get("backlog_at_first_probe"):
-                extra = (f"backlog left at first probe {fmt(statistics.median(res.samples['backlog_at_first_probe']))}"
-                         f", after last {fmt(statistics.median(res.samples['backlog_after_last_probe']))}. "
-                         + extra)
+                first = statistics.median(res.samples["backlog_at_first_probe"])
+                last = statistics.median(res.samples["backlog_after_last_probe"])
+                extra = f"backlog left at first probe {fmt(first)}, after last {fmt(last)}. {extra}"
             lines.append(f"| {res.label} | " + " | ".join(cell(res, m[0]) for m in metrics)
                          + f" | {extra} |")
     corr = data.get("correctness")
     if corr:
-        lines += ["", "## Correctness: 10,000 jobs with random SIGKILLs of worker processes",
+        lines += ["", f"## Correctness: {corr['jobs']:,} jobs with random SIGKILLs of worker "
+                  "processes (taskq, `retries=5`)",
                   "", "| jobs | kills | wrong results | errors | lost | duplicated outcomes "
                   "| seconds | verified |", "|---|---|---|---|---|---|---|---|",
                   f"| {corr['jobs']} | {corr['kills']} | {corr['wrong_results']} | "
@@ -522,14 +525,15 @@ def targets(results: dict[str, dict[str, Result]], ping: Result) -> list[dict[st
     peers = [(label, v) for label, v in peers if v]
     if mine and peers:
         label, best = max(peers, key=lambda p: p[1])
-        out.append({"target": "end-to-end no-op ≥ 2× the fastest peer",
-                    "measured": f"{mine / best:.2f}× ({fmt(mine)} vs {label} {fmt(best)} jobs/s)",
+        out.append({"target": f"end-to-end no-op ≥ 2{TIMES} the fastest peer",
+                    "measured": f"{mine / best:.2f}{TIMES} "
+                    f"({fmt(mine)} vs {label} {fmt(best)} jobs/s)",
                     "met": "yes" if mine >= 2 * best else "no"})
     lat = med(results.get("latency", {}).get("taskq"), "p50_us")
     floor = med(ping, "p50_us")
     if lat and floor:
-        out.append({"target": "latency p50 ≤ 3× Redis PING",
-                    "measured": f"{lat / floor:.1f}× ({fmt(lat)} vs {fmt(floor)} µs)",
+        out.append({"target": f"latency p50 ≤ 3{TIMES} Redis PING",
+                    "measured": f"{lat / floor:.1f}{TIMES} ({fmt(lat)} vs {fmt(floor)} µs)",
                     "met": "yes" if lat <= 3 * floor else "no"})
     urgent = med(results.get("urgent", {}).get("taskq"), "p99_ms")
     if urgent is not None:
@@ -565,7 +569,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-# -- main -------------------------------------------------------------------------------------------
+# -- main ----------------------------------------------------------------------
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.broker_redis",
                                      description=__doc__.split("\n\n")[0])
@@ -585,26 +589,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
-    sizes = MODES[mode]
-    if args.repeat:
-        sizes.repeat = args.repeat
-    url = f"redis://{args.host}/{args.db}"
-    os.environ[ENV_URL] = url
-    scenarios = set(args.scenarios.split(","))
-    rng = random.Random(args.seed)
-    import redis
-
-    info = redis.Redis.from_url(url).info("server")
-    flush(url)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_dir = Path(tempfile.mkdtemp(prefix="taskq-bench-redis-logs-"))
-    log(f"Redis {info['redis_version']} at {url}; mode {mode}, {sizes.repeat} repetitions; "
-        f"worker logs in {log_dir}")
-
+def make_contestants(args: argparse.Namespace) -> tuple[list[Peer], dict[str, str]]:
     contestants: list[Peer] = []
     skipped: dict[str, str] = {}
     keys = ["taskq"] + ([] if args.no_inproc else ["taskq-inproc"])
@@ -620,82 +605,124 @@ def main(argv: list[str] | None = None) -> int:
         except Unavailable as exc:
             skipped[key] = str(exc)
             log(f"  {key}: skipped: {exc}")
-    served = [s for s in ("enqueue", "e2e", "latency", "urgent") if s in scenarios]
-    results: dict[str, dict[str, Result]] = {s: {} for s in [*served, "recovery"]}
-    for peer in contestants:
-        for s in results:
-            results[s][peer.key] = Result(peer.key, peer.label)
-    for key, why in skipped.items():
-        for s in results:
-            results[s][key] = Result(key, key, status="skipped", error=why)
-    for peer in contestants:  # the in-process pool serves itself: nothing to enqueue into
-        if peer.processes == 0:
-            for s in ("enqueue", "urgent", "recovery"):
-                results[s].pop(peer.key, None)
-    if "recovery" not in scenarios:
-        results.pop("recovery")
+    return contestants, skipped
 
+
+def make_results(
+    contestants: list[Peer], skipped: dict[str, str], scenarios: set[str]
+) -> dict[str, dict[str, Result]]:
+    names = [s for s in ("enqueue", "e2e", "latency", "urgent", "recovery") if s in scenarios]
+    results: dict[str, dict[str, Result]] = {s: {} for s in names}
+    for s in results:
+        for peer in contestants:
+            # the in-process pool serves itself: no enqueue without workers, no kill
+            if peer.processes == 0 and s in ("enqueue", "urgent", "recovery"):
+                continue
+            results[s][peer.key] = Result(peer.key, peer.label)
+        for key, why in skipped.items():
+            results[s][key] = Result(key, key, status="skipped", error=why)
+    return results
+
+
+def run_recovery(url: str, peer: Peer, sizes: Sizes, log_dir: Path, rec: Result) -> None:
+    if peer.key == "taskq":
+        peer.lease = 2.0  # type: ignore[attr-defined]
+    flush(url)
+    try:
+        peer.open()
+        with time_budget(sizes.budget):
+            metrics = measure_recovery(peer, sizes, log_dir)
+        why = metrics.pop("why", None)
+        if why:
+            rec.info.setdefault("not_recovered", []).append(why)
+        rec.add(metrics)
+    except Exception as exc:
+        rec.fail("recovery", exc)
+        log(f"    {peer.label} recovery: {rec.error}")
+        log(traceback.format_exc(limit=8))
+    finally:
+        with contextlib.suppress(Exception):
+            peer.close()
+        peer.stop_workers()
+        if peer.key == "taskq":
+            peer.lease = 5.0  # type: ignore[attr-defined]
+        flush(url)
+
+
+def run_correctness(url: str, sizes: Sizes, log_dir: Path, seed: int) -> dict[str, Any]:
+    log(f"  correctness: {sizes.correctness} jobs with random SIGKILLs of worker processes")
+    try:
+        correctness = correctness_run(url, sizes.correctness, log_dir, seed)
+    except Exception as exc:
+        correctness = {"jobs": sizes.correctness, "kills": 0, "wrong_results": 0,
+                       "errors": 1, "lost": -1, "duplicated": -1, "seconds": 0.0,
+                       "verified": False, "error_samples": [repr(exc)]}
+        log(traceback.format_exc())
+    log(f"    {correctness}")
+    return correctness
+
+
+def correctness_target(correctness: dict[str, Any] | None) -> dict[str, str]:
+    measured = DASH
+    if correctness:
+        measured = (
+            f"{correctness['jobs']} jobs, {correctness['kills']} kills: "
+            f"{correctness['lost']} lost, {correctness['duplicated']} duplicated, "
+            f"{correctness['wrong_results'] + correctness['errors']} wrong/failed"
+        )
+    return {
+        "target": "zero lost, zero duplicated outcomes under random SIGKILLs",
+        "measured": measured,
+        "met": "yes" if correctness and correctness["verified"] else "no",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
+    sizes = MODES[mode]
+    if args.repeat:
+        sizes.repeat = args.repeat
+    url = f"redis://{args.host}/{args.db}"
+    os.environ[ENV_URL] = url
+    scenarios = set(args.scenarios.split(","))
+    import redis
+
+    redis_version = redis.Redis.from_url(url).info("server")["redis_version"]
+    flush(url)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="taskq-bench-redis-logs-"))
+    log(f"Redis {redis_version} at {url}; mode {mode}, {sizes.repeat} repetitions; "
+        f"worker logs in {log_dir}")
+    contestants, skipped = make_contestants(args)
+    results = make_results(contestants, skipped, scenarios)
     ping = Result("ping", "Redis PING (redis-py, floor)")
-    session = Session(url, sizes, log_dir, rng)
+    session = Session(url, sizes, log_dir, random.Random(args.seed))
     for rep in range(sizes.repeat):
         for peer in contestants:
             log(f"  rep {rep + 1}/{sizes.repeat}: {peer.label}")
             if "latency" in scenarios:
                 ping.add(ping_floor(url, 2000))
-            wanted = set(scenarios)
-            if peer.processes == 0:
-                wanted &= {"e2e", "latency"}
-            session.run(peer, {s: results[s][peer.key] for s in results
-                               if peer.key in results[s]}, wanted)
-        if "recovery" in scenarios:
-            for peer in contestants:
-                if peer.processes == 0 or results["recovery"][peer.key].status != "ok":
-                    continue
+            mine = {s: rows[peer.key] for s, rows in results.items() if peer.key in rows}
+            session.run(peer, mine, scenarios)
+        for peer in contestants:
+            rec = results.get("recovery", {}).get(peer.key)
+            if rec is not None and rec.status == "ok":
                 log(f"  rep {rep + 1}/{sizes.repeat}: {peer.label} recovery")
-                rec = results["recovery"][peer.key]
-                if peer.key == "taskq":
-                    peer.lease = 2.0  # type: ignore[attr-defined]
-                flush(url)
-                try:
-                    peer.open()
-                    with time_budget(sizes.budget):
-                        metrics = measure_recovery(peer, sizes, log_dir)
-                    why = metrics.pop("why", None)
-                    if why:
-                        rec.info.setdefault("not_recovered", []).append(why)
-                    rec.add(metrics)
-                except Exception as exc:
-                    rec.fail("recovery", exc)
-                    log(f"    {peer.label} recovery: {rec.error}")
-                    log(traceback.format_exc(limit=8))
-                finally:
-                    with contextlib.suppress(Exception):
-                        peer.close()
-                    peer.stop_workers()
-                    if peer.key == "taskq":
-                        peer.lease = 5.0  # type: ignore[attr-defined]
-                    flush(url)
-
+                run_recovery(url, peer, sizes, log_dir, rec)
     if "latency" in results:
         results["latency"] = {"ping": ping, **results["latency"]}
     correctness = None
     if "correctness" in scenarios:
-        log(f"  correctness: {sizes.correctness} jobs with random SIGKILLs of worker processes")
-        try:
-            correctness = correctness_run(url, sizes.correctness, log_dir, args.seed)
-        except Exception as exc:
-            correctness = {"jobs": sizes.correctness, "kills": 0, "wrong_results": 0,
-                           "errors": 1, "lost": -1, "duplicated": -1, "seconds": 0.0,
-                           "verified": False, "error_samples": [repr(exc)]}
-            log(traceback.format_exc())
-        log(f"    {correctness}")
+        correctness = run_correctness(url, sizes, log_dir, args.seed)
     flush(url)
 
     data: dict[str, Any] = {
         "mode": mode,
         "repeat": sizes.repeat,
         "redis_url": url,
-        "redis_version": info["redis_version"],
+        "redis_version": redis_version,
         "machine": machine(),
         "sizes": sizes.__dict__,
         "contestants": [
@@ -714,25 +741,15 @@ def main(argv: list[str] | None = None) -> int:
             for s, rows in results.items()
         },
         "correctness": correctness,
-        "targets": targets(results, ping),
+        "targets": [*targets(results, ping), correctness_target(correctness)],
     }
-    data["targets"].append({
-        "target": "zero lost, zero duplicated outcomes under random SIGKILLs",
-        "measured": "–" if not correctness else
-        f"{correctness['jobs']} jobs, {correctness['kills']} kills: "
-        f"{correctness['lost']} lost, {correctness['duplicated']} duplicated, "
-        f"{correctness['wrong_results'] + correctness['errors']} wrong/failed",
-        "met": "yes" if correctness and correctness["verified"] else "no",
-    })
     name = f"redis-{mode}"
     (out_dir / f"{name}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
     (out_dir / f"{name}.md").write_text(markdown(data, results))
     log(f"wrote {out_dir / name}.json and .md")
     print((out_dir / f"{name}.md").read_text())
     failed = [r for rows in results.values() for r in rows.values() if r.status == "error"]
-    if correctness is not None and not correctness["verified"]:
-        return 1
-    return 1 if failed else 0
+    return 1 if failed or (correctness is not None and not correctness["verified"]) else 0
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ class WorkerSettings:
 class ArqPeer(Peer):
     key = "arq"
     label = "arq"
-    workers_note = "2 × `arq WorkerSettings` (no process option; max_jobs=10 each)"
+    workers_note = "2 x `arq WorkerSettings` (no process option; max_jobs=10 each)"
     urgent_note = "no priorities, one queue per worker: enqueued like the backlog (FIFO)"
     processes = 2
     startup_grace = 2.0
