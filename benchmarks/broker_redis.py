@@ -55,6 +55,7 @@ from benchmarks.redis_peers import ENV_URL, PEERS, QUEUE, Peer, Unavailable, loa
 from benchmarks.runner import TrialTimeout, VerificationError, check, percentile, time_budget
 
 HERE = Path(__file__).resolve().parent
+LATENCY_CAP = 20.0  # seconds of one-job round trips per contestant and repetition (>= 20)
 DASH = "\N{EN DASH}"
 TIMES = "\N{MULTIPLICATION SIGN}"
 
@@ -157,13 +158,17 @@ def measure_e2e(peer: Peer, n: int, timeout: float) -> dict[str, float]:
 
 
 def measure_latency(peer: Peer, n: int, timeout: float) -> dict[str, float]:
-    times = []
+    times: list[float] = []
+    stop = time.monotonic() + LATENCY_CAP
     for i in range(n):
+        if len(times) >= 20 and time.monotonic() > stop:
+            break  # a slow peer (arq polls every 0.5 s): fewer samples, said in the JSON
         t0 = time.perf_counter()
         value = peer.one(i, timeout)
         times.append(time.perf_counter() - t0)
         check(value == i, f"latency: job {i} returned {value!r}")
-    return {"p50_us": percentile(times, 50) * 1e6, "p99_us": percentile(times, 99) * 1e6}
+    return {"p50_us": percentile(times, 50) * 1e6, "p99_us": percentile(times, 99) * 1e6,
+            "samples": len(times)}
 
 
 def measure_urgent(
@@ -196,10 +201,9 @@ def measure_urgent(
     last_left = peer.queued()
     try:
         got = peer.results([h for _, _, h in sent], sizes.probe_wait)
-    except (TimeoutError, TrialTimeout) as exc:
-        raise VerificationError(
-            f"urgent probes not all started within {sizes.probe_wait:.0f} s ({exc})"
-        ) from exc
+    except TimeoutError:  # still behind the backlog: a result ("> wait"), not an error
+        return {"unfinished": 1.0, "backlog_at_first_probe": first_left or 0,
+                "backlog_after_last_probe": last_left or 0}
     delays = []
     for (tag, t0, _), value in zip(sent, got, strict=True):
         check(
@@ -439,14 +443,35 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def cell(res: Result, metric: str) -> str:
+def cell(res: Result, metric: str, wait: float = 0.0) -> str:
     values = res.samples.get(metric)
     if not values:
+        if res.samples.get("unfinished"):
+            return f"> {fmt(wait * 1000)}"
         return DASH
     s = summary(values)
     if len(values) == 1:
         return fmt(s["median"])
     return f"{fmt(s['median'])} ({fmt(s['min'])}{DASH}{fmt(s['max'])})"
+
+
+def row_note(data: dict[str, Any], scenario: str, res: Result) -> str:
+    """What a cell cannot say: runs that did not finish in the bounded wait, backlog left."""
+    extra = res.note
+    if scenario == "recovery":
+        rec = res.samples.get("recovered", [])
+        if rec and not all(rec):
+            extra = (f"recovered in {int(sum(rec))}/{len(rec)} runs; not recovered "
+                     f"within {data['sizes']['recovery_wait']:.0f} s otherwise. {extra}")
+    if scenario == "urgent" and res.samples.get("backlog_at_first_probe"):
+        first = statistics.median(res.samples["backlog_at_first_probe"])
+        last = statistics.median(res.samples["backlog_after_last_probe"])
+        extra = f"backlog left at first probe {fmt(first)}, after last {fmt(last)}. {extra}"
+    unfinished = int(sum(res.samples.get("unfinished", [])))
+    if unfinished:
+        extra = (f"in {unfinished} of {data['repeat']} runs the probes had not all "
+                 f"started after {data['sizes']['probe_wait']:.0f} s. {extra}")
+    return extra
 
 
 def markdown(data: dict[str, Any], results: dict[str, dict[str, Result]]) -> str:
@@ -483,17 +508,10 @@ def markdown(data: dict[str, Any], results: dict[str, dict[str, Result]]) -> str
                 lines.append(f"| {res.label} | " + " | ".join("error" for _ in metrics)
                              + f" | {res.error} |")
                 continue
-            extra = res.note
-            if scenario == "recovery":
-                rec = res.samples.get("recovered", [])
-                if rec and not all(rec):
-                    extra = (f"recovered in {int(sum(rec))}/{len(rec)} runs; not recovered "
-                             f"within {data['sizes']['recovery_wait']:.0f} s otherwise. {extra}")
-            if scenario == "urgent" and res.samples.get("backlog_at_first_probe"):
-                first = statistics.median(res.samples["backlog_at_first_probe"])
-                last = statistics.median(res.samples["backlog_after_last_probe"])
-                extra = f"backlog left at first probe {fmt(first)}, after last {fmt(last)}. {extra}"
-            lines.append(f"| {res.label} | " + " | ".join(cell(res, m[0]) for m in metrics)
+            extra = row_note(data, scenario, res)
+            wait = data["sizes"]["probe_wait"]
+            lines.append(f"| {res.label} | "
+                         + " | ".join(cell(res, m[0], wait) for m in metrics)
                          + f" | {extra} |")
     corr = data.get("correctness")
     if corr:

@@ -43,6 +43,7 @@ class Peer:
     urgent_note = ""  # what the urgent probe uses
     startup_grace = 2.0  # seconds a second worker needs before it takes jobs
     processes = 1  # worker commands to start (each with its own processes inside)
+    _started = 0  # worker commands started so far (names the log files)
 
     def __init__(self) -> None:
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -58,7 +59,8 @@ class Peer:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         started = []
         for _ in range(self.processes):
-            log = open(log_dir / f"{self.key}-{len(self._logs)}.log", "wb")  # noqa: SIM115
+            Peer._started += 1
+            log = open(log_dir / f"{self.key}-{Peer._started}.log", "wb")  # noqa: SIM115
             self._logs.append(log)
             proc = subprocess.Popen(
                 self.worker_command(),

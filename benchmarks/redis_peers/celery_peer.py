@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import ResultSet
 
 from benchmarks.redis_peers import QUEUE, Peer, python_command, url
@@ -46,9 +47,12 @@ class CeleryPeer(Peer):
         return [delay(x) for x in args]
 
     def results(self, handles: Sequence[Any], timeout: float) -> list[Any]:
-        if len(handles) == 1:
-            return [handles[0].get(timeout=timeout)]
-        return list(ResultSet(list(handles)).join(timeout=timeout))
+        try:
+            if len(handles) == 1:
+                return [handles[0].get(timeout=timeout)]
+            return list(ResultSet(list(handles)).join(timeout=timeout))
+        except CeleryTimeout as exc:
+            raise TimeoutError(f"Celery: no result within {timeout:.0f} s") from exc
 
     def submit_probe(self, tag: int, urgent: bool) -> Any:
         return probe.apply_async((tag,), priority=0 if urgent else 5)

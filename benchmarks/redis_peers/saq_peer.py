@@ -1,6 +1,8 @@
 """SAQ: ``saq ...settings --workers 2`` (2 processes, its default concurrency 10
 coroutines each). Results: ``Job.refresh(until_complete=...)`` (SAQ listens for the
-job's update over pub/sub). No priorities: the urgent probe is enqueued like the
+job's update over pub/sub; it reads the job before it subscribes, so an update in
+between is missed and it waits for the timeout: seen here once, hence a re-check
+every 0.5 s). No priorities: the urgent probe is enqueued like the
 backlog (one FIFO queue per worker)."""
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ async def probe(ctx: Any, *, tag: int) -> tuple[int, float]:
 async def first_run_sleeps(ctx: Any, *, tag: str, seconds: float, marker_dir: str) -> Any:
     return plain.first_run_sleeps(tag, seconds, marker_dir)
 
+
+RECHECK = 0.5
 
 settings = {
     "queue": Queue.from_url(url(), name=QUEUE),
@@ -71,7 +75,21 @@ class SaqPeer(Peer):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"SAQ: no result within {timeout:.0f} s")
-                await job.refresh(until_complete=left)
+                try:  # SAQ reads the job, then subscribes: an update in between is
+                    # missed and refresh() waits for its timeout; so look again each 0.5 s
+                    await job.refresh(until_complete=min(left, RECHECK))
+                except TimeoutError:
+                    continue_waiting = True
+                else:
+                    continue_waiting = False
+                while continue_waiting or job.status in ("new", "queued", "active"):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"SAQ: no result within {timeout:.0f} s")
+                    try:
+                        await job.refresh(until_complete=RECHECK)
+                        continue_waiting = False
+                    except TimeoutError:
+                        continue_waiting = True
                 if job.status != "complete":
                     raise RuntimeError(f"SAQ job {job.key}: {job.status} {job.error or ''}")
                 out.append(job.result)
