@@ -21,7 +21,7 @@ Scenarios, per contestant and repetition:
   they consume it, probes at random moments, each the peer's most urgent job (taskq:
   priority -1); delay = the probe's start in a worker (``time.monotonic()``) minus the
   moment before it was submitted (p50 / p99 ms; also: backlog left at the first probe).
-* ``recovery``: worker A runs a job, worker B is up, A's whole process group is
+* ``recovery``: worker A runs a job, worker B is up, every process of A's session is
   SIGKILLed; time until the job starts again in B, and until its result is back
   (bounded: "not recovered within 30 s" is a result). taskq uses ``--lease 2``.
 * ``correctness`` (taskq only): 10,000 jobs with ``retries=5`` while worker processes
@@ -51,7 +51,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.redis_peers import ENV_URL, PEERS, QUEUE, Peer, Unavailable, load
+from benchmarks.redis_peers import (
+    ENV_URL,
+    PEERS,
+    QUEUE,
+    Peer,
+    Unavailable,
+    load,
+    session_members,
+)
 from benchmarks.runner import TrialTimeout, VerificationError, check, percentile, time_budget
 
 HERE = Path(__file__).resolve().parent
@@ -234,11 +242,13 @@ def measure_recovery(peer: Peer, sizes: Sizes, log_dir: Path) -> dict[str, float
         first_pid = int(first.name.split(".")[1])
         peer.start_workers(log_dir)  # B
         time.sleep(peer.startup_grace)
-        for proc in group_a:
-            os.killpg(proc.pid, signal.SIGKILL)
+        victims = [pid for proc in group_a for pid in session_members(proc.pid)]
+        for pid in victims:  # every process of A's session: the machine is lost
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
         for proc in group_a:
-            proc.wait()
+            peer.kill_group(proc)
         deadline = killed + sizes.recovery_wait
         while True:  # some clients give up early (a socket timeout): ask again until then
             try:

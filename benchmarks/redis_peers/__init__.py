@@ -75,6 +75,12 @@ class Peer:
         return started
 
     def kill_group(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL every process of the worker command's session (a lost machine): its
+        process group, and the processes that moved to groups of their own (RQ's work
+        horses call ``setpgrp``) but stayed in the session."""
+        for pid in session_members(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -90,9 +96,7 @@ class Peer:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.kill_group(proc)
-            # whatever the group leader left behind
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            self.kill_group(proc)  # whatever the leader left behind, in its session too
         self._procs.clear()
         for log in self._logs:
             log.close()
@@ -138,6 +142,21 @@ def load(key: str) -> Peer:
         raise Unavailable(f"cannot import: {exc}") from exc
     peer: Peer = module.ADAPTER()
     return peer
+
+
+def session_members(sid: int) -> list[int]:
+    """The processes whose session id is ``sid`` (each worker command starts its own)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # after the name: state, ppid, pgrp, session
+            found.append(int(entry.name))
+    return found
 
 
 def python_command(*args: str) -> list[str]:
