@@ -304,6 +304,12 @@ class BrokerPool(Pool):
     def _set_broken(self, exc: BaseException) -> None:
         self._broken = exc
 
+    @property
+    def broken(self) -> BaseException | None:
+        """Why this pool can no longer serve or wait (its workers cannot start, the store
+        failed for good); None while it works."""
+        return self._broken
+
     # -- observing ------------------------------------------------------------------
 
     def _count_outcome(self, kind: OutcomeKind) -> None:

@@ -127,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
     metrics = _serve_metrics(pool, args, log)
     try:
         while not stop.wait(0.5):
-            pass
+            if pool.broken is not None:  # exit, so that a supervisor starts a new worker
+                log.error("cannot serve any more: %s", pool.broken)
+                return EXIT_FAILED
         log.info("stopping: no new jobs; running jobs have %.0f s to finish", args.grace)
         pool.stop_serving(args.grace)
     finally:

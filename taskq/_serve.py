@@ -32,7 +32,7 @@ from typing import Any
 from taskq._broker import Broker, ClaimedJob, JobOptions, Outcome
 from taskq._counters import CounterStore, install_worker_counters
 from taskq._dispatch import HOLD_BUDGET
-from taskq._errors import UnpicklingFailed
+from taskq._errors import PoolBroken, UnpicklingFailed
 from taskq._job import JobFuture
 from taskq._pool import Pool
 
@@ -124,7 +124,12 @@ class Server:
         return job_id in self._held
 
     def step(self) -> bool:
-        """One round (see the module docstring); True if it did anything."""
+        """One round (see the module docstring); True if it did anything. Raises the
+        local pool's ``PoolBroken`` once it broke: the jobs held here did not fail, this
+        process did (the broker loop gives them back to the store)."""
+        broken = self._pool._manager.broken
+        if broken is not None:
+            raise broken
         now = time.monotonic()
         stored = self._store_outcomes(now)
         if now >= self._next_renew:
@@ -245,6 +250,9 @@ class Server:
                 self._releasing.discard(job.job_id)
                 self._held.pop(job.job_id, None)
                 return
+        if not future.cancelled() and isinstance(future.exception(), PoolBroken):
+            self._wake()  # this process cannot run jobs: the job goes back (see step)
+            return
         attempts = job.attempts - 1 + max(1, future.attempts)
         try:
             outcome = _outcome_of(job, future, attempts, self.broker.url)

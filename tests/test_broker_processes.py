@@ -309,3 +309,34 @@ def test_kill_stops_a_job_running_in_a_taskq_worker_process(store, tmp_path, wor
         assert client.kill(victim) is False  # finished (cancelled): nothing to stop
     finally:
         client.shutdown(wait=False)
+
+
+def _children(pid):
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(child) for child in f.read().split()]
+    return found
+
+
+def test_a_taskq_worker_whose_pool_breaks_exits_and_leaves_its_jobs_to_others(
+    store, tmp_path, workers
+):
+    log = str(tmp_path / "runs")
+    client = taskq.Pool(0, **store.kw)
+    try:
+        first = workers(store, "--workers", "1", "--start-method", "fork")
+        running = client.schedule(record, (log, "running", 60.0))
+        waiting = client.schedule(record, (log, "waiting"), priority=1)
+        wait_until(lambda: runs(log) == ["running"], 60, "the first job to start")
+        # Its fork server (the child that has children) dies: no worker can start again.
+        [fork_server] = [c for c in _children(first.pid) if _children(c)]
+        os.kill(fork_server, signal.SIGKILL)
+        assert first.wait(120) == 1  # it says it cannot serve, so a supervisor restarts it
+        assert "cannot serve any more" in stop(first)
+        with pytest.raises(taskq.WorkerCrashed):  # its worker died under it, as locally
+            running.result(timeout=60)
+        workers(store, "--workers", "1")
+        assert waiting.result(timeout=60) == "waiting"  # never claimed, or given back
+    finally:
+        client.shutdown(wait=False)
