@@ -45,6 +45,11 @@ class StoreCounters:
         values = self._store().counter_values(self.names)
         return tuple(values[name] for name in self.names)
 
+    def close(self) -> None:
+        if self._broker is not None:
+            self._broker.close()
+            self._broker = None
+
     def _store(self) -> Broker:
         if self._broker is None:
             self._broker = open_broker(self.url, self.queue, secret=self._secret)

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from taskq._broker import Broker
+from taskq._broker import Broker, JobState
 from taskq._broker_client import Waiters
 from taskq._errors import BrokerUnavailable, PoolBroken
 from taskq._log import log
@@ -34,6 +34,7 @@ MIN_POLL = 0.001  # seconds between looks at the store right after something hap
 MAX_POLL = 0.02  # ... and at most this long when nothing did (an idle store: 50 reads/s)
 COALESCE = 0.0005  # seconds a busy loop pauses so outcomes and claims come in batches
 MAX_BACKOFF = 2.0  # seconds between attempts while the store cannot be reached
+LISTEN_BLOCK = 0.25  # seconds a listener's blocking read lasts (how soon it sees a close)
 
 
 class BrokerLoop:
@@ -56,11 +57,19 @@ class BrokerLoop:
         self._stop_serving = False
         self._grace_deadline = 0.0
         self._closed = False
+        self._exiting = False
+        self._next_exit_check = 0.0
+        self._left_here = 0
+        self.on_close: list[Callable[[], None]] = []  # more to close with the store
         self._next_poll = 0.0
         self.thread = threading.Thread(target=self._run, name="taskq-broker", daemon=True)
-        self.thread.start()
+        self._listener: threading.Thread | None = None
         if broker.can_block:  # outcomes wake a listener instead of being polled
-            threading.Thread(target=self._listen, name="taskq-outcomes", daemon=True).start()
+            self._listener = threading.Thread(
+                target=self._listen, name="taskq-outcomes", daemon=True
+            )
+            self._listener.start()
+        self.thread.start()
 
     # -- requests from the pool (any thread) ---------------------------------------
 
@@ -113,9 +122,9 @@ class BrokerLoop:
     def _listen(self) -> None:
         """Resolve futures as outcomes are stored (a blocking read of the store)."""
         delay = 0.05
-        while self.thread.is_alive():
+        while not self._closed:
             try:
-                self._waiters.poll(block=1.0)
+                self._waiters.poll(block=LISTEN_BLOCK)
                 delay = 0.05
             except BrokerUnavailable as exc:
                 _unavailable(exc, delay)
@@ -140,12 +149,35 @@ class BrokerLoop:
             return self._server_drained()
         if not self._shutting_down:
             return False
-        own = len(self._waiters)
+        own = self._own_to_wait_for()
         if server is not None:
             if own == 0:
                 server.stop_claiming()
             return own == 0 and server.held == 0
         return own == 0
+
+    def at_exit(self) -> None:
+        """Interpreter exit: finish this process's jobs that it can run itself, and no
+        more; jobs that another process runs (or none will) stay in the store."""
+        self._exiting = self._shutting_down = True
+        self.wake.set()
+
+    def _own_to_wait_for(self) -> int:
+        if not self._exiting:
+            return len(self._waiters)
+        if self._server is None:
+            return 0
+        now = time.monotonic()
+        if now >= self._next_exit_check:  # a read of the store, at most every 0.1 s
+            self._next_exit_check = now + 0.1
+            pending = self._waiters.pending_ids()
+            states = self._broker.outcomes(pending)
+            self._left_here = sum(
+                1
+                for job_id, status in states.items()
+                if status.state is JobState.QUEUED or self._server.holds(job_id)
+            )
+        return self._left_here
 
     def _server_drained(self) -> bool:
         server = self._server
@@ -193,6 +225,11 @@ class BrokerLoop:
             if self._local is not None:
                 self._local.shutdown(wait=True)
             self._server.close()
+        listener = self._listener
+        if listener is not None and listener is not threading.current_thread():
+            listener.join(timeout=LISTEN_BLOCK + 5)  # its blocking read ends within LISTEN_BLOCK
+        for close in self.on_close:
+            close()
         self._broker.close()
 
 

@@ -153,6 +153,7 @@ class BrokerPool(Pool):
         self._loop = BrokerLoop(
             self._broker, self._waiters, self._server, self._local, wake, self._set_broken
         )
+        self._loop.on_close.append(self._store_counters.close)
         _exit_hooks.add(self)
         weakref.finalize(self, self._loop.wake.set)
         log.debug("broker pool started: %s queue %r, %d workers", broker, queue, workers)
@@ -399,15 +400,19 @@ _exit_hooks: weakref.WeakSet[BrokerPool] = weakref.WeakSet()
 
 
 def _finish_at_exit() -> None:
-    """At interpreter exit a serving pool runs this process's jobs to the end (as a
-    local pool does); a client leaves its jobs in the store, where they are safe."""
+    """At interpreter exit a serving pool runs to the end this process's jobs that it can
+    run itself (queued, or held here), as a local pool would; jobs that run in another
+    process, or that nothing serves, stay in the store, where they are safe: exit does
+    not wait for them. A client leaves its jobs in the store."""
     for pool in list(_exit_hooks):
-        if pool._server is not None:
-            pool.shutdown(wait=True)
-        else:
+        pool._run_unstarted_maps()  # before refusing new jobs: they were asked for
+        with pool._shutdown_lock:
             pool._shutdown = True
+        if pool._server is None:
             pool._waiters.fail_all(RuntimeError("the interpreter exited before the outcome"))
-            pool._loop.shut_down()
+        pool._loop.at_exit()
+    for pool in list(_exit_hooks):
+        pool._loop.join()
 
 
 threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]

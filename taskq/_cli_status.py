@@ -32,7 +32,10 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         broker = open_broker(args.url, args.queue)
-        report = collect(broker)
+        try:
+            report = collect(broker)
+        finally:
+            broker.close()
     except (StoreError, ValueError) as exc:
         print(f"taskq status: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -437,7 +437,10 @@ class RedisBroker:
         )
 
     def close(self) -> None:
-        """Nothing to do: connections are pooled and closed with the client."""
+        """Close this broker's connections (a later call reconnects: closing is for
+        shutdown, not a state); sockets left to the garbage collector would warn."""
+        self._r.close()
+        self._blocking.close()
 
 
 def needs_unsigned_warning(url: str, signed: bool) -> bool:
