@@ -18,6 +18,7 @@ timeouts, retries, a crashed worker failing its job. Its futures' callbacks
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import pickle
@@ -26,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, Future
 from typing import Any
 
 from taskq._broker import Broker, ClaimedJob, JobOptions, Outcome
@@ -241,9 +242,10 @@ class Server:
             raise
         with self._lock:
             self._held[job.job_id] = future
-        future.add_done_callback(lambda _: self._ended_locally(job, future))
+        # A partial, not a lambda over `future`: no reference cycle per job for the GC.
+        future.add_done_callback(functools.partial(self._ended_locally, job))
 
-    def _ended_locally(self, job: ClaimedJob, future: JobFuture[Any]) -> None:
+    def _ended_locally(self, job: ClaimedJob, future: Future[Any]) -> None:
         """A local future ended (on the local pool's manager thread): keep its outcome."""
         with self._lock:
             if job.job_id in self._releasing:
@@ -253,7 +255,7 @@ class Server:
         if not future.cancelled() and isinstance(future.exception(), PoolBroken):
             self._wake()  # this process cannot run jobs: the job goes back (see step)
             return
-        attempts = job.attempts - 1 + max(1, future.attempts)
+        attempts = job.attempts - 1 + max(1, getattr(future, "attempts", 1))
         try:
             outcome = _outcome_of(job, future, attempts, self.broker.url)
         except BaseException as exc:  # the result cannot be pickled for the store
@@ -308,7 +310,7 @@ class Server:
         self.broker.unregister_server(self.owner)
 
 
-def _outcome_of(job: ClaimedJob, future: JobFuture[Any], attempts: int, url: str) -> Outcome:
+def _outcome_of(job: ClaimedJob, future: Future[Any], attempts: int, url: str) -> Outcome:
     if future.cancelled():
         return Outcome.cancelled("stopped by pool.kill()", attempts)
     try:
