@@ -7,17 +7,20 @@ same store may run them. The store is the one place that decides a job's fate:
 * ``put`` commits a new job; it gets a place in line from the store itself (a
   sequence, never a client clock): smaller ``rank`` first, ties by that sequence.
 * ``claim`` moves the most urgent queued jobs to RUNNING under a *lease* held by
-  one serving process, in one atomic step. The holder ``renew``s its leases
+  one serving process, in one atomic step (``before=rank``: only jobs ranked
+  before it, so a full server can still take an urgent job). The holder ``renew``s its leases
   with a heartbeat; when a lease expires (its holder died or hung),
   ``reclaim_expired`` puts the job back in its original place, or fails it
   for good after ``max_lost`` lost leases.
 * ``finish`` stores an outcome: **the first outcome wins**, a late one (from a
   holder whose lease already expired) is discarded.
+* ``step`` is ``finish`` then ``claim``, in one round trip where the store can.
 * ``cancel`` withdraws a queued job; exactly one of cancel and claim wins.
 * ``request_kill`` asks the holder of a running job to stop it; the holder
   reads ``kill_requests`` with its heartbeat.
 
-``SqliteBroker`` (``_sqlite_broker.py``) is the first implementation. What a
+``SqliteBroker`` (``_sqlite_broker.py``) and ``RedisBroker`` (``_redis_broker.py``)
+implement it. What a
 broker stores for a job is a ``NewJob`` going in, a ``ClaimedJob`` coming out
 to a server, and an ``Outcome`` for whoever waits.
 """
@@ -31,7 +34,7 @@ import pickle
 import traceback
 import urllib.parse
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from taskq._errors import JobLost, RemoteTraceback, UnpicklingFailed
@@ -104,6 +107,7 @@ class ClaimedJob(NamedTuple):
     call: bytes
     options: bytes
     attempts: int  # claims so far, this one included
+    rank: float = 0.0  # its place in the store's order (the priority, plus aging)
 
 
 class OutcomeKind(str, enum.Enum):
@@ -219,18 +223,33 @@ class Broker(Protocol):
     queue: str
     can_block: bool  # finished_since(block=...) waits in the store (else: poll it)
     result_ttl: float  # seconds an outcome is kept
+    # Called (on the listener's thread) when a put wakes this process's server; a store
+    # that cannot block never calls it (its server polls).
+    on_new_jobs: Callable[[], None]
 
     def put(self, job: NewJob, *, maxsize: int = 0) -> None: ...
-    def claim(self, owner: str, limit: int, lease: float) -> list[ClaimedJob]: ...
+    def claim(
+        self, owner: str, limit: int, lease: float, before: float | None = None
+    ) -> list[ClaimedJob]: ...
     def renew(self, owner: str, job_ids: Sequence[str], lease: float) -> set[str]: ...
     def finish(self, owner: str, outcomes: Sequence[tuple[str, Outcome]]) -> list[str]: ...
+    def step(
+        self,
+        owner: str,
+        outcomes: Sequence[tuple[str, Outcome]],
+        limit: int,
+        lease: float,
+        before: float | None = None,
+    ) -> tuple[list[str], list[ClaimedJob]]: ...
     def release(self, owner: str, job_ids: Sequence[str]) -> None: ...
     def cancel(self, job_id: str) -> bool: ...
     def request_kill(self, job_id: str) -> JobState | None: ...
     def kill_requests(self, owner: str) -> list[str]: ...
     def reclaim_expired(self, max_lost: int) -> int: ...
     def current_cursor(self) -> str: ...
-    def finished_since(self, cursor: str, block: float = 0) -> tuple[str, list[str]]: ...
+    def finished_since(
+        self, cursor: str, block: float = 0
+    ) -> tuple[str, list[tuple[str, Outcome | None]]]: ...
     def job_status(self, job_id: str) -> JobStatus: ...
     def outcomes(self, job_ids: Sequence[str]) -> dict[str, JobStatus]: ...
     def queued_count(self) -> int: ...

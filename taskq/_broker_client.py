@@ -136,12 +136,17 @@ class Waiters:
         self._cursor, ended = self.broker.finished_since(self._cursor, block)
         local = self.delivered_here
         with self._lock:
-            ours = [j for j in ended if j in self._futures and not local(j)]
+            ours = [(j, o) for j, o in ended if j in self._futures and not local(j)]
         if not ours:
             return 0
-        for job_id, status in self.broker.outcomes(ours).items():
-            if status.outcome is not None:
-                self.resolve(job_id, status.outcome)
+        to_read = [job_id for job_id, outcome in ours if outcome is None]
+        for job_id, outcome in ours:
+            if outcome is not None:  # the store sent it with the notice
+                self.resolve(job_id, outcome)
+        if to_read:
+            for job_id, status in self.broker.outcomes(to_read).items():
+                if status.outcome is not None:
+                    self.resolve(job_id, status.outcome)
         return len(ours)
 
     def reconcile(self, every: float = RECONCILE_EVERY) -> None:

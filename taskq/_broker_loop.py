@@ -65,6 +65,8 @@ class BrokerLoop:
         self.thread = threading.Thread(target=self._run, name="taskq-broker", daemon=True)
         self._listener: threading.Thread | None = None
         if broker.can_block:  # outcomes wake a listener instead of being polled
+            if server is not None:  # ... and so does a put while this server had no job
+                broker.on_new_jobs = wake.set
             self._listener = threading.Thread(
                 target=self._listen, name="taskq-outcomes", daemon=True
             )

@@ -85,6 +85,7 @@ class RedisBroker:
                 "servers",
                 "counters",
                 "deadletter",
+                "idle",
             )
         }
         self.job_prefix, self.kills_prefix = p + "job:", p + "kills:"
@@ -94,13 +95,14 @@ class RedisBroker:
         self.client_id = uuid.uuid4().hex[:16]
         self.notify_prefix = p + "notify:"
         self._inbox = self.notify_prefix + self.client_id
+        # Called when a put woke this client's server (the queue was empty when it looked).
+        self.on_new_jobs: Callable[[], None] = lambda: None
         self._scripts = {
             name: self._r.register_script(getattr(lua, name))
             for name in (
                 "PUT",
-                "CLAIM",
+                "STEP",
                 "RENEW",
-                "FINISH",
                 "RELEASE",
                 "KILL",
                 "RECLAIM",
@@ -146,7 +148,13 @@ class RedisBroker:
 
     def put(self, job: NewJob, *, maxsize: int = 0) -> None:
         sig = self.signer.sign(job.job_id, job.call, job.options)
-        keys = (self.key["queued"], self.key["seq"], self.job_prefix)
+        keys = (
+            self.key["queued"],
+            self.key["seq"],
+            self.job_prefix,
+            self.key["idle"],
+            self.notify_prefix,
+        )
         args = (
             job.job_id,
             repr(float(job.rank)),
@@ -158,6 +166,7 @@ class RedisBroker:
             maxsize,
             repr(float(job.aging or 0)),
             self.client_id,
+            self.result_ttl_ms,
         )
         if not self._run("PUT", keys, args):
             raise Full(
@@ -205,22 +214,63 @@ class RedisBroker:
 
     # -- serving ----------------------------------------------------------------------
 
-    def claim(self, owner: str, limit: int, lease: float) -> list[ClaimedJob]:
-        if limit <= 0:
-            return []
-        keys = (self.key["queued"], self.key["leases"], self.job_prefix)
-        rows = self._run("CLAIM", keys, (owner, limit, int(lease * 1000)))
+    def claim(
+        self, owner: str, limit: int, lease: float, before: float | None = None
+    ) -> list[ClaimedJob]:
+        return self.step(owner, (), limit, lease, before)[1] if limit > 0 else []
+
+    def finish(self, owner: str, outcomes: Sequence[tuple[str, Outcome]]) -> list[str]:
+        return self.step(owner, outcomes, 0, 0)[0] if outcomes else []
+
+    def step(
+        self,
+        owner: str,
+        outcomes: Sequence[tuple[str, Outcome]],
+        limit: int,
+        lease: float,
+        before: float | None = None,
+    ) -> tuple[list[str], list[ClaimedJob]]:
+        """``finish`` then ``claim`` in one script: one round trip per server step."""
+        args: list[Any] = [
+            owner,
+            self.result_ttl_ms,
+            self.client_id,
+            int(lease * 1000),
+            max(limit, 0),
+            "" if before is None else repr(float(before)),
+        ]
+        for job_id, outcome in outcomes:
+            data = outcome.dump()
+            args += [job_id, _FINAL_STATE[outcome.kind.value], data, self.signer.sign(job_id, data)]
+        keys = (
+            self.key["leases"],
+            self.job_prefix,
+            self.notify_prefix,
+            self.key["stats"],
+            self.kills_prefix + owner,
+            self.key["queued"],
+            self.key["idle"],
+        )
+        stored, rows = self._run("STEP", keys, args)
         claimed = []
-        for raw_id, name, priority, call, options, attempts, sig in rows:
+        for raw_id, name, priority, call, options, attempts, sig, rank in rows:
             job_id = raw_id.decode()
             refused = self.signer.check(job_id, (sig or b"").decode(), call or b"", options or b"")
             if refused is not None:
                 self._refuse(job_id, owner, int(attempts), refused)
                 continue
             claimed.append(
-                ClaimedJob(job_id, name.decode(), float(priority), call, options, int(attempts))
+                ClaimedJob(
+                    job_id,
+                    name.decode(),
+                    float(priority),
+                    call,
+                    options,
+                    int(attempts),
+                    float(rank),
+                )
             )
-        return claimed
+        return [raw.decode() for raw in stored], claimed
 
     def _refuse(self, job_id: str, owner: str, attempts: int, reason: str) -> None:
         """A job whose payload failed verification: never unpickled, dead-lettered."""
@@ -244,20 +294,6 @@ class RedisBroker:
         keys = (self.key["leases"], self.job_prefix, self.key["heartbeats"])
         held = self._run("RENEW", keys, (owner, int(lease * 1000), *job_ids))
         return {raw.decode() for raw in held}
-
-    def finish(self, owner: str, outcomes: Sequence[tuple[str, Outcome]]) -> list[str]:
-        args: list[Any] = [owner, self.result_ttl_ms, self.client_id]
-        for job_id, outcome in outcomes:
-            data = outcome.dump()
-            args += [job_id, _FINAL_STATE[outcome.kind.value], data, self.signer.sign(job_id, data)]
-        keys = (
-            self.key["leases"],
-            self.job_prefix,
-            self.notify_prefix,
-            self.key["stats"],
-            self.kills_prefix + owner,
-        )
-        return [raw.decode() for raw in self._run("FINISH", keys, args)]
 
     def release(self, owner: str, job_ids: Sequence[str]) -> None:
         if job_ids:
@@ -302,19 +338,34 @@ class RedisBroker:
     def current_cursor(self) -> str:
         return ""  # each client has a list of its own ended jobs: nothing to skip
 
-    def finished_since(self, cursor: str, block: float = 0) -> tuple[str, list[str]]:
-        """This client's jobs that ended (ids popped from its list); ``block``: wait up
-        to that long for the first. Jobs of other clients are not listed here: a waiter
-        for one of those reads its state directly (``Waiters.reconcile``)."""
-        ids: list[bytes] = []
+    def finished_since(
+        self, cursor: str, block: float = 0
+    ) -> tuple[str, list[tuple[str, Outcome | None]]]:
+        """This client's jobs that ended, with their outcomes (popped from its list, where
+        whoever ended them pushed both); ``block``: wait up to that long for the first.
+        Jobs of other clients are not listed here: a waiter for one of those reads its
+        state directly (``Waiters.reconcile``). An empty notice is a put waking this
+        client's server (``on_new_jobs``)."""
+        notices: list[bytes] = []
         if block:
             first = self._call(self._blocking.blpop, [self._inbox], timeout=block)
             if first is None:
                 return cursor, []
-            ids.append(first[1])
+            notices.append(first[1])
         more = self._call(self._r.lpop, self._inbox, 10_000)
-        ids.extend(more or ())
-        return cursor, [raw.decode() for raw in ids]
+        notices.extend(more or ())
+        ended: list[tuple[str, Outcome | None]] = []
+        woken = False
+        for notice in notices:
+            if not notice:
+                woken = True
+                continue
+            raw_id, osig, data = notice.split(b"\n", 2)
+            job_id = raw_id.decode()
+            ended.append((job_id, self._checked_outcome(job_id, data, osig)))
+        if woken:
+            self.on_new_jobs()
+        return cursor, ended
 
     def job_status(self, job_id: str) -> JobStatus:
         found = self.outcomes([job_id])
@@ -333,23 +384,24 @@ class RedisBroker:
         for job_id, (state, outcome, osig) in zip(job_ids, self._call(pipe.execute), strict=True):
             if state is None:
                 continue
-            loaded = None
-            if outcome is not None:
-                refused = self.signer.check(job_id, (osig or b"").decode(), outcome)
-                if refused is None:
-                    loaded = Outcome.load(outcome)
-                else:
-                    log.error("outcome of job %s refused: %s", job_id, refused)
-                    error = StoreError(
-                        f"the stored outcome of job {job_id} was refused and "
-                        f"not unpickled: {refused}"
-                    )
-                    loaded = Outcome.of_error(error, 0)
+            loaded = None if outcome is None else self._checked_outcome(job_id, outcome, osig)
             state_name = state.decode()
             found[job_id] = JobStatus(
                 JobState(state_name if state_name != "refused" else "dead"), loaded
             )
         return found
+
+    def _checked_outcome(self, job_id: str, data: bytes, osig: bytes | None) -> Outcome:
+        """The stored outcome if its signature holds; else an error saying it was refused
+        (it is never unpickled)."""
+        refused = self.signer.check(job_id, (osig or b"").decode(), data)
+        if refused is None:
+            return Outcome.load(data)
+        log.error("outcome of job %s refused: %s", job_id, refused)
+        error = StoreError(
+            f"the stored outcome of job {job_id} was refused and not unpickled: {refused}"
+        )
+        return Outcome.of_error(error, 0)
 
     # -- counters, servers, housekeeping ------------------------------------------------------
 

@@ -6,8 +6,9 @@ the zero-padded sequence from ``P seq`` then the id, so equal ranks sort by
 submission order, exactly), ``P leases`` (sorted set; id scored by its lease
 deadline in the server's clock, ms), ``P job:ID`` (hash), ``P notify:CLIENT`` (a list
 per submitting client: ids of its jobs that ended, for a blocking pop), ``P kills:OWNER``
-(set), ``P stats`` (hash of ended counts), ``P heartbeats`` (hash). Times come from the
-server's ``TIME``, never a client clock.
+(set), ``P stats`` (hash of ended counts), ``P heartbeats`` (hash), ``P idle`` (set of
+serving clients that found the queue empty: the next put wakes them by pushing an empty
+string to their notify list). Times come from the server's ``TIME``, never a client clock.
 """
 
 from __future__ import annotations
@@ -25,16 +26,18 @@ local function finish(key, id, state, outcome, osig, ttl, now, me)
   redis.call('PEXPIRE', key, ttl)
   local client = redis.call('HGET', key, 'client')
   if client and client ~= me then  -- tell the submitter (unless it is who ended the job)
+    -- the outcome travels with the notice: the submitter needs no second read
     local box = KEYS[3] .. client
-    redis.call('RPUSH', box, id)
+    redis.call('RPUSH', box, id .. '\\n' .. osig .. '\\n' .. outcome)
     redis.call('PEXPIRE', box, ttl)
   end
   redis.call('HINCRBY', KEYS[4], state, 1)
 end
 """
 
-# KEYS: queued, seq, job prefix
-# ARGV: id, rank, priority, name, call, options, sig, maxsize, aging (0: none), client
+# KEYS: queued, seq, job prefix, idle, notify prefix
+# ARGV: id, rank, priority, name, call, options, sig, maxsize, aging (0: none), client,
+#       ttl ms (of a wake-up notice)
 PUT = (
     NOW
     + """
@@ -51,29 +54,16 @@ redis.call('HSET', KEYS[3] .. ARGV[1], 'state', 'queued', 'rank', rank, 'priorit
   'name', ARGV[4], 'call', ARGV[5], 'options', ARGV[6], 'sig', ARGV[7], 'member', member,
   'attempts', 0, 'lost', 0, 'submitted_at', now, 'client', ARGV[10])
 redis.call('ZADD', KEYS[1], rank, member)
-return 1
-"""
-)
-
-CLAIM = (
-    NOW
-    + """
-local out = {}
-local head = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
-for i = 1, #head, 2 do
-  local member = head[i]
-  -- only jobs of the head's rank go together (see SqliteBroker.claim)
-  if head[i + 1] ~= head[2] then break end
-  redis.call('ZREM', KEYS[1], member)
-  local id = string.sub(member, 22)
-  local key = KEYS[3] .. id
-  local attempts = redis.call('HINCRBY', key, 'attempts', 1)
-  redis.call('HSET', key, 'state', 'running', 'owner', ARGV[1], 'started_at', now)
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), id)
-  local f = redis.call('HMGET', key, 'name', 'priority', 'call', 'options', 'sig')
-  out[#out + 1] = {id, f[1], f[2], f[3], f[4], attempts, f[5]}
+-- wake the servers that found the queue empty (they registered in the same step)
+local idle = redis.call('SMEMBERS', KEYS[4])
+if #idle > 0 then
+  redis.call('DEL', KEYS[4])
+  for _, server in ipairs(idle) do
+    redis.call('RPUSH', KEYS[5] .. server, '')
+    redis.call('PEXPIRE', KEYS[5] .. server, ARGV[11])
+  end
 end
-return out
+return 1
 """
 )
 
@@ -94,25 +84,50 @@ return held
 """
 )
 
-# KEYS: leases, job prefix, notify prefix, stats, kills set
-# ARGV: owner, ttl ms, me (the finishing client), then (id, state, outcome, osig) per job
-FINISH = (
+# One step of a server: store the outcomes of the jobs it held, then claim more.
+# KEYS: leases, job prefix, notify prefix, stats, kills set, queued, idle
+# ARGV: owner, ttl ms, me (the serving client), lease ms, claim limit, before ('' or a
+#       rank: claim only jobs ranked before it), then (id, state, outcome, osig) per job
+# Returns {ids stored, {id, name, priority, call, options, attempts, sig, rank} claimed}.
+STEP = (
     NOW
     + END
     + """
 local stored = {}
-for i = 4, #ARGV, 4 do
+for i = 7, #ARGV, 4 do
   local id = ARGV[i]
   local key = KEYS[2] .. id
   local f = redis.call('HMGET', key, 'state', 'owner')
-  if f[1] == 'running' and f[2] == ARGV[1] then
+  if f[1] == 'running' and f[2] == ARGV[1] then  -- first outcome wins: only the holder's
     redis.call('ZREM', KEYS[1], id)
     redis.call('SREM', KEYS[5], id)
     finish(key, id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[2], now, ARGV[3])
     stored[#stored + 1] = id
   end
 end
-return stored
+local claimed = {}
+local limit = tonumber(ARGV[5])
+if limit > 0 then
+  local head = redis.call('ZRANGE', KEYS[6], 0, limit - 1, 'WITHSCORES')
+  for i = 1, #head, 2 do
+    -- only jobs of the head's rank go together (see SqliteBroker.claim)
+    if head[i + 1] ~= head[2] then break end
+    if ARGV[6] ~= '' and tonumber(head[i + 1]) >= tonumber(ARGV[6]) then break end
+    local member = head[i]
+    redis.call('ZREM', KEYS[6], member)
+    local id = string.sub(member, 22)
+    local key = KEYS[2] .. id
+    local attempts = redis.call('HINCRBY', key, 'attempts', 1)
+    redis.call('HSET', key, 'state', 'running', 'owner', ARGV[1], 'started_at', now)
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), id)
+    local f = redis.call('HMGET', key, 'name', 'priority', 'call', 'options', 'sig')
+    claimed[#claimed + 1] = {id, f[1], f[2], f[3], f[4], attempts, f[5], head[i + 1]}
+  end
+  if ARGV[6] == '' and redis.call('ZCARD', KEYS[6]) == 0 then
+    redis.call('SADD', KEYS[7], ARGV[3])  -- nothing left: the next put wakes this server
+  end
+end
+return {stored, claimed}
 """
 )
 

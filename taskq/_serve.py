@@ -3,12 +3,15 @@
 ``Server`` is stepped by the broker pool's thread (``_broker_pool.py``); one
 step, in order:
 
-1. store the outcomes of jobs that ended since the last step (one transaction);
-2. renew this process's leases when a third of the lease has passed, and give
+1. renew this process's leases when a third of the lease has passed, and give
    up the jobs whose lease was lost (their outcome will be discarded);
-3. stop the jobs someone asked to kill (``pool.kill`` in any process);
-4. put back the jobs of dead servers (expired leases), then claim as many jobs
-   as the workers can start soon (``ClaimPace``) and queue them on the local pool.
+2. stop the jobs someone asked to kill (``pool.kill`` in any process);
+3. put back the jobs of dead servers (expired leases), now and then;
+4. in one call to the store (``Broker.step``): store the outcomes of jobs that
+   ended since the last step, and claim as many jobs as the workers can start
+   soon (``ClaimPace``), queueing them on the local pool. A server that holds
+   enough still takes any job ranked before the ones it holds (an urgent job
+   submitted after them): the local pool runs it next.
 
 The local pool does the rest as for any job: priorities among what it holds,
 timeouts, retries, a crashed worker failing its job. Its futures' callbacks
@@ -109,6 +112,7 @@ class Server:
         self._next_purge = now
         self._next_kill_check = now
         self._last_ended = now  # when a held job last ended (or the server started)
+        self._last_rank: float | None = None  # of the last jobs claimed
         broker.register_server(self.owner, workers)
 
     @property
@@ -132,7 +136,6 @@ class Server:
         if broken is not None:
             raise broken
         now = time.monotonic()
-        stored = self._store_outcomes(now)
         if now >= self._next_renew:
             self._renew(now)
         if self._held and now >= self._next_kill_check:
@@ -143,29 +146,58 @@ class Server:
             # them (they go back in their place); no more are claimed ahead meanwhile.
             self._last_ended = now
             self.release_unstarted()
-        claimed = self._claim(now) if self._claiming else 0
+        busy = self._exchange(now)
         if now >= self._next_purge:
             self._next_purge = now + min(PURGE_EVERY, max(0.1, self.broker.result_ttl / 2))
             self.broker.purge_expired()
-        return bool(stored or claimed)
+        return busy
 
     # -- the steps ------------------------------------------------------------
 
     def _stalled(self, now: float) -> bool:
         return bool(self._held) and now - self._last_ended > STALL_AFTER
 
-    def _store_outcomes(self, now: float) -> int:
+    def _exchange(self, now: float) -> bool:
+        """Store the outcomes that came in and claim what the workers can take, in one
+        call to the store; True if anything moved."""
         ended = []
         while self._ended:
             ended.append(self._ended.popleft())
-        if not ended:
-            return 0
-        self._last_ended = now
+        limit, before = self._claim_plan(now, len(ended)) if self._claiming else (0, None)
+        if not ended and not limit:
+            return False
+        if ended:
+            self._last_ended = now
         try:
-            stored = set(self.broker.finish(self.owner, ended))
+            if limit and before is None and now >= self._next_reclaim:
+                self._next_reclaim = now + RECLAIM_EVERY
+                if self.broker.reclaim_expired(self._max_lost):
+                    log.info("put back jobs whose server stopped renewing its lease")
+            stored, jobs = self.broker.step(self.owner, ended, limit, self._lease, before)
         except BaseException:  # the store is unreachable: keep them for the next step
             self._ended.extendleft(reversed(ended))
             raise
+        self._stored(ended, set(stored))
+        for job in jobs:
+            self._start(job)
+        if jobs:
+            self._last_rank = jobs[-1].rank
+        return bool(ended or jobs)
+
+    def _claim_plan(self, now: float, ending: int) -> tuple[int, float | None]:
+        """How many jobs to claim, and the rank they must come before (None: any)."""
+        with self._lock:
+            held = len(self._held) - ending
+        room = self._pace.room(held, self._stalled(now))
+        if room > 0:
+            return room, None
+        if ending and self._last_rank is not None:
+            # Full: only a job more urgent than those held, found while storing outcomes
+            # anyway (no round trip of its own).
+            return self._pace.workers, self._last_rank
+        return 0, None
+
+    def _stored(self, ended: list[tuple[str, Outcome]], stored: set[str]) -> None:
         with self._lock:
             for job_id, _ in ended:
                 self._held.pop(job_id, None)
@@ -178,7 +210,6 @@ class Server:
                     "job was given to another server",
                     job_id,
                 )
-        return len(ended)
 
     def _renew(self, now: float) -> None:
         self._next_renew = now + self._lease / 3
@@ -200,20 +231,6 @@ class Server:
             future = self._held.get(job_id)
         if future is not None:
             self._pool.kill(future)  # its callback stores a CANCELLED outcome
-
-    def _claim(self, now: float) -> int:
-        with self._lock:
-            room = self._pace.room(len(self._held), self._stalled(now))
-        if room <= 0:
-            return 0
-        if now >= self._next_reclaim:
-            self._next_reclaim = now + RECLAIM_EVERY
-            if self.broker.reclaim_expired(self._max_lost):
-                log.info("put back jobs whose server stopped renewing its lease")
-        jobs = self.broker.claim(self.owner, room, self._lease)
-        for job in jobs:
-            self._start(job)
-        return len(jobs)
 
     def _start(self, job: ClaimedJob) -> None:
         try:
@@ -304,7 +321,16 @@ class Server:
 
     def flush(self) -> None:
         """Store whatever outcomes are waiting (at shutdown)."""
-        self._store_outcomes(time.monotonic())
+        ended = []
+        while self._ended:
+            ended.append(self._ended.popleft())
+        if ended:
+            try:
+                stored = self.broker.finish(self.owner, ended)
+            except BaseException:
+                self._ended.extendleft(reversed(ended))
+                raise
+            self._stored(ended, set(stored))
 
     def close(self) -> None:
         self.broker.unregister_server(self.owner)

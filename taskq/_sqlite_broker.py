@@ -14,7 +14,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from taskq._broker import (
     ClaimedJob,
@@ -46,6 +46,7 @@ class SqliteBroker:
         self.result_ttl = result_ttl
         self.file = StoreFile(url)
         self.path = self.file.path
+        self.on_new_jobs: Callable[[], None] = _nothing  # never called: servers poll SQLite
 
     # -- submitting ---------------------------------------------------------
 
@@ -113,16 +114,20 @@ class SqliteBroker:
 
     # -- serving --------------------------------------------------------------
 
-    def claim(self, owner: str, limit: int, lease: float) -> list[ClaimedJob]:
-        """Take up to ``limit`` of the most urgent queued jobs under ``owner``'s lease."""
+    def claim(
+        self, owner: str, limit: int, lease: float, before: float | None = None
+    ) -> list[ClaimedJob]:
+        """Take up to ``limit`` of the most urgent queued jobs under ``owner``'s lease
+        (``before``: only jobs ranked before it)."""
         if limit <= 0:
             return []
         now = time.time()
+        bound = float("inf") if before is None else float(before)
         with self.file.write() as tx:
             rows = tx.execute(
                 "SELECT seq, id, name, priority, call, options, attempts, rank FROM jobs "
-                "WHERE queue = ? AND state = 'queued' ORDER BY rank, seq LIMIT ?",
-                (self.queue, limit),
+                "WHERE queue = ? AND state = 'queued' AND rank < ? ORDER BY rank, seq LIMIT ?",
+                (self.queue, bound, limit),
             ).fetchall()
             # Only jobs of the head's rank go together: a job of a later rank claimed in
             # the same batch would start before other servers' more urgent ones.
@@ -133,7 +138,7 @@ class SqliteBroker:
                     "started_at = ?, attempts = attempts + 1 WHERE seq = ?",
                     [(owner, now + lease, now, row[0]) for row in rows],
                 )
-        return [ClaimedJob(r[1], r[2], r[3], r[4], r[5], r[6] + 1) for r in rows]
+        return [ClaimedJob(r[1], r[2], r[3], r[4], r[5], r[6] + 1, r[7]) for r in rows]
 
     def renew(self, owner: str, job_ids: Sequence[str], lease: float) -> set[str]:
         """Extend ``owner``'s leases; return the ids it still holds (a lost one is not)."""
@@ -175,6 +180,17 @@ class SqliteBroker:
                 ],
             )
         return [row[0] for row in kept]
+
+    def step(
+        self,
+        owner: str,
+        outcomes: Sequence[tuple[str, Outcome]],
+        limit: int,
+        lease: float,
+        before: float | None = None,
+    ) -> tuple[list[str], list[ClaimedJob]]:
+        stored = self.finish(owner, outcomes) if outcomes else []
+        return stored, self.claim(owner, limit, lease, before)
 
     def _held(self, tx: sqlite3.Connection, owner: str, job_ids: Sequence[str]) -> set[str]:
         """Which of ``job_ids`` run under ``owner``'s lease (inside ``tx``)."""
@@ -250,9 +266,12 @@ class SqliteBroker:
         )
         return str(row[0])
 
-    def finished_since(self, cursor: str, block: float = 0) -> tuple[str, list[str]]:
-        """Ids of the jobs (of every queue) that ended after ``cursor``, and the new cursor
-        (``block`` is ignored: SQLite has no way to wait for a write)."""
+    def finished_since(
+        self, cursor: str, block: float = 0
+    ) -> tuple[str, list[tuple[str, Outcome | None]]]:
+        """The jobs (of every queue) that ended after ``cursor``, and the new cursor; their
+        outcomes are read with ``outcomes`` (``block`` is ignored: SQLite has no way to
+        wait for a write)."""
         rows = (
             self.file.connection()
             .execute(
@@ -260,7 +279,7 @@ class SqliteBroker:
             )
             .fetchall()
         )
-        return (str(rows[-1][0]) if rows else cursor), [row[1] for row in rows]
+        return (str(rows[-1][0]) if rows else cursor), [(row[1], None) for row in rows]
 
     def job_status(self, job_id: str) -> JobStatus:
         """The state (and outcome, once final) of one job; ``KeyError`` if unknown or expired."""
@@ -392,3 +411,7 @@ class SqliteBroker:
 
 def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
     return [ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
+
+
+def _nothing() -> None:
+    pass

@@ -25,7 +25,7 @@ class FakeStore:
         return str(len(self.done))
 
     def finished_since(self, cursor, block=0):
-        return str(len(self.done)), self.done[int(cursor) :]
+        return str(len(self.done)), [(job_id, None) for job_id in self.done[int(cursor) :]]
 
     def outcomes(self, job_ids):
         return {i: self.rows[i] for i in job_ids if i in self.rows}

@@ -143,9 +143,9 @@ def test_outcomes_are_listed_once_in_the_order_they_were_stored(store):
     store.claim("s", 3, lease=10)
     store.finish("s", [("b", Outcome.of_result(2, 1)), ("a", Outcome.of_result(1, 1))])
     cursor, ended = store.finished_since(cursor)
-    assert ended == ["b", "a"]
+    assert ended == [("b", None), ("a", None)]  # outcomes are read with outcomes()
     store.finish("s", [("c", Outcome.of_error(ValueError("x"), 1))])
-    assert store.finished_since(cursor)[1] == ["c"]
+    assert store.finished_since(cursor)[1] == [("c", None)]
     assert store.job_status("c").outcome.kind is OutcomeKind.ERROR
 
 
