@@ -136,6 +136,7 @@ class BrokerLoop:
                 time.sleep(1.0)
 
     def step(self) -> bool:
+        self._broker.sync()  # replies to this process's puts: their futures learn they are in
         busy = self._server.step() if self._server is not None else False
         now = time.monotonic()
         if not self._broker.can_block and now >= self._next_poll:
@@ -232,6 +233,10 @@ class BrokerLoop:
             listener.join(timeout=LISTEN_BLOCK + 5)  # its blocking read ends within LISTEN_BLOCK
         for close in self.on_close:
             close()
+        try:
+            self._broker.sync()
+        except BaseException as exc:  # never acknowledged: they may not be in the store
+            log.error("jobs sent to %s may not have been stored: %s", self._broker.url, exc)
         self._broker.close()
 
 

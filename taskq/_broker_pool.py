@@ -188,11 +188,10 @@ class BrokerPool(Pool):
         job = NewJob(new_job_id(), name, priority, rank, call, options, self._aging)
         future = self._waiters.new(job.job_id)
         try:
-            self._put(job, block)
+            self._put(job, block, future)
         except BaseException:
             self._waiters.forget(job.job_id)
             raise
-        future._stored = True
         with self._counts_lock:
             self._submitted += 1
         wake = self._loop.wake
@@ -200,14 +199,18 @@ class BrokerPool(Pool):
             wake.set()
         return future
 
-    def _put(self, job: NewJob, block: bool) -> None:
+    def _put(self, job: NewJob, block: bool, future: BrokerFuture) -> None:
         # A callback on this pool's thread must not wait for room: only that thread's
         # server frees it (when it is the only one), so it would wait for ever.
         maxsize = 0 if threading.current_thread() is self._loop.thread else self._maxsize
+        if not maxsize:  # no room to check: the store's reply may come later
+            self._broker.send(job, functools.partial(self._acknowledged, future))
+            return
         delay = FULL_BACKOFF[0]
         while True:
             try:
                 self._broker.put(job, maxsize=maxsize)
+                future._stored = True
                 return
             except Full:
                 if not block:
@@ -215,6 +218,13 @@ class BrokerPool(Pool):
             self._check_open()
             time.sleep(delay)
             delay = min(delay * 2, FULL_BACKOFF[1])
+
+    def _acknowledged(self, future: BrokerFuture, error: BaseException | None) -> None:
+        """The store's reply to a job sent: stored, or refused (its future fails)."""
+        if error is None:
+            future._stored = True
+        else:
+            self._waiters.resolve(future.job_id, Outcome.of_error(error, 0))
 
     def _failed_job(self, error: BaseException) -> JobFuture[Any]:
         future: JobFuture[Any] = JobFuture()

@@ -36,6 +36,7 @@ from taskq._broker import (
     lost_lease_outcome,
 )
 from taskq._errors import BrokerUnavailable, Full, StoreError
+from taskq._redis_puts import PutPipe
 from taskq._signing import Signer
 
 log = logging.getLogger("taskq")
@@ -110,6 +111,8 @@ class RedisBroker:
                 "HEARTBEAT",
             )
         }
+        self._puts = PutPipe(self._r, lua.PUT, self._unreachable, self._redis_errors)
+        self._refusing = False  # a put was refused (out of memory): submits wait, and raise
         self._call(self._r.ping)
 
     # -- plumbing -------------------------------------------------------------
@@ -118,16 +121,21 @@ class RedisBroker:
         try:
             return fn(*args, **kwargs)
         except self._redis_errors as exc:
-            raise BrokerUnavailable(
-                f"cannot reach the Redis broker at {_safe(self.url)}: {exc}"
-            ) from exc
+            raise self._unreachable(exc) from exc
         except Exception as exc:
-            if "OOM" in str(exc) or "maxmemory" in str(exc):
-                raise StoreError(
-                    f"the Redis broker at {_safe(self.url)} is out of memory (maxmemory): "
-                    "it refuses new writes; free memory or raise maxmemory"
-                ) from exc
-            raise
+            raise self._refused(exc) from exc
+
+    def _unreachable(self, exc: BaseException) -> BrokerUnavailable:
+        return BrokerUnavailable(f"cannot reach the Redis broker at {_safe(self.url)}: {exc}")
+
+    def _refused(self, exc: BaseException) -> BaseException:
+        """What an error answered by Redis means to the caller."""
+        if "OOM" in str(exc) or "maxmemory" in str(exc):
+            return StoreError(
+                f"the Redis broker at {_safe(self.url)} is out of memory (maxmemory): "
+                "it refuses new writes; free memory or raise maxmemory"
+            )
+        return exc
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._call(self._scripts[name], keys=list(keys), args=list(args))
@@ -147,6 +155,36 @@ class RedisBroker:
     # -- submitting -------------------------------------------------------------
 
     def put(self, job: NewJob, *, maxsize: int = 0) -> None:
+        """Store ``job`` now (one round trip); ``Full`` if ``maxsize`` jobs are queued."""
+        self._puts.sync()  # puts already sent come first
+        if not self._run("PUT", *self._put_call(job, maxsize)):
+            raise Full(
+                f"the queue {self.queue!r} at {_safe(self.url)} already holds "
+                f"maxsize={maxsize} jobs"
+            )
+
+    def send(self, job: NewJob, done: Callable[[BaseException | None], None]) -> None:
+        """Store ``job`` without waiting for the reply (``_redis_puts.py``); ``done`` gets
+        it later: ``None`` once stored, or the error that refused it."""
+
+        if self._refusing:  # the store refused a put: wait for its reply until it takes one
+            self.put(job)
+            self._refusing = False
+            done(None)
+            return
+
+        def acknowledged(error: BaseException | None) -> None:
+            if error is not None:
+                error = self._refused(error)
+                self._refusing = True
+            done(error)
+
+        self._puts.send(*self._put_call(job, 0), acknowledged)
+
+    def sync(self) -> None:
+        self._puts.sync()
+
+    def _put_call(self, job: NewJob, maxsize: int) -> tuple[tuple[str, ...], tuple[Any, ...]]:
         sig = self.signer.sign(job.job_id, job.call, job.options)
         keys = (
             self.key["queued"],
@@ -168,11 +206,7 @@ class RedisBroker:
             self.client_id,
             self.result_ttl_ms,
         )
-        if not self._run("PUT", keys, args):
-            raise Full(
-                f"the queue {self.queue!r} at {_safe(self.url)} already holds "
-                f"maxsize={maxsize} jobs"
-            )
+        return keys, args
 
     def queued_count(self) -> int:
         return int(self._call(self._r.zcard, self.key["queued"]))
@@ -193,6 +227,7 @@ class RedisBroker:
         return None if state is None else JobState(state)
 
     def _kill(self, job_id: str, kill_running: bool) -> str | None:
+        self._puts.sync()  # the job may still be on its way (sent on another connection)
         outcome = Outcome.cancelled("cancelled while queued").dump()
         keys = (
             self.key["queued"],
@@ -491,6 +526,7 @@ class RedisBroker:
     def close(self) -> None:
         """Close this broker's connections (a later call reconnects: closing is for
         shutdown, not a state); sockets left to the garbage collector would warn."""
+        self._puts.close()
         self._r.close()
         self._blocking.close()
 

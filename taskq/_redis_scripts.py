@@ -41,6 +41,9 @@ end
 PUT = (
     NOW
     + """
+if redis.call('EXISTS', KEYS[3] .. ARGV[1]) == 1 then
+  return 1  -- sent again after a broken connection: it is already here
+end
 if tonumber(ARGV[8]) > 0 and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[8]) then
   return 0
 end

@@ -197,9 +197,16 @@ def test_a_full_redis_refuses_new_jobs_with_a_clear_error(tmp_path):
     server.start()
     try:
         client = taskq.Pool(0, broker=server.url)
+        futures = []
+        # Submits do not wait for each reply: the first refusals fail their futures, and
+        # once one was seen, submit waits for the reply and raises.
         with pytest.raises(taskq.StoreError, match="out of memory"):
             for _ in range(100):
-                client.submit(operator.add, b"x" * 200_000, b"")
+                futures.append(client.submit(operator.add, b"x" * 200_000, b""))
+        refused = [f for f in futures if f.done() and f.exception() is not None]
+        for future in refused:
+            assert isinstance(future.exception(), taskq.StoreError)
+            assert "out of memory" in str(future.exception())
         client.shutdown(wait=False, cancel_futures=False)
     finally:
         server.stop()
