@@ -225,8 +225,9 @@ class Broker(Protocol):
     queue: str
     can_block: bool  # finished_since(block=...) waits in the store (else: poll it)
     result_ttl: float  # seconds an outcome is kept
-    # Called (on the listener's thread) when a put wakes this process's server; a store
-    # that cannot block never calls it (its server polls).
+    # Called (on the listener's thread) when a put wakes this process's server (it had
+    # no job, or ``step(watch=True)`` and the job is more urgent than those it holds);
+    # a store that cannot block never calls it (its server polls).
     on_new_jobs: Callable[[], None]
 
     def put(self, job: NewJob, *, maxsize: int = 0) -> None: ...
@@ -244,6 +245,7 @@ class Broker(Protocol):
         limit: int,
         lease: float,
         before: float | None = None,
+        watch: bool = False,
     ) -> tuple[list[str], list[ClaimedJob]]: ...
     def release(self, owner: str, job_ids: Sequence[str]) -> None: ...
     def cancel(self, job_id: str) -> bool: ...

@@ -66,7 +66,7 @@ class BrokerLoop:
         self._listener: threading.Thread | None = None
         if broker.can_block:  # outcomes wake a listener instead of being polled
             if server is not None:  # ... and so does a put while this server had no job
-                broker.on_new_jobs = wake.set
+                broker.on_new_jobs = server.notice_new_jobs
             self._listener = threading.Thread(
                 target=self._listen, name="taskq-outcomes", daemon=True
             )

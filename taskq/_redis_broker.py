@@ -86,7 +86,7 @@ class RedisBroker:
                 "servers",
                 "counters",
                 "deadletter",
-                "idle",
+                "watch",
             )
         }
         self.job_prefix, self.kills_prefix = p + "job:", p + "kills:"
@@ -190,7 +190,7 @@ class RedisBroker:
             self.key["queued"],
             self.key["seq"],
             self.job_prefix,
-            self.key["idle"],
+            self.key["watch"],
             self.notify_prefix,
         )
         args = (
@@ -264,8 +264,10 @@ class RedisBroker:
         limit: int,
         lease: float,
         before: float | None = None,
+        watch: bool = False,
     ) -> tuple[list[str], list[ClaimedJob]]:
-        """``finish`` then ``claim`` in one script: one round trip per server step."""
+        """``finish`` then ``claim`` in one script: one round trip per server step.
+        ``watch``: this server holds jobs ahead; a put ranked before them wakes it."""
         args: list[Any] = [
             owner,
             self.result_ttl_ms,
@@ -273,6 +275,7 @@ class RedisBroker:
             int(lease * 1000),
             max(limit, 0),
             "" if before is None else repr(float(before)),
+            "1" if watch else "0",
         ]
         for job_id, outcome in outcomes:
             data = outcome.dump()
@@ -284,7 +287,7 @@ class RedisBroker:
             self.key["stats"],
             self.kills_prefix + owner,
             self.key["queued"],
-            self.key["idle"],
+            self.key["watch"],
         )
         stored, rows = self._run("STEP", keys, args)
         claimed = []

@@ -6,9 +6,12 @@ the zero-padded sequence from ``P seq`` then the id, so equal ranks sort by
 submission order, exactly), ``P leases`` (sorted set; id scored by its lease
 deadline in the server's clock, ms), ``P job:ID`` (hash), ``P notify:CLIENT`` (a list
 per submitting client: ids of its jobs that ended, for a blocking pop), ``P kills:OWNER``
-(set), ``P stats`` (hash of ended counts), ``P heartbeats`` (hash), ``P idle`` (set of
-serving clients that found the queue empty: the next put wakes them by pushing an empty
-string to their notify list). Times come from the server's ``TIME``, never a client clock.
+(set), ``P stats`` (hash of ended counts), ``P heartbeats`` (hash), ``P watch`` (sorted set
+of serving clients, each scored by the rank a new job must come before to interest it:
++inf when it found the queue empty, the rank of the jobs it holds ahead when it holds
+more than it runs; a put ranked before a score wakes that server by pushing an empty
+string to its notify list, and takes it out of the set). Times come from the server's
+``TIME``, never a client clock.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ local function finish(key, id, state, outcome, osig, ttl, now, me)
 end
 """
 
-# KEYS: queued, seq, job prefix, idle, notify prefix
+# KEYS: queued, seq, job prefix, watch, notify prefix
 # ARGV: id, rank, priority, name, call, options, sig, maxsize, aging (0: none), client,
 #       ttl ms (of a wake-up notice)
 PUT = (
@@ -57,11 +60,12 @@ redis.call('HSET', KEYS[3] .. ARGV[1], 'state', 'queued', 'rank', rank, 'priorit
   'name', ARGV[4], 'call', ARGV[5], 'options', ARGV[6], 'sig', ARGV[7], 'member', member,
   'attempts', 0, 'lost', 0, 'submitted_at', now, 'client', ARGV[10])
 redis.call('ZADD', KEYS[1], rank, member)
--- wake the servers that found the queue empty (they registered in the same step)
-local idle = redis.call('SMEMBERS', KEYS[4])
-if #idle > 0 then
-  redis.call('DEL', KEYS[4])
-  for _, server in ipairs(idle) do
+-- wake the servers waiting for a job like this one (they registered when they claimed)
+local after = '(' .. rank
+local woken = redis.call('ZRANGE', KEYS[4], after, '+inf', 'BYSCORE')
+if #woken > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], after, '+inf')
+  for _, server in ipairs(woken) do
     redis.call('RPUSH', KEYS[5] .. server, '')
     redis.call('PEXPIRE', KEYS[5] .. server, ARGV[11])
   end
@@ -88,16 +92,17 @@ return held
 )
 
 # One step of a server: store the outcomes of the jobs it held, then claim more.
-# KEYS: leases, job prefix, notify prefix, stats, kills set, queued, idle
+# KEYS: leases, job prefix, notify prefix, stats, kills set, queued, watch
 # ARGV: owner, ttl ms, me (the serving client), lease ms, claim limit, before ('' or a
-#       rank: claim only jobs ranked before it), then (id, state, outcome, osig) per job
+#       rank: claim only jobs ranked before it), watch ('1': this server holds jobs
+#       ahead, wake it for a more urgent one), then (id, state, outcome, osig) per job
 # Returns {ids stored, {id, name, priority, call, options, attempts, sig, rank} claimed}.
 STEP = (
     NOW
     + END
     + """
 local stored = {}
-for i = 7, #ARGV, 4 do
+for i = 8, #ARGV, 4 do
   local id = ARGV[i]
   local key = KEYS[2] .. id
   local f = redis.call('HMGET', key, 'state', 'owner')
@@ -127,7 +132,9 @@ if limit > 0 then
     claimed[#claimed + 1] = {id, f[1], f[2], f[3], f[4], attempts, f[5], head[i + 1]}
   end
   if ARGV[6] == '' and redis.call('ZCARD', KEYS[6]) == 0 then
-    redis.call('SADD', KEYS[7], ARGV[3])  -- nothing left: the next put wakes this server
+    redis.call('ZADD', KEYS[7], 'inf', ARGV[3])  -- nothing left: the next put wakes it
+  elseif ARGV[7] == '1' and #claimed > 0 then  -- a job ranked before these wakes it
+    redis.call('ZADD', KEYS[7], claimed[#claimed][8], ARGV[3])
   end
 end
 return {stored, claimed}

@@ -46,7 +46,7 @@ RECLAIM_EVERY = 0.25  # seconds between looks for expired leases (recovery = lea
 STALL_AFTER = 0.05  # seconds without an ending job before jobs claimed ahead go back
 KILL_CHECK_EVERY = 0.02  # seconds between looks for kill requests (how soon kill() acts)
 PURGE_EVERY = 60.0  # seconds between deletions of expired outcomes
-MAX_EXTRA_PER_WORKER = 64  # claimed ahead per worker when jobs are tiny
+MAX_EXTRA_PER_WORKER = 32  # claimed ahead per worker when jobs are tiny
 
 
 class ClaimPace:
@@ -113,6 +113,7 @@ class Server:
         self._next_kill_check = now
         self._last_ended = now  # when a held job last ended (or the server started)
         self._last_rank: float | None = None  # of the last jobs claimed
+        self._noticed = False  # a put woke this server (see notice_new_jobs)
         broker.register_server(self.owner, workers)
 
     @property
@@ -163,7 +164,9 @@ class Server:
         ended = []
         while self._ended:
             ended.append(self._ended.popleft())
-        limit, before = self._claim_plan(now, len(ended)) if self._claiming else (0, None)
+        limit, before, watch = (
+            self._claim_plan(now, len(ended)) if self._claiming else (0, None, False)
+        )
         if not ended and not limit:
             return False
         if ended:
@@ -173,7 +176,7 @@ class Server:
                 self._next_reclaim = now + RECLAIM_EVERY
                 if self.broker.reclaim_expired(self._max_lost):
                     log.info("put back jobs whose server stopped renewing its lease")
-            stored, jobs = self.broker.step(self.owner, ended, limit, self._lease, before)
+            stored, jobs = self.broker.step(self.owner, ended, limit, self._lease, before, watch)
         except BaseException:  # the store is unreachable: keep them for the next step
             self._ended.extendleft(reversed(ended))
             raise
@@ -184,18 +187,26 @@ class Server:
             self._last_rank = jobs[-1].rank
         return bool(ended or jobs)
 
-    def _claim_plan(self, now: float, ending: int) -> tuple[int, float | None]:
-        """How many jobs to claim, and the rank they must come before (None: any)."""
+    def _claim_plan(self, now: float, ending: int) -> tuple[int, float | None, bool]:
+        """How many jobs to claim, the rank they must come before (None: any), and
+        whether to be woken for a more urgent job than those claimed (when holding
+        more than the workers run)."""
+        noticed, self._noticed = self._noticed, False
         with self._lock:
             held = len(self._held) - ending
         room = self._pace.room(held, self._stalled(now))
         if room > 0:
-            return room, None
-        if ending and self._last_rank is not None:
-            # Full: only a job more urgent than those held, found while storing outcomes
-            # anyway (no round trip of its own).
-            return self._pace.workers, self._last_rank
-        return 0, None
+            return room, None, held + room > self._pace.workers
+        if (ending or noticed) and self._last_rank is not None:
+            # Full: only a job more urgent than those held, looked for while storing
+            # outcomes anyway, or when a put of one woke this server.
+            return self._pace.workers, self._last_rank, True
+        return 0, None, False
+
+    def notice_new_jobs(self) -> None:
+        """A put woke this server: it had room, or the job is more urgent than those held."""
+        self._noticed = True
+        self._wake()
 
     def _stored(self, ended: list[tuple[str, Outcome]], stored: set[str]) -> None:
         with self._lock:

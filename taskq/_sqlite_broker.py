@@ -195,6 +195,7 @@ class SqliteBroker:
         limit: int,
         lease: float,
         before: float | None = None,
+        watch: bool = False,
     ) -> tuple[list[str], list[ClaimedJob]]:
         stored = self.finish(owner, outcomes) if outcomes else []
         return stored, self.claim(owner, limit, lease, before)
