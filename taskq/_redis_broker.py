@@ -389,7 +389,10 @@ class RedisBroker:
             first = self._call(self._blocking.blpop, [self._inbox], timeout=block)
             if first is None:
                 return cursor, []
-            notices.append(first[1])
+            if not first[1]:
+                self.on_new_jobs()  # at once: the server claims while the rest is read
+            else:
+                notices.append(first[1])
         more = self._call(self._r.lpop, self._inbox, 10_000)
         notices.extend(more or ())
         ended: list[tuple[str, Outcome | None]] = []

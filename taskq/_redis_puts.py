@@ -16,9 +16,12 @@ carries every put of this client, so the store sees them in the order they were 
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from taskq._errors import BrokerUnavailable
 
 READ_AFTER = 64  # unacknowledged puts before a send reads the replies already in
 MAX_UNACKED = 1024  # ... and before it waits for some (bounds memory and the window)
@@ -48,7 +51,8 @@ class PutPipe:
         return len(self._unacked)
 
     def send(self, keys: Sequence[str], args: Sequence[Any], done: Done) -> None:
-        """Write one PUT; raise ``BrokerUnavailable`` (and forget it) if it could not be."""
+        """Write one PUT; raise ``BrokerUnavailable`` (and forget it) if it could not be
+        written; once written it is kept until acknowledged, whatever happens after."""
         acked: list[tuple[Done, BaseException | None]] = []
         with self._lock:
             try:
@@ -60,7 +64,11 @@ class PutPipe:
                 raise self._unavailable(exc) from exc
             self._unacked.append((packed, done))
             if len(self._unacked) >= READ_AFTER:
-                self._read(acked, wait_below=MAX_UNACKED // 2 if len(self) > MAX_UNACKED else None)
+                wait_below = MAX_UNACKED // 2 if len(self) > MAX_UNACKED else None
+                with contextlib.suppress(BrokerUnavailable):
+                    # This put is kept: written again on the next call, which reconnects
+                    # (or raises, if it cannot).
+                    self._read(acked, wait_below)
         _report(acked)
 
     def sync(self) -> None:

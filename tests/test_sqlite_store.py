@@ -252,3 +252,12 @@ def test_a_store_file_the_user_cannot_write_is_refused_by_name(tmp_path):
     done = _open_as_nobody(url)
     assert done.returncode == 3, done.stderr
     assert f"{tmp_path}/jobs.db" in done.stdout
+
+
+def test_a_claim_before_a_rank_takes_only_jobs_ranked_before_it(store):
+    for job_id, priority in [("b0", 5), ("b1", 5), ("u", 1)]:
+        store.put(job(job_id, priority))
+    assert [j.job_id for j in store.claim("s", 5, lease=10, before=1)] == []
+    assert [j.job_id for j in store.claim("s", 5, lease=10, before=5)] == ["u"]
+    stored, claimed = store.step("s", [("u", Outcome.of_result(1, 1))], 5, 10)
+    assert stored == ["u"] and [(j.job_id, j.rank) for j in claimed] == [("b0", 5), ("b1", 5)]
