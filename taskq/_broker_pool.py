@@ -2,8 +2,8 @@
 
 How a job flows with a broker::
 
-    submit/schedule/map ── pickle, commit a row ──▶ the store (_sqlite_broker.py)
-      │ (returns once committed: the job survives this process)      │ claim under a lease
+    submit/schedule/map ── pickle, put ──▶ the store (_sqlite_broker.py, _redis_broker.py)
+      │ (returns once committed, or sent)                            │ claim under a lease
       ▼                                                              ▼
     BrokerFuture ◀── Waiters.resolve ◀── outcome ── Server (_serve.py) in any process
     (_broker_client.py)   (own server: at once;        serving the store: a local Pool
@@ -60,8 +60,9 @@ class BrokerPool(Pool):
 
     Differences from the in-memory pool:
 
-    * ``schedule``/``submit`` return once the job is committed to the store: it
-      survives this process. ``job_id`` is a string; ``pool.job(job_id)`` gives a
+    * ``schedule``/``submit`` return once the job is committed to the store (SQLite)
+      or written to the store's connection (Redis, whose reply is read in batches:
+      ``_redis_puts.py``; with ``maxsize``, once committed): it survives this process. ``job_id`` is a string; ``pool.job(job_id)`` gives a
       future for any job of the store, from any process.
     * ``max_workers=0`` makes a client that only submits and waits; the jobs are
       run by other processes serving the store (``taskq worker URL``).
