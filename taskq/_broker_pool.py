@@ -62,8 +62,9 @@ class BrokerPool(Pool):
 
     * ``schedule``/``submit`` return once the job is committed to the store (SQLite)
       or written to the store's connection (Redis, whose reply is read in batches:
-      ``_redis_puts.py``; with ``maxsize``, once committed): it survives this process. ``job_id`` is a string; ``pool.job(job_id)`` gives a
-      future for any job of the store, from any process.
+      ``_redis_puts.py``; with ``maxsize``, once committed): it survives this
+      process. ``job_id`` is a string; ``pool.job(job_id)`` gives a future for any
+      job of the store, from any process.
     * ``max_workers=0`` makes a client that only submits and waits; the jobs are
       run by other processes serving the store (``taskq worker URL``).
     * A serving process holds each job under a lease renewed by a heartbeat
@@ -288,6 +289,9 @@ class BrokerPool(Pool):
         with self._shutdown_lock:
             self._shutdown = True
         if cancel_futures:
+            if self._server is not None:  # first: none of them may be claimed meanwhile
+                self._server.stop_claiming()
+                self._server.release_unstarted()  # claimed, not started: cancelled below
             for job_id in self._waiters.pending_ids():
                 self._waiters.cancel_queued(job_id)
         self._loop.shut_down()
@@ -299,6 +303,9 @@ class BrokerPool(Pool):
         workers run are stopped (their futures raise ``CancelledError``)."""
         with self._shutdown_lock:
             self._shutdown = True
+        if self._server is not None:
+            self._server.stop_claiming()
+            self._server.release_unstarted()
         for job_id in self._waiters.pending_ids():
             self._waiters.cancel_queued(job_id)
         self._loop.terminate()

@@ -105,6 +105,7 @@ class Server:
         self._releasing: set[str] = set()  # unstarted jobs being given back: no outcome
         self._ended: collections.deque[tuple[str, Outcome]] = collections.deque()
         self._lock = threading.Lock()  # _held and _releasing: the step vs callbacks
+        self._claim_lock = threading.Lock()  # a step's claim vs stop_claiming()
         self._claiming = True
         now = time.monotonic()
         self._next_renew = now + lease / 3
@@ -161,6 +162,10 @@ class Server:
     def _exchange(self, now: float) -> bool:
         """Store the outcomes that came in and claim what the workers can take, in one
         call to the store; True if anything moved."""
+        with self._claim_lock:  # stop_claiming() waits for a claim in flight
+            return self._exchange_locked(now)
+
+    def _exchange_locked(self, now: float) -> bool:
         ended = []
         while self._ended:
             ended.append(self._ended.popleft())
@@ -294,7 +299,11 @@ class Server:
     # -- stopping -------------------------------------------------------------------
 
     def stop_claiming(self) -> None:
-        self._claiming = False
+        """Claim no more; returns once a claim in flight (on the broker thread) is over,
+        so the jobs it took are in ``_held`` (``release_unstarted`` gives them back)."""
+        if self._claiming:
+            with self._claim_lock:
+                self._claiming = False
 
     def release_unstarted(self) -> None:
         """Give back the jobs held but not started, in their original place."""
