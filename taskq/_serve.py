@@ -163,9 +163,12 @@ class Server:
         """Store the outcomes that came in and claim what the workers can take, in one
         call to the store; True if anything moved."""
         with self._claim_lock:  # stop_claiming() waits for a claim in flight
-            return self._exchange_locked(now)
+            ended, stored, claimed = self._exchange_locked(now)
+        # Outside the lock: handing outcomes over runs callbacks, which may shut down.
+        self._stored(ended, stored)
+        return bool(ended or claimed)
 
-    def _exchange_locked(self, now: float) -> bool:
+    def _exchange_locked(self, now: float) -> tuple[list[tuple[str, Outcome]], set[str], int]:
         ended = []
         while self._ended:
             ended.append(self._ended.popleft())
@@ -173,7 +176,7 @@ class Server:
             self._claim_plan(now, len(ended)) if self._claiming else (0, None, False)
         )
         if not ended and not limit:
-            return False
+            return [], set(), 0
         if ended:
             self._last_ended = now
         try:
@@ -185,12 +188,11 @@ class Server:
         except BaseException:  # the store is unreachable: keep them for the next step
             self._ended.extendleft(reversed(ended))
             raise
-        self._stored(ended, set(stored))
         for job in jobs:
             self._start(job)
         if jobs:
             self._last_rank = jobs[-1].rank
-        return bool(ended or jobs)
+        return ended, set(stored), len(jobs)
 
     def _claim_plan(self, now: float, ending: int) -> tuple[int, float | None, bool]:
         """How many jobs to claim, the rank they must come before (None: any), and
