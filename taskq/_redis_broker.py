@@ -16,7 +16,6 @@ everysec``: all but the last second after a power loss); with no persistence, no
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 import urllib.parse
@@ -37,6 +36,8 @@ from taskq._broker import (
 )
 from taskq._errors import BrokerUnavailable, Full, StoreError
 from taskq._redis_puts import PutPipe
+from taskq._redis_status import read_status
+from taskq._redis_url import needs_unsigned_warning, safe_url
 from taskq._signing import Signer
 
 log = logging.getLogger("taskq")
@@ -126,13 +127,13 @@ class RedisBroker:
             raise self._refused(exc) from exc
 
     def _unreachable(self, exc: BaseException) -> BrokerUnavailable:
-        return BrokerUnavailable(f"cannot reach the Redis broker at {_safe(self.url)}: {exc}")
+        return BrokerUnavailable(f"cannot reach the Redis broker at {safe_url(self.url)}: {exc}")
 
     def _refused(self, exc: BaseException) -> BaseException:
         """What an error answered by Redis means to the caller."""
         if "OOM" in str(exc) or "maxmemory" in str(exc):
             return StoreError(
-                f"the Redis broker at {_safe(self.url)} is out of memory (maxmemory): "
+                f"the Redis broker at {safe_url(self.url)} is out of memory (maxmemory): "
                 "it refuses new writes; free memory or raise maxmemory"
             )
         return exc
@@ -145,7 +146,7 @@ class RedisBroker:
         if needs_unsigned_warning(url, self.signer.enabled) and host not in _warned_unsigned:
             _warned_unsigned.add(host)
             warnings.warn(
-                f"the Redis broker {_safe(url)} is not on this machine and no secret is set: "
+                f"the Redis broker {safe_url(url)} is not on this machine and no secret is set: "
                 "anyone who can write to it can run code on every worker (jobs are pickles). "
                 "Set secret= or TASKQ_SECRET to sign every payload",
                 RuntimeWarning,
@@ -159,7 +160,7 @@ class RedisBroker:
         self._puts.sync()  # puts already sent come first
         if not self._run("PUT", *self._put_call(job, maxsize)):
             raise Full(
-                f"the queue {self.queue!r} at {_safe(self.url)} already holds "
+                f"the queue {self.queue!r} at {safe_url(self.url)} already holds "
                 f"maxsize={maxsize} jobs"
             )
 
@@ -353,7 +354,7 @@ class RedisBroker:
             job_id = raw_id.decode()
             owner_text = None if owner is None else owner.decode()
             outcome = lost_lease_outcome(
-                job_id, int(lost), int(attempts), owner_text, _safe(self.url)
+                job_id, int(lost), int(attempts), owner_text, safe_url(self.url)
             ).dump()
             keys2 = (self.key["leases"], self.job_prefix, self.notify_prefix, self.key["stats"])
             self._run(
@@ -412,7 +413,7 @@ class RedisBroker:
         found = self.outcomes([job_id])
         if job_id not in found:
             raise KeyError(
-                f"no job {job_id!r} in queue {self.queue!r} at {_safe(self.url)} "
+                f"no job {job_id!r} in queue {self.queue!r} at {safe_url(self.url)} "
                 "(unknown, or its outcome expired after result_ttl)"
             )
         return found[job_id]
@@ -484,50 +485,7 @@ class RedisBroker:
         return 0
 
     def status(self) -> StoreStatus:
-        import json
-
-        now_ms = int(self._run("HEARTBEAT", (self.key["heartbeats"],), ("",)))
-        queued: dict[float, int] = {}
-        for _, score in self._call(self._r.zrange, self.key["queued"], 0, -1, withscores=True):
-            queued[score] = queued.get(score, 0) + 1
-        running = []
-        for raw_id in self._call(self._r.zrange, self.key["leases"], 0, -1):
-            name, owner, started = self._call(
-                self._r.hmget, self.job_prefix + raw_id.decode(), "name", "owner", "started_at"
-            )
-            running.append(
-                (
-                    raw_id.decode(),
-                    (name or b"?").decode(),
-                    None if owner is None else owner.decode(),
-                    None if started is None else int(started) / 1000,
-                )
-            )
-        ended = {
-            k.decode(): int(v) for k, v in self._call(self._r.hgetall, self.key["stats"]).items()
-        }
-        beats = self._call(self._r.hgetall, self.key["heartbeats"])
-        servers = []
-        for owner, raw in self._call(self._r.hgetall, self.key["servers"]).items():
-            info = json.loads(raw)
-            beat_ms = int(beats.get(owner, 0))
-            servers.append(
-                {
-                    "owner": owner.decode(),
-                    **info,
-                    "heartbeat": time.time() - (now_ms - beat_ms) / 1000,
-                }
-            )
-        return StoreStatus(
-            dict(sorted(queued.items())),
-            running,
-            ended.get("succeeded", 0),
-            ended.get("failed", 0),
-            ended.get("cancelled", 0),
-            ended.get("dead", 0),
-            servers,
-            ended.get("refused", 0),
-        )
+        return read_status(self)
 
     def close(self) -> None:
         """Close this broker's connections (a later call reconnects: closing is for
@@ -535,28 +493,3 @@ class RedisBroker:
         self._puts.close()
         self._r.close()
         self._blocking.close()
-
-
-def needs_unsigned_warning(url: str, signed: bool) -> bool:
-    """True for unsigned payloads through a Redis that is not on this machine."""
-    if signed or url.startswith("unix:"):
-        return False
-    return not _is_loopback(urllib.parse.urlsplit(url).hostname or "")
-
-
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _safe(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

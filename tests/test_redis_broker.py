@@ -14,7 +14,7 @@ import pytest
 
 import taskq
 from taskq._broker import JobOptions, JobState, NewJob, Outcome, open_broker
-from taskq._redis_broker import _is_loopback, _safe, needs_unsigned_warning
+from taskq._redis_url import is_loopback, needs_unsigned_warning, safe_url
 from tests.conftest import REDIS_URL, redis_cleanup
 from tests.redis_server import RedisServer, free_port
 
@@ -149,11 +149,11 @@ def test_without_a_secret_only_a_remote_redis_is_warned_about():
     assert not needs_unsigned_warning("redis://127.0.0.1:6379/0", signed=False)
     assert not needs_unsigned_warning("redis://localhost/0", signed=False)
     assert not needs_unsigned_warning("unix:///run/redis.sock", signed=False)
-    assert _is_loopback("::1") and not _is_loopback("192.168.1.1")
+    assert is_loopback("::1") and not is_loopback("192.168.1.1")
 
 
 def test_passwords_never_reach_messages():
-    assert _safe("redis://user:hunter2@127.0.0.1:1/0") == "redis://user:***@127.0.0.1:1/0"
+    assert safe_url("redis://user:hunter2@127.0.0.1:1/0") == "redis://user:***@127.0.0.1:1/0"
 
 
 def test_an_unreachable_redis_is_a_clear_error_naming_the_url():
