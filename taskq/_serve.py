@@ -211,9 +211,31 @@ class Server:
         return 0, None, False
 
     def notice_new_jobs(self) -> None:
-        """A put woke this server: it had room, or the job is more urgent than those held."""
+        """A put woke this server: it had room, or the job is more urgent than those held.
+        Called on the listener's thread, which claims at once unless the broker thread
+        is in a step (saving that thread's wake-up); outcomes stay the broker thread's."""
         self._noticed = True
+        if self._claiming and self._claim_lock.acquire(blocking=False):
+            try:
+                self._claim_now()
+                return  # nothing left for the broker thread (waking it would only compete)
+            except BaseException:  # the broker thread's next step retries, and reports
+                pass
+            finally:
+                self._claim_lock.release()
         self._wake()
+
+    def _claim_now(self) -> None:
+        now = time.monotonic()
+        if not self._claiming or self._pool._manager.broken is not None:
+            raise RuntimeError("not claiming here")  # the broker thread decides
+        limit, before, watch = self._claim_plan(now, 0)
+        if limit:
+            _, jobs = self.broker.step(self.owner, (), limit, self._lease, before, watch)
+            for job in jobs:
+                self._start(job)
+            if jobs:
+                self._last_rank = jobs[-1].rank
 
     def _stored(self, ended: list[tuple[str, Outcome]], stored: set[str]) -> None:
         with self._lock:
