@@ -130,6 +130,8 @@ class SqliteBroker:
             return []
         now = time.time()
         bound = float("inf") if before is None else float(before)
+        if before is not None and not self._any_queued_before(bound):
+            return []  # the usual answer of a full server's look: no write lock for it
         with self.file.write() as tx:
             rows = tx.execute(
                 "SELECT seq, id, name, priority, call, options, attempts, rank FROM jobs "
@@ -146,6 +148,17 @@ class SqliteBroker:
                     [(owner, now + lease, now, row[0]) for row in rows],
                 )
         return [ClaimedJob(r[1], r[2], r[3], r[4], r[5], r[6] + 1, r[7]) for r in rows]
+
+    def _any_queued_before(self, rank: float) -> bool:
+        row = (
+            self.file.connection()
+            .execute(
+                "SELECT 1 FROM jobs WHERE queue = ? AND state = 'queued' AND rank < ? LIMIT 1",
+                (self.queue, rank),
+            )
+            .fetchone()
+        )
+        return row is not None
 
     def renew(self, owner: str, job_ids: Sequence[str], lease: float) -> set[str]:
         """Extend ``owner``'s leases; return the ids it still holds (a lost one is not)."""
