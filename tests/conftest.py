@@ -143,6 +143,16 @@ def redis_cleanup(url, queue):
     client.close()
 
 
+@pytest.fixture
+def redis_queue():
+    """A queue name of its own on the Redis of 127.0.0.1:6379 (db 10), deleted afterwards."""
+    import uuid
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    redis_cleanup(REDIS_URL, name)
+
+
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request, tmp_path, _registry):
     """The same test over a SQLite file and over the Redis of 127.0.0.1:6379 (db 10,

@@ -8,25 +8,17 @@ import operator
 import os
 import pickle
 import time
-import uuid
 
 import pytest
 
 import taskq
 from taskq._broker import JobOptions, JobState, NewJob, Outcome, open_broker
 from taskq._redis_url import is_loopback, needs_unsigned_warning, safe_url
-from tests.conftest import REDIS_URL, redis_cleanup
+from tests.conftest import REDIS_URL
 from tests.redis_server import RedisServer, free_port
 
 SECRET = "a-secret-of-32-characters-long!!"
 OPTIONS = pickle.dumps(JobOptions(None, 0, 0.1, None))
-
-
-@pytest.fixture
-def queue():
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    yield name
-    redis_cleanup(REDIS_URL, name)
 
 
 def job(job_id, priority=0, call=b"call"):
@@ -43,8 +35,8 @@ class Boom:
         return (open, (self.path, "w"))
 
 
-def test_ties_are_broken_by_the_servers_sequence_across_clients(queue):
-    one, two = open_broker(REDIS_URL, queue), open_broker(REDIS_URL, queue)
+def test_ties_are_broken_by_the_servers_sequence_across_clients(redis_queue):
+    one, two = open_broker(REDIS_URL, redis_queue), open_broker(REDIS_URL, redis_queue)
     for i in range(6):
         (one if i % 2 else two).put(job(f"j{i}", priority=1))
     one.put(job("urgent", priority=-(2**60)))  # exact even far from 0 (no packed floats)
@@ -53,8 +45,8 @@ def test_ties_are_broken_by_the_servers_sequence_across_clients(queue):
     assert claimed == ["urgent", "j0", "j1", "j2", "j3", "j4", "j5"]
 
 
-def test_a_lease_lost_by_a_dead_server_puts_the_job_back_in_place_by_the_servers_clock(queue):
-    store = open_broker(REDIS_URL, queue)
+def test_a_lease_lost_by_a_dead_server_puts_the_job_back_in_place_by_the_servers_clock(redis_queue):
+    store = open_broker(REDIS_URL, redis_queue)
     store.put(job("first"))
     store.claim("dead", 1, lease=0.05)
     store.put(job("second"))
@@ -67,8 +59,8 @@ def test_a_lease_lost_by_a_dead_server_puts_the_job_back_in_place_by_the_servers
     assert store.job_status("first").outcome.value("first") == (False, "ok")
 
 
-def test_a_job_that_keeps_losing_its_lease_is_dead_lettered(queue):
-    store = open_broker(REDIS_URL, queue)
+def test_a_job_that_keeps_losing_its_lease_is_dead_lettered(redis_queue):
+    store = open_broker(REDIS_URL, redis_queue)
     store.put(job("poison"))
     for _ in range(2):
         store.claim("s", 1, lease=0.02)
@@ -80,15 +72,15 @@ def test_a_job_that_keeps_losing_its_lease_is_dead_lettered(queue):
     assert store.status().dead == 1
 
 
-def test_a_tampered_call_is_refused_and_never_unpickled(queue, tmp_path):
-    signed = open_broker(REDIS_URL, queue, secret=SECRET)
+def test_a_tampered_call_is_refused_and_never_unpickled(redis_queue, tmp_path):
+    signed = open_broker(REDIS_URL, redis_queue, secret=SECRET)
     signed.put(job("good", call=pickle.dumps(1)))
     signed.put(job("evil", call=pickle.dumps(2)))
     proof = str(tmp_path / "unpickled")
     import redis
 
     redis.Redis.from_url(REDIS_URL).hset(
-        f"taskq:{queue}:job:evil", "call", pickle.dumps(Boom(proof))
+        f"taskq:{redis_queue}:job:evil", "call", pickle.dumps(Boom(proof))
     )  # someone with write access to Redis swaps the payload
     claimed = signed.claim("s", 5, lease=10)
     assert [j.job_id for j in claimed] == ["good"]
@@ -100,15 +92,15 @@ def test_a_tampered_call_is_refused_and_never_unpickled(queue, tmp_path):
     assert signed.status().refused == 1
 
 
-def test_an_unsigned_job_is_refused_by_a_worker_that_has_a_secret(queue):
-    open_broker(REDIS_URL, queue).put(job("unsigned"))
-    signed = open_broker(REDIS_URL, queue, secret=SECRET)
+def test_an_unsigned_job_is_refused_by_a_worker_that_has_a_secret(redis_queue):
+    open_broker(REDIS_URL, redis_queue).put(job("unsigned"))
+    signed = open_broker(REDIS_URL, redis_queue, secret=SECRET)
     assert signed.claim("s", 5, lease=10) == []
     assert "not signed" in str(signed.job_status("unsigned").outcome.value("unsigned")[1])
 
 
-def test_a_tampered_outcome_is_refused_and_not_unpickled(queue, tmp_path):
-    store = open_broker(REDIS_URL, queue, secret=SECRET)
+def test_a_tampered_outcome_is_refused_and_not_unpickled(redis_queue, tmp_path):
+    store = open_broker(REDIS_URL, redis_queue, secret=SECRET)
     store.put(job("a"))
     store.claim("s", 1, lease=10)
     store.finish("s", [("a", Outcome.of_result(1, 1))])
@@ -116,30 +108,30 @@ def test_a_tampered_outcome_is_refused_and_not_unpickled(queue, tmp_path):
     import redis
 
     forged = Outcome.of_result(Boom(proof), 1).dump()
-    redis.Redis.from_url(REDIS_URL).hset(f"taskq:{queue}:job:a", "outcome", forged)
+    redis.Redis.from_url(REDIS_URL).hset(f"taskq:{redis_queue}:job:a", "outcome", forged)
     is_error, error = store.job_status("a").outcome.value("a")
     assert is_error and "refused and not unpickled" in str(error)
     assert not os.path.exists(proof)
 
 
-def test_signed_pools_run_jobs_end_to_end_and_a_wrong_secret_fails_the_future(queue):
-    with taskq.Pool(1, broker=REDIS_URL, queue=queue, secret=SECRET) as pool:
+def test_signed_pools_run_jobs_end_to_end_and_a_wrong_secret_fails_the_future(redis_queue):
+    with taskq.Pool(1, broker=REDIS_URL, queue=redis_queue, secret=SECRET) as pool:
         assert pool.submit(operator.add, 2, 3).result(timeout=60) == 5
     with taskq.Pool(
-        0, broker=REDIS_URL, queue=queue, secret="another-secret-of-32-chars!!!!!!"
+        0, broker=REDIS_URL, queue=redis_queue, secret="another-secret-of-32-chars!!!!!!"
     ) as c:
         future = c.submit(operator.add, 1, 1)
-        server = taskq.Pool(1, broker=REDIS_URL, queue=queue, secret=SECRET)
+        server = taskq.Pool(1, broker=REDIS_URL, queue=redis_queue, secret=SECRET)
         with server, pytest.raises(taskq.StoreError, match="signature does not match"):
             future.result(timeout=60)
 
 
-def test_taskq_secret_from_the_environment(queue, monkeypatch):
+def test_taskq_secret_from_the_environment(redis_queue, monkeypatch):
     monkeypatch.setenv("TASKQ_SECRET", SECRET)
-    store = open_broker(REDIS_URL, queue)
+    store = open_broker(REDIS_URL, redis_queue)
     assert store.signer.enabled
     with pytest.raises(ValueError, match="16 bytes"):
-        open_broker(REDIS_URL, queue, secret="short")
+        open_broker(REDIS_URL, redis_queue, secret="short")
 
 
 def test_without_a_secret_only_a_remote_redis_is_warned_about():

@@ -7,29 +7,14 @@ a queue of its own)."""
 from __future__ import annotations
 
 import operator
-import pickle
 import threading
-import uuid
 
-import pytest
 import redis
 
 import taskq
-from taskq._broker import JobOptions, NewJob, Outcome, OutcomeKind, open_broker
-from tests.conftest import REDIS_URL, redis_cleanup
-
-OPTIONS = pickle.dumps(JobOptions(None, 0, 0.1, None))
-
-
-@pytest.fixture
-def queue():
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    yield name
-    redis_cleanup(REDIS_URL, name)
-
-
-def job(job_id, priority=0):
-    return NewJob(job_id, "fn", priority, priority, b"call", OPTIONS)
+from taskq._broker import Outcome, OutcomeKind, open_broker
+from tests.conftest import REDIS_URL
+from tests.test_redis_broker import job
 
 
 class Acks:
@@ -46,8 +31,8 @@ class Acks:
         return done
 
 
-def test_sent_puts_are_acknowledged_once_each_and_keep_their_order(queue):
-    store = open_broker(REDIS_URL, queue)
+def test_sent_puts_are_acknowledged_once_each_and_keep_their_order(redis_queue):
+    store = open_broker(REDIS_URL, redis_queue)
     acks = Acks()
     ids = [f"j{i:04d}" for i in range(1000)]
     for job_id in ids:
@@ -59,8 +44,8 @@ def test_sent_puts_are_acknowledged_once_each_and_keep_their_order(queue):
     store.close()
 
 
-def test_puts_in_flight_when_the_connection_drops_are_sent_again_and_stored_once(queue):
-    store = open_broker(REDIS_URL, queue)
+def test_puts_in_flight_when_the_connection_drops_are_sent_again_and_stored_once(redis_queue):
+    store = open_broker(REDIS_URL, redis_queue)
     acks = Acks()
     ids = [f"j{i:03d}" for i in range(200)]
     for job_id in ids[:100]:
@@ -89,8 +74,8 @@ def test_puts_in_flight_when_the_connection_drops_are_sent_again_and_stored_once
     store.close()
 
 
-def test_a_put_of_a_job_already_stored_changes_nothing(queue):
-    store = open_broker(REDIS_URL, queue)
+def test_a_put_of_a_job_already_stored_changes_nothing(redis_queue):
+    store = open_broker(REDIS_URL, redis_queue)
     store.put(job("a"))
     [claimed] = store.claim("s", 1, lease=10)
     store.put(job("a"))  # the same id sent again (after a broken connection)
@@ -100,8 +85,8 @@ def test_a_put_of_a_job_already_stored_changes_nothing(queue):
     store.close()
 
 
-def test_a_server_that_found_the_queue_empty_is_woken_by_the_next_put(queue):
-    server, client = open_broker(REDIS_URL, queue), open_broker(REDIS_URL, queue)
+def test_a_server_that_found_the_queue_empty_is_woken_by_the_next_put(redis_queue):
+    server, client = open_broker(REDIS_URL, redis_queue), open_broker(REDIS_URL, redis_queue)
     woken = threading.Event()
     server.on_new_jobs = woken.set
     assert server.claim("s", 2, lease=10) == []  # empty: it is now watching
@@ -116,8 +101,8 @@ def test_a_server_that_found_the_queue_empty_is_woken_by_the_next_put(queue):
     client.close()
 
 
-def test_a_server_holding_jobs_ahead_is_woken_only_by_a_more_urgent_put(queue):
-    server, client = open_broker(REDIS_URL, queue), open_broker(REDIS_URL, queue)
+def test_a_server_holding_jobs_ahead_is_woken_only_by_a_more_urgent_put(redis_queue):
+    server, client = open_broker(REDIS_URL, redis_queue), open_broker(REDIS_URL, redis_queue)
     woken = threading.Event()
     server.on_new_jobs = woken.set
     for i in range(4):
@@ -137,8 +122,8 @@ def test_a_server_holding_jobs_ahead_is_woken_only_by_a_more_urgent_put(queue):
     client.close()
 
 
-def test_outcomes_reach_the_submitter_with_their_notice(queue):
-    client, server = open_broker(REDIS_URL, queue), open_broker(REDIS_URL, queue)
+def test_outcomes_reach_the_submitter_with_their_notice(redis_queue):
+    client, server = open_broker(REDIS_URL, redis_queue), open_broker(REDIS_URL, redis_queue)
     client.put(job("a"))
     client.put(job("b"))
     _, jobs = server.step("s", [], 2, 10)
@@ -160,18 +145,19 @@ def test_outcomes_reach_the_submitter_with_their_notice(queue):
     server.close()
 
 
-def test_cancel_right_after_submit_finds_the_job(queue):
-    with taskq.Pool(0, broker=REDIS_URL, queue=queue) as pool:
+def test_cancel_right_after_submit_finds_the_job(redis_queue):
+    with taskq.Pool(0, broker=REDIS_URL, queue=redis_queue) as pool:
         futures = [pool.submit(operator.add, i, 1) for i in range(50)]
         assert all(f.cancel() for f in futures)  # each put is in before the cancel acts
         assert all(f.cancelled() for f in futures)
         assert pool._broker.queued_count() == 0
 
 
-def test_a_client_and_a_server_over_sent_puts_lose_nothing(queue):
-    with taskq.Pool(0, broker=REDIS_URL, queue=queue) as client, taskq.Pool(
-        2, broker=REDIS_URL, queue=queue
-    ) as server:
+def test_a_client_and_a_server_over_sent_puts_lose_nothing(redis_queue):
+    with (
+        taskq.Pool(0, broker=REDIS_URL, queue=redis_queue) as client,
+        taskq.Pool(2, broker=REDIS_URL, queue=redis_queue) as server,
+    ):
         futures = [client.submit(operator.mul, i, 2) for i in range(3000)]
         assert [f.result(timeout=120) for f in futures] == [2 * i for i in range(3000)]
         assert server.served_stats().succeeded == 3000
