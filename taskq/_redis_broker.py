@@ -9,9 +9,10 @@ and the ids wait in Redis while its connection is down, so nothing is missed.
 
 Needs Redis 6.2 or newer (``LPOP key count`` and ``ZRANGE ... BYSCORE``: 6.2; ``HSET``
 with several fields: 4.0; ``TIME`` inside scripts, whose effects Redis 5+ replicates).
-A single Redis (or a primary with replicas), not Redis Cluster. What survives a Redis restart is what its
-persistence kept: with ``appendonly yes`` every acknowledged write (``appendfsync
-everysec``: all but the last second after a power loss); with no persistence, nothing.
+A single Redis (or a primary with replicas), not Redis Cluster. What survives a Redis
+restart is what its persistence kept: with ``appendonly yes`` every acknowledged write
+(``appendfsync everysec``: all but the last second after a power loss); with no
+persistence, nothing.
 """
 
 from __future__ import annotations
