@@ -7,8 +7,13 @@ a queue of its own)."""
 from __future__ import annotations
 
 import operator
+import signal
+import subprocess
+import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import redis
 
 import taskq
@@ -162,3 +167,39 @@ def test_a_client_and_a_server_over_sent_puts_lose_nothing(redis_queue):
         assert [f.result(timeout=120) for f in futures] == [2 * i for i in range(3000)]
         assert server.served_stats().succeeded == 3000
         assert client.stats().succeeded == 3000
+
+
+SUBMIT_AND_DIE = """
+import operator, os, signal, sys, taskq
+pool = taskq.Pool(0, broker=sys.argv[1], queue=sys.argv[2])
+for i in range(1000):
+    pool.submit(operator.add, i, 1)
+if sys.argv[3] == "kill":  # no exit hook runs: the replies were never read
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("end", ["exit", "kill"])
+def test_jobs_submitted_survive_the_submitting_process(redis_queue, tmp_path, end):
+    script = tmp_path / "submit.py"
+    script.write_text(SUBMIT_AND_DIE)
+    done = subprocess.run([sys.executable, str(script), REDIS_URL, redis_queue, end], timeout=120)
+    assert done.returncode == (-signal.SIGKILL if end == "kill" else 0)
+    store = open_broker(REDIS_URL, redis_queue)
+    assert store.queued_count() == 1000  # every submit that returned is in the store
+    store.close()
+
+
+def test_threads_submitting_at_once_lose_nothing(redis_queue):
+    with (
+        taskq.Pool(0, broker=REDIS_URL, queue=redis_queue) as client,
+        taskq.Pool(2, broker=REDIS_URL, queue=redis_queue),
+    ):
+        with ThreadPoolExecutor(4) as threads:
+            batches = list(
+                threads.map(
+                    lambda t: [client.submit(operator.mul, t, i) for i in range(500)], range(4)
+                )
+            )
+        for t, futures in enumerate(batches):
+            assert [f.result(timeout=120) for f in futures] == [t * i for i in range(500)]
