@@ -473,6 +473,11 @@ class RedisBroker:
         self._run("HEARTBEAT", (self.key["heartbeats"],), (owner,))
 
     def unregister_server(self, owner: str) -> None:
+        """This process's server stops (no more wake-ups for it either)."""
+        self._forget_server(owner)
+        self._call(self._r.zrem, self.key["watch"], self.client_id)
+
+    def _forget_server(self, owner: str) -> None:
         self._call(self._r.hdel, self.key["servers"], owner)
         self._call(self._r.hdel, self.key["heartbeats"], owner)
 
@@ -482,7 +487,7 @@ class RedisBroker:
         beats = self._call(self._r.hgetall, self.key["heartbeats"])
         stale = [o for o, t in beats.items() if now_ms - int(t) > stale_server_after * 1000]
         for owner in stale:
-            self.unregister_server(owner.decode())
+            self._forget_server(owner.decode())
         return 0
 
     def status(self) -> StoreStatus:
