@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from taskq._broker import Broker, JobState
+from taskq._broker import Broker, JobState, Outcome
 from taskq._broker_client import Waiters
 from taskq._errors import BrokerUnavailable, PoolBroken
 from taskq._log import log
@@ -34,6 +34,7 @@ MIN_POLL = 0.001  # seconds between looks at the store right after something hap
 MAX_POLL = 0.02  # ... and at most this long when nothing did (an idle store: 50 reads/s)
 COALESCE = 0.0005  # seconds a busy loop pauses so outcomes and claims come in batches
 MAX_BACKOFF = 2.0  # seconds between attempts while the store cannot be reached
+TERMINATE_PATIENCE = 10.0  # seconds terminate() waits for stopped jobs' outcomes to store
 LISTEN_BLOCK = 0.25  # seconds a listener's blocking read lasts (how soon it sees a close)
 
 
@@ -56,6 +57,7 @@ class BrokerLoop:
         self._shutting_down = False
         self._stop_serving = False
         self._grace_deadline = 0.0
+        self._terminated_by = 0.0  # terminate(): until then, wait for stopped jobs' outcomes
         self._closed = False
         self._exiting = False
         self._next_exit_check = 0.0
@@ -85,6 +87,9 @@ class BrokerLoop:
         self.wake.set()
 
     def terminate(self) -> None:
+        # The local pool's terminate stops the running jobs: their outcomes (cancelled)
+        # are on their way, and are stored, unless they take longer than this.
+        self._terminated_by = time.monotonic() + TERMINATE_PATIENCE
         self._stop_serving = self._shutting_down = True
         self._stop_local()
         self.wake.set()
@@ -190,7 +195,10 @@ class BrokerLoop:
         server.release_unstarted()
         if server.held == 0:
             return True
-        if time.monotonic() >= self._grace_deadline:
+        now = time.monotonic()
+        if now < self._terminated_by:
+            return False  # stopped by terminate(): their cancelled outcomes are coming
+        if now >= self._grace_deadline:
             log.warning(
                 "grace period over: stopping %d running jobs, back to the store", server.held
             )
@@ -228,6 +236,8 @@ class BrokerLoop:
             if self._local is not None:
                 self._local.shutdown(wait=True)
             self._server.close()
+        if self._terminated_by:
+            self._cancel_pending()
         listener = self._listener
         if listener is not None and listener is not threading.current_thread():
             listener.join(timeout=LISTEN_BLOCK + 5)  # its blocking read ends within LISTEN_BLOCK
@@ -238,6 +248,16 @@ class BrokerLoop:
         except BaseException as exc:  # never acknowledged: they may not be in the store
             log.error("jobs sent to %s may not have been stored: %s", self._broker.url, exc)
         self._broker.close()
+
+
+    def _cancel_pending(self) -> None:
+        """After terminate(): no future of this process is left waiting. A job still
+        queued is withdrawn; one that went back to the store, or runs elsewhere, is no
+        longer waited for here."""
+        for job_id in self._waiters.pending_ids():
+            with contextlib.suppress(BaseException):
+                self._broker.cancel(job_id)
+            self._waiters.resolve(job_id, Outcome.cancelled("stopped by pool.terminate()"))
 
 
 def _unavailable(exc: BrokerUnavailable, delay: float) -> None:
