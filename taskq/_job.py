@@ -23,6 +23,9 @@ R = TypeVar("R")
 _callback_log = logging.getLogger("concurrent.futures")
 
 
+_NO_WAITERS: Any = ()  # empty and immutable: shared by every condition nobody waits on
+
+
 class _FutureCondition(threading.Condition):
     """The condition of a ``JobFuture``: a ``threading.Condition`` over an ``RLock``,
     built without the bound methods ``Condition.__init__`` stores per instance.
@@ -35,7 +38,23 @@ class _FutureCondition(threading.Condition):
 
     def __init__(self) -> None:  # no super().__init__(): that is the point
         self._lock = threading.RLock()
-        self._waiters: collections.deque[Any] = collections.deque()
+        # Most futures are never waited on while pending (their result is ready when
+        # asked for): the deque of waiters is made by the first wait() only.
+        self._waiters: collections.deque[Any] = _NO_WAITERS
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._waiters is _NO_WAITERS:
+            self._waiters = collections.deque()
+        return super().wait(timeout)
+
+    def notify_all(self) -> None:
+        # Called by every set_result(): with nobody waiting, nothing to check or wake.
+        if self._waiters:
+            self.notify(len(self._waiters))
+
+    def _at_fork_reinit(self) -> None:
+        self._lock._at_fork_reinit()  # type: ignore[attr-defined]
+        self._waiters = _NO_WAITERS
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         return self._lock.acquire(blocking, timeout)
@@ -199,7 +218,19 @@ class WorkItem(JobRecord):
         retry_delay: float,
         retry_on: tuple[type[BaseException], ...] | None,
     ):
-        super().__init__(job_id, call, name, priority, timeout, retries, retry_delay, retry_on)
+        # JobRecord.__init__ inlined (one Python call fewer per submitted job).
+        self.job_id = job_id
+        self.call = call
+        self.name = name
+        self.priority = priority
+        self.seq = 0
+        self.queued_at = 0.0
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.retry_on = retry_on
+        self.attempts = 0
+        self.state = State.QUEUED
         self.future = future
         self.claimed = False  # its future was moved to RUNNING (first dispatch)
         self.wseq = 0  # its number at the worker holding it (see _slot)

@@ -56,11 +56,10 @@ class Ledger:
     def __init__(self, stats: StatsBlock):
         self.stats = stats
         self._outcomes: list[Outcome] = []
+        # A job queued at this priority (from callers' threads; no lock: see _stats.py).
+        self.submitted: Callable[[float], None] = stats.submitted
 
     # -- from callers' threads (statistics only) ------------------------------------
-
-    def submitted(self, priority: float) -> None:
-        self.stats.submitted(priority)
 
     def refused(self) -> None:
         """A job that failed before it was queued (its call could not be pickled)."""
