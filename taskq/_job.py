@@ -8,6 +8,7 @@ back (see ``_protocol``).
 
 from __future__ import annotations
 
+import _thread
 import collections
 import enum
 import logging
@@ -26,53 +27,40 @@ _callback_log = logging.getLogger("concurrent.futures")
 _NO_WAITERS: Any = ()  # empty and immutable: shared by every condition nobody waits on
 
 
-class _FutureCondition(threading.Condition):
-    """The condition of a ``JobFuture``: a ``threading.Condition`` over an ``RLock``,
-    built without the bound methods ``Condition.__init__`` stores per instance.
+class _FutureCondition(_thread.RLock):  # type: ignore[misc]
+    """The condition of a ``JobFuture``: a re-entrant lock that is its own condition.
 
-    A pool keeps thousands of futures alive at once; this makes each one cheaper
-    to create and gives the garbage collector fewer objects to scan. The lock
-    must be re-entrant, as ``Future``'s own is: ``wait(FIRST_EXCEPTION)`` holds
-    every future's condition and then calls ``f.cancelled()``, which takes it again.
+    ``Future`` builds a ``threading.Condition`` over an ``RLock``: two objects,
+    a deque, five bound methods stored per instance, and a Python-level
+    ``__enter__``/``__exit__`` on every ``with``. A pool keeps thousands of
+    futures alive at once, so this is one C object with no ``__init__``:
+    ``with`` is the lock's own, and the deque of waiters is made by the first
+    ``wait()`` only (most futures are resolved before anyone waits on them).
+    ``Condition.wait`` and ``Condition.notify`` run unchanged on it: what they
+    need of the lock (``_is_owned``, ``_release_save``, ``_acquire_restore``)
+    the C ``RLock`` has. The lock must be re-entrant, as ``Future``'s own is:
+    ``wait(FIRST_EXCEPTION)`` holds every future's condition and then calls
+    ``f.cancelled()``, which takes it again.
     """
 
-    def __init__(self) -> None:  # no super().__init__(): that is the point
-        self._lock = threading.RLock()
-        # Most futures are never waited on while pending (their result is ready when
-        # asked for): the deque of waiters is made by the first wait() only.
-        self._waiters: collections.deque[Any] = _NO_WAITERS
+    _waiters: collections.deque[Any] = _NO_WAITERS  # until the first wait()
 
     def wait(self, timeout: float | None = None) -> bool:
         if self._waiters is _NO_WAITERS:
             self._waiters = collections.deque()
-        return super().wait(timeout)
+        return _condition_wait(self, timeout)
 
     def notify_all(self) -> None:
         # Called by every set_result(): with nobody waiting, nothing to check or wake.
         if self._waiters:
             self.notify(len(self._waiters))
 
-    def _at_fork_reinit(self) -> None:
-        self._lock._at_fork_reinit()  # type: ignore[attr-defined]
-        self._waiters = _NO_WAITERS
+    def notify(self, n: int = 1) -> None:
+        _condition_notify(self, n)
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return self._lock.acquire(blocking, timeout)
 
-    def release(self) -> None:
-        self._lock.release()
-
-    # What Condition.wait() needs of a re-entrant lock (Condition.__init__ would
-    # copy these from the RLock onto every instance).
-    def _release_save(self) -> Any:
-        return self._lock._release_save()  # type: ignore[attr-defined]
-
-    def _acquire_restore(self, state: Any) -> None:
-        self._lock._acquire_restore(state)  # type: ignore[attr-defined]
-
-    def _is_owned(self) -> bool:
-        owned: bool = self._lock._is_owned()  # type: ignore[attr-defined]
-        return owned
+_condition_wait: Callable[[Any, float | None], bool] = threading.Condition.wait
+_condition_notify: Callable[[Any, int], None] = threading.Condition.notify
 
 
 class JobFuture(Future[R]):
@@ -87,7 +75,7 @@ class JobFuture(Future[R]):
     def __init__(self) -> None:
         # Future.__init__'s fields (the same from Python 3.10 to 3.13; a test checks),
         # with a lighter condition.
-        self._condition = _FutureCondition()
+        self._condition = _FutureCondition()  # type: ignore[assignment]
         self._state = PENDING
         self._result = None
         self._exception = None
