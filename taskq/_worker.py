@@ -8,6 +8,10 @@ in its shared slot (``_slot.py``): the parent reads the slot to blame the right
 job for a crash and to time a job from the moment it really started, and may
 take back jobs the worker has not started yet.
 
+Between jobs a worker that has no next call polls its pipe for a moment before it
+sleeps in ``read()`` (``SPIN_SECONDS``): a call that arrives meanwhile costs neither
+side a wake-up.
+
 A worker exits when it is sent STOP, after ``max_tasks`` jobs, or when the
 parent dies (its lifeline pipe reaches end of file).
 """
