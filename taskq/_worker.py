@@ -108,9 +108,10 @@ def _serve(
     spec: WorkerSpec, reader: FrameReader, out_fd: int, results: _shm.ResultFiles
 ) -> None:
     received = done = 0
+    last = 1.0  # seconds the last job took (no job yet: as if a long one)
     poll = _spinner(spec.calls.fileno())
     while True:
-        if done:
+        if last < SPIN_SECONDS:
             poll()
         try:
             frames = reader.read()
@@ -122,7 +123,7 @@ def _serve(
             received += 1
             if not spec.slot.begin(received, frame.job_id):
                 continue  # taken back by the parent: another worker runs it
-            _run_call(spec, frame.job_id, frame.payload, out_fd, results)
+            last = _run_call(spec, frame.job_id, frame.payload, out_fd, results)
             done += 1
             if spec.max_tasks is not None and done >= spec.max_tasks:
                 return
@@ -131,8 +132,11 @@ def _serve(
 # After a job, a worker that has no next call yet polls its pipe this long before it
 # sleeps in read(). A call written while it polls costs neither side a wake-up (on a
 # VM, waking a sleeping process costs tens of microseconds, several times the pipe's
-# own round trip), so one job in flight comes back sooner. Longer: more CPU burnt by
-# a worker between bursts of jobs; shorter: latency as if it slept. sched_yield()
+# own round trip), so one job in flight comes back sooner. Only after a job shorter
+# than the window: next to a longer job the saving is small, and the parent is then
+# often busy with that job's result, which a polling worker would slow down on a
+# machine with few cores. Longer: more CPU burnt by a worker between bursts of jobs;
+# shorter: latency as if it slept. sched_yield()
 # between two polls gives the core to any other runnable process (the parent, when
 # the machine has fewer cores than workers + 1).
 SPIN_SECONDS = 0.0002
@@ -157,16 +161,19 @@ def _run_call(
     payload: bytes | bytearray,
     out_fd: int,
     results: _shm.ResultFiles,
-) -> None:
+) -> float:
+    """Run one call and reply; return the seconds it took (the reply says so too)."""
     started = time.perf_counter()
     kind, reply, segment = _call(job_id, payload, results)
+    seconds = time.perf_counter() - started
     try:
-        _reply(out_fd, kind, job_id, reply, time.perf_counter() - started)
+        _reply(out_fd, kind, job_id, reply, seconds)
     except BaseException:
         if segment is not None:  # the parent will never read its name
             results.remove(segment)
         raise
     spec.slot.end()
+    return seconds
 
 
 def _reply(out_fd: int, kind: Kind, job_id: int, reply: bytes, seconds: float) -> None:
