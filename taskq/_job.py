@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures._base import PENDING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import Any, TypeVar
 
 R = TypeVar("R")
@@ -24,6 +24,8 @@ R = TypeVar("R")
 _callback_log = logging.getLogger("concurrent.futures")
 
 
+_NO_CALLBACKS: Any = ()  # likewise, for every future without a done-callback
+_ENDED = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED))
 _NO_WAITERS: Any = ()  # empty and immutable: shared by every condition nobody waits on
 
 
@@ -80,7 +82,8 @@ class JobFuture(Future[R]):
         self._result = None
         self._exception = None
         self._waiters: list[Any] = []
-        self._done_callbacks: list[Any] = []
+        # Made by the first add_done_callback(): most futures never get one.
+        self._done_callbacks: list[Any] = _NO_CALLBACKS
         self.attempts = 0
         self.job_id = 0
         self._on_cancel: Callable[[WorkItem], bool] | None = None
@@ -101,6 +104,15 @@ class JobFuture(Future[R]):
             if hook(work):  # withdrawn from the queue: no one else will look at it
                 self.set_running_or_notify_cancel()
         return cancelled
+
+    def add_done_callback(self, fn: Callable[[Future[R]], object]) -> None:
+        with self._condition:
+            if self._state not in _ENDED:
+                if self._done_callbacks is _NO_CALLBACKS:
+                    self._done_callbacks = []
+                self._done_callbacks.append(fn)
+                return
+        super().add_done_callback(fn)  # already done: Future calls it now (and logs its errors)
 
     def _invoke_callbacks(self) -> None:
         # Future's own loop logs an Exception from a callback but lets SystemExit or
