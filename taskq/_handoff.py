@@ -145,6 +145,11 @@ class Handoff:
 
     def rebalance(self) -> None:
         workers = list(self._workforce.workers.values())
+        for worker in workers:
+            if len(worker.outstanding) > 1:
+                break
+        else:  # no job waits behind another in a worker: nothing could move
+            return
         stuck, recheck = self._dispatcher.stuck(workers, time.monotonic())
         for worker in stuck:
             self.revoke(worker)
