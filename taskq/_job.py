@@ -55,7 +55,7 @@ class _FutureCondition(_thread.RLock):  # type: ignore[misc]
     def notify_all(self) -> None:
         # Called by every set_result(): with nobody waiting, nothing to check or wake.
         if self._waiters:
-            self.notify(len(self._waiters))
+            _condition_notify(self, len(self._waiters))
 
     def notify(self, n: int = 1) -> None:
         _condition_notify(self, n)

@@ -124,7 +124,7 @@ class Ledger:
         self.stats.add_many([
             (RUNNING, -len(finals) - len(retried)), (SUCCEEDED, succeeded),
             (FAILED, len(finals) - succeeded), (RETRIED, len(retried)), (QUEUED, len(retried)),
-        ], _each(retried, 1))  # fmt: skip
+        ], _each(retried, 1) if retried else ())  # fmt: skip
 
     def ended(self, items: Iterable[WorkItem], error_for: ErrorFor, *, running: bool) -> None:
         """Jobs that will not run (again): queued or waiting ones (``running=False``)
