@@ -99,23 +99,23 @@ class FrameReader:
         self._large_header = header
 
 
-class Outbox:
-    """Frames waiting to be written to a non-blocking pipe, written as room appears."""
+class Outbox(collections.deque[bytes | memoryview]):
+    """Frames waiting to be written to a non-blocking pipe, written as room appears.
+
+    The deque of buffers itself: ``if outbox:`` (asked for every worker at every step
+    of the manager) is then a C call."""
 
     def __init__(self, fd: int):
+        super().__init__()
         self._fd = fd
-        self._pending: collections.deque[bytes | memoryview] = collections.deque()
-
-    def __bool__(self) -> bool:
-        return bool(self._pending)
 
     def push(self, buffers: Iterable[bytes]) -> None:
-        self._pending.extend(buffers)
+        self.extend(buffers)
 
     def flush(self) -> bool:
         """Write as much as the pipe takes now; True when nothing is left.
         Raises BrokenPipeError when the worker is gone."""
-        pending = self._pending
+        pending = self
         while pending:
             batch = [pending[i] for i in range(min(len(pending), IOV_MAX))]
             try:

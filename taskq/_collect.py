@@ -66,14 +66,13 @@ class Collector:
         done: list[tuple[WorkItem, Frame]] = []
         ready = False
         held = worker.outstanding
-        observe = self.policy.observe
         for frame in frames:
             kind = frame.kind
             if kind in _REPLIES:
                 if not held or held[0].job_id != frame.job_id:
+                    self.policy.observe_all(done)
                     return Replies(done, ready, frame)
                 done.append((held.popleft(), frame))
-                observe(frame.seconds)
             elif kind == _READY:
                 worker.ready = ready = True
                 if frame.payload:
@@ -82,6 +81,7 @@ class Collector:
                 worker.init_error = load(frame.payload)
         if done:
             worker.reported = True
+            self.policy.observe_all(done)
         return Replies(done, ready, None)
 
     def exit_plan(self, worker: WorkerHandle, running_id: int, exitcode: int | None) -> ExitPlan:

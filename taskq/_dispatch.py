@@ -30,6 +30,7 @@ from collections.abc import Collection, Iterable, Iterator
 
 from taskq._job import WorkItem
 from taskq._process import WorkerHandle
+from taskq._protocol import Frame
 from taskq._queue import WorkQueue
 
 # Raising it batches more (fewer wake-ups, more throughput for tiny jobs);
@@ -51,6 +52,16 @@ class BatchPolicy:
             self.average = seconds
         else:
             self.average += SMOOTHING * (seconds - self.average)
+
+    def observe_all(self, replies: list[tuple[WorkItem, Frame]]) -> None:
+        """``observe`` each reply's run time, in order (one call per batch of replies)."""
+        if not replies:
+            return
+        average = self.average
+        for _, frame in replies:
+            seconds = frame.seconds
+            average = seconds if average is None else average + SMOOTHING * (seconds - average)
+        self.average = average
 
     def limit(self) -> int:
         if self.average is None:

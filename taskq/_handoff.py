@@ -103,15 +103,16 @@ class Handoff:
                 worker.signal(signal.SIGKILL)
             done = True
             worker.outbox = type(worker.outbox)(worker.calls_fd)
-        if not on_manager:  # only the manager thread changes the selector
-            return
-        key = self._loop.selector.get_map().get(worker.calls_fd)
-        if not done and key is None:
+        if not on_manager or done is not worker.write_watched:
+            return  # only the manager thread changes the selector; nothing to change
+        if done:
+            worker.write_watched = False
+            self._loop.selector.unregister(worker.calls_fd)
+        else:
+            worker.write_watched = True
             self._loop.selector.register(
                 worker.calls_fd, selectors.EVENT_WRITE, lambda _: self.flush(worker)
             )
-        elif done and key is not None:
-            self._loop.selector.unregister(worker.calls_fd)
 
     def revoke(self, worker: WorkerHandle) -> int:
         """Take back the jobs ``worker`` holds but has not started; return the number
@@ -144,6 +145,11 @@ class Handoff:
 
     def rebalance(self) -> None:
         workers = list(self._workforce.workers.values())
+        for worker in workers:
+            if len(worker.outstanding) > 1:
+                break
+        else:  # no job waits behind another in a worker: nothing could move
+            return
         stuck, recheck = self._dispatcher.stuck(workers, time.monotonic())
         for worker in stuck:
             self.revoke(worker)

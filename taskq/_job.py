@@ -8,13 +8,14 @@ back (see ``_protocol``).
 
 from __future__ import annotations
 
+import _thread
 import collections
 import enum
 import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures._base import PENDING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import Any, TypeVar
 
 R = TypeVar("R")
@@ -23,37 +24,45 @@ R = TypeVar("R")
 _callback_log = logging.getLogger("concurrent.futures")
 
 
-class _FutureCondition(threading.Condition):
-    """The condition of a ``JobFuture``: a ``threading.Condition`` over an ``RLock``,
-    built without the bound methods ``Condition.__init__`` stores per instance.
+_NO_CALLBACKS: Any = ()  # likewise, for every future without a done-callback
+_ENDED = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED))
+_NO_WAITERS: Any = ()  # empty and immutable: shared by every condition nobody waits on
 
-    A pool keeps thousands of futures alive at once; this makes each one cheaper
-    to create and gives the garbage collector fewer objects to scan. The lock
-    must be re-entrant, as ``Future``'s own is: ``wait(FIRST_EXCEPTION)`` holds
-    every future's condition and then calls ``f.cancelled()``, which takes it again.
+
+class _FutureCondition(_thread.RLock):  # type: ignore[misc]
+    """The condition of a ``JobFuture``: a re-entrant lock that is its own condition.
+
+    ``Future`` builds a ``threading.Condition`` over an ``RLock``: two objects,
+    a deque, five bound methods stored per instance, and a Python-level
+    ``__enter__``/``__exit__`` on every ``with``. A pool keeps thousands of
+    futures alive at once, so this is one C object with no ``__init__``:
+    ``with`` is the lock's own, and the deque of waiters is made by the first
+    ``wait()`` only (most futures are resolved before anyone waits on them).
+    ``Condition.wait`` and ``Condition.notify`` run unchanged on it: what they
+    need of the lock (``_is_owned``, ``_release_save``, ``_acquire_restore``)
+    the C ``RLock`` has. The lock must be re-entrant, as ``Future``'s own is:
+    ``wait(FIRST_EXCEPTION)`` holds every future's condition and then calls
+    ``f.cancelled()``, which takes it again.
     """
 
-    def __init__(self) -> None:  # no super().__init__(): that is the point
-        self._lock = threading.RLock()
-        self._waiters: collections.deque[Any] = collections.deque()
+    _waiters: collections.deque[Any] = _NO_WAITERS  # until the first wait()
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return self._lock.acquire(blocking, timeout)
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._waiters is _NO_WAITERS:
+            self._waiters = collections.deque()
+        return _condition_wait(self, timeout)
 
-    def release(self) -> None:
-        self._lock.release()
+    def notify_all(self) -> None:
+        # Called by every set_result(): with nobody waiting, nothing to check or wake.
+        if self._waiters:
+            _condition_notify(self, len(self._waiters))
 
-    # What Condition.wait() needs of a re-entrant lock (Condition.__init__ would
-    # copy these from the RLock onto every instance).
-    def _release_save(self) -> Any:
-        return self._lock._release_save()  # type: ignore[attr-defined]
+    def notify(self, n: int = 1) -> None:
+        _condition_notify(self, n)
 
-    def _acquire_restore(self, state: Any) -> None:
-        self._lock._acquire_restore(state)  # type: ignore[attr-defined]
 
-    def _is_owned(self) -> bool:
-        owned: bool = self._lock._is_owned()  # type: ignore[attr-defined]
-        return owned
+_condition_wait: Callable[[Any, float | None], bool] = threading.Condition.wait
+_condition_notify: Callable[[Any, int], None] = threading.Condition.notify
 
 
 class JobFuture(Future[R]):
@@ -68,12 +77,13 @@ class JobFuture(Future[R]):
     def __init__(self) -> None:
         # Future.__init__'s fields (the same from Python 3.10 to 3.13; a test checks),
         # with a lighter condition.
-        self._condition = _FutureCondition()
+        self._condition = _FutureCondition()  # type: ignore[assignment]
         self._state = PENDING
         self._result = None
         self._exception = None
         self._waiters: list[Any] = []
-        self._done_callbacks: list[Any] = []
+        # Made by the first add_done_callback(): most futures never get one.
+        self._done_callbacks: list[Any] = _NO_CALLBACKS
         self.attempts = 0
         self.job_id = 0
         self._on_cancel: Callable[[WorkItem], bool] | None = None
@@ -94,6 +104,15 @@ class JobFuture(Future[R]):
             if hook(work):  # withdrawn from the queue: no one else will look at it
                 self.set_running_or_notify_cancel()
         return cancelled
+
+    def add_done_callback(self, fn: Callable[[Future[R]], object]) -> None:
+        with self._condition:
+            if self._state not in _ENDED:
+                if self._done_callbacks is _NO_CALLBACKS:
+                    self._done_callbacks = []
+                self._done_callbacks.append(fn)
+                return
+        super().add_done_callback(fn)  # already done: Future calls it now (and logs its errors)
 
     def _invoke_callbacks(self) -> None:
         # Future's own loop logs an Exception from a callback but lets SystemExit or
@@ -199,7 +218,19 @@ class WorkItem(JobRecord):
         retry_delay: float,
         retry_on: tuple[type[BaseException], ...] | None,
     ):
-        super().__init__(job_id, call, name, priority, timeout, retries, retry_delay, retry_on)
+        # JobRecord.__init__ inlined (one Python call fewer per submitted job).
+        self.job_id = job_id
+        self.call = call
+        self.name = name
+        self.priority = priority
+        self.seq = 0
+        self.queued_at = 0.0
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.retry_on = retry_on
+        self.attempts = 0
+        self.state = State.QUEUED
         self.future = future
         self.claimed = False  # its future was moved to RUNNING (first dispatch)
         self.wseq = 0  # its number at the worker holding it (see _slot)

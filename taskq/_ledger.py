@@ -56,11 +56,10 @@ class Ledger:
     def __init__(self, stats: StatsBlock):
         self.stats = stats
         self._outcomes: list[Outcome] = []
+        # A job queued at this priority (from callers' threads; no lock: see _stats.py).
+        self.submitted: Callable[[float], None] = stats.submitted
 
     # -- from callers' threads (statistics only) ------------------------------------
-
-    def submitted(self, priority: float) -> None:
-        self.stats.submitted(priority)
 
     def refused(self) -> None:
         """A job that failed before it was queued (its call could not be pickled)."""
@@ -117,13 +116,15 @@ class Ledger:
     def settled(self, finals: list[Outcome], retried: Sequence[WorkItem]) -> None:
         """Replies (and crash outcomes) of running jobs: ``finals`` are done, ``retried``
         failed and wait for another attempt."""
-        succeeded = sum(1 for _, ok, _ in finals if ok)
+        succeeded = 0
+        for item, ok, _ in finals:  # finish() unrolled: this runs for every reply
+            item.state = State.DONE
+            succeeded += ok
+        self._outcomes.extend(finals)
         self.stats.add_many([
             (RUNNING, -len(finals) - len(retried)), (SUCCEEDED, succeeded),
             (FAILED, len(finals) - succeeded), (RETRIED, len(retried)), (QUEUED, len(retried)),
-        ], _each(retried, 1))  # fmt: skip
-        for item, ok, value in finals:
-            self.finish(item, ok, value)
+        ], _each(retried, 1) if retried else ())  # fmt: skip
 
     def ended(self, items: Iterable[WorkItem], error_for: ErrorFor, *, running: bool) -> None:
         """Jobs that will not run (again): queued or waiting ones (``running=False``)

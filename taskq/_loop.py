@@ -159,12 +159,16 @@ class EventLoop:
         delay = 0 if self._commands else self.timers.next_delay()
         events = self.selector.select(delay)
         with self.lock:
-            registered = self.selector.get_map()
-            for key, mask in events:
-                # An earlier event of this batch may have closed this descriptor (a
-                # worker exited) and its number may already belong to a new pipe.
-                if registered.get(key.fd) is key:
-                    key.data(mask)
+            if len(events) == 1:  # the usual case: nothing earlier in the batch to check
+                key, mask = events[0]
+                key.data(mask)
+            else:
+                registered = self.selector.get_map()
+                for key, mask in events:
+                    # An earlier event of this batch may have closed this descriptor (a
+                    # worker exited) and its number may already belong to a new pipe.
+                    if registered.get(key.fd) is key:
+                        key.data(mask)
             while self._commands:
                 self._commands.popleft()()
             self.timers.run_due()

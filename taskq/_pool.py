@@ -204,7 +204,8 @@ class Pool(Executor):
         self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
     ) -> JobFuture[R]:
         """Queue ``fn(*args, **kwargs)`` at priority 0; wait for room if the queue is full."""
-        check_callable(fn, "submit")
+        if not callable(fn):
+            check_callable(fn, "submit")
         return self._enqueue(
             fn, args, kwargs, priority=0, timeout=self._job_timeout, retry_delay=self._retry_delay
         )
@@ -267,7 +268,8 @@ class Pool(Executor):
         name: str | None = None,
     ) -> JobFuture[Any]:
         """Pickle the call and queue it; a call that cannot be pickled fails its future."""
-        self._check_open()
+        if self._shutdown or self._manager.broken is not None:
+            self._check_open()
         try:
             call = dump_call(fn, args, kwargs, self._segments)
         except PicklingFailed as exc:

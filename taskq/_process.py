@@ -45,6 +45,7 @@ class WorkerHandle:
         self.results_fd = results.fileno()
         self.reader = FrameReader(self.results_fd)
         self.outbox = Outbox(self.calls_fd)
+        self.write_watched = False  # its call pipe is in the selector (a write is pending)
         self.outstanding: collections.deque[WorkItem] = collections.deque()
         self.slot = slot
         self.ready = False  # the worker ran its initializer and said READY

@@ -223,8 +223,8 @@ def dump_call(
     ``segment`` must be released when the job ends. Leave it out for a call
     stored beyond this process (a durable broker): everything is then in the bytes.
     """
-    name = getattr(fn, "__qualname__", repr(fn))
-    cloudpickle = _load_cloudpickle()
+    user_fn = fn
+    cloudpickle = _cloudpickle if _cloudpickle is not None else _load_cloudpickle()
     if cloudpickle and getattr(fn, "__module__", None) == "__main__" and not _found_by_name(fn):
         fn = _by_value(fn, cloudpickle)
     try:
@@ -237,6 +237,7 @@ def dump_call(
         raise
     except BaseException as exc:  # user code (__reduce__) may raise anything, SystemExit too
         error: BaseException = exc
+    name = getattr(user_fn, "__qualname__", repr(user_fn))
     if cloudpickle:
         try:
             return bytes(cloudpickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))

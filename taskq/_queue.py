@@ -46,6 +46,7 @@ from taskq._errors import Full
 from taskq._job import JobRecord, State
 
 ORDERS = ("priority", "fifo", "lifo")
+_QUEUED = State.QUEUED
 
 R = TypeVar("R", bound=JobRecord)
 
@@ -186,8 +187,11 @@ class JobQueue(WorkQueue[R]):
                 raise QueueClosed("cannot schedule new futures after shutdown")
             item.seq = next(self._seq)
             item.queued_at = self._clock()
-            item.state = State.QUEUED
-            bucket = self._bucket(item)
+            item.state = _QUEUED
+            # The bucket of its level, looked up inline: this runs for every job.
+            bucket = self._buckets.get(item.priority if self.order == "priority" else 0)
+            if bucket is None:
+                bucket = self._bucket(item)
             bucket.append(item)
             self._live += 1
             if self.aging is not None and len(bucket) == 1:

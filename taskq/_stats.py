@@ -12,18 +12,25 @@ measured, and its wait is from when that attempt was queued to when it started
 costs one tuple appended to the window (per batch of replies: one lock, one
 ``deque.extend``); the histograms take the window's new entries in bulk, and
 the percentiles are computed only when someone reads a snapshot.
+
+A submitted job costs its caller no lock at all: its priority is appended to a
+deque of *arrivals* (one atomic C call), which every other update and every read
+folds into the counters first, under the lock. So a snapshot still counts every
+job queued before it was taken, and the manager's own update for a job it
+claimed always comes after that job's arrival.
 """
 
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
 import itertools
 import math
 import operator
 import threading
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 WINDOW = 1000
@@ -131,10 +138,16 @@ class StatsBlock:
     """Named integers, queue depth per priority and recent timings, updated in batches
     under one lock."""
 
-    __slots__ = ("_lock", "_queued", "_recent", "_run", "_unfolded", "_values", "_wait")
+    __slots__ = (
+        "_arrivals", "_lock", "_queued", "_recent", "_run", "_unfolded", "_values", "_wait",
+        "submitted",
+    )  # fmt: skip
 
     def __init__(self, size: int = len(STAT_FIELDS)):
         self._values = [0] * size
+        self._arrivals: deque[float] = deque()  # priorities of jobs submitted, not yet counted
+        # One job queued, at this priority: from any thread, without a lock (see above).
+        self.submitted: Callable[[float], None] = self._arrivals.append
         self._queued: dict[float, int] = {}
         self._recent: deque[Timing] = deque(maxlen=WINDOW)
         self._unfolded = 0  # the newest entries of _recent not yet in the histograms
@@ -149,6 +162,8 @@ class StatsBlock:
         amount) to the per-priority depths."""
         values, depths = self._values, self._queued
         with self._lock:
+            if self._arrivals:
+                self._fold_arrivals()
             for index, amount in deltas:
                 values[index] += amount
             for priority, amount in queued:
@@ -158,13 +173,27 @@ class StatsBlock:
                 else:
                     del depths[priority]
 
-    def submitted(self, priority: float) -> None:
-        """One job queued: ``add_many`` unrolled, as this runs for every job."""
-        values, depths = self._values, self._queued
-        with self._lock:
-            values[SUBMITTED] += 1
-            values[QUEUED] += 1
-            depths[priority] = depths.get(priority, 0) + 1
+    def _fold_arrivals(self) -> None:
+        # Called with the lock held. Appends may go on meanwhile: take exactly the
+        # ones counted now, oldest first (popleft and append are atomic).
+        arrivals = self._arrivals
+        popleft = arrivals.popleft
+        taken = [popleft() for _ in range(len(arrivals))]
+        count = len(taken)
+        self._values[SUBMITTED] += count
+        self._values[QUEUED] += count
+        depths = self._queued
+        first = taken[0]
+        if taken.count(first) == count:  # usually a single priority
+            levels: Iterable[tuple[float, int]] = ((first, count),)
+        else:
+            levels = collections.Counter(taken).items()
+        for priority, amount in levels:
+            left = depths.get(priority, 0) + amount
+            if left:
+                depths[priority] = left
+            else:  # a claim was counted before this arrival (see Ledger.submitted)
+                del depths[priority]
 
     def ran(self, timings: list[Timing]) -> None:
         """Record ``(priority, wait, run)`` of jobs whose replies just arrived.
@@ -172,6 +201,8 @@ class StatsBlock:
         Only appended here (the hot path); they are added to the histograms in
         bulk, before they would leave the window or when someone reads."""
         with self._lock:
+            if self._arrivals:
+                self._fold_arrivals()
             if self._unfolded + len(timings) > WINDOW:
                 self._fold()
             if len(timings) > WINDOW:  # more than the window holds: count them now
@@ -182,11 +213,15 @@ class StatsBlock:
 
     def snapshot(self) -> tuple[int, ...]:
         with self._lock:
+            if self._arrivals:
+                self._fold_arrivals()
             return tuple(self._values)
 
     def read(self) -> PoolStats:
         """Everything, read under the lock once; the percentiles computed after."""
         with self._lock:
+            if self._arrivals:
+                self._fold_arrivals()
             self._fold()
             values = tuple(self._values)
             depths = dict(self._queued)

@@ -131,6 +131,7 @@ class Workforce:
         """A worker exited (its last replies were read): release everything it had."""
         for fd in (worker.results_fd, worker.calls_fd, worker.process.sentinel):
             self.unregister(fd)
+        worker.write_watched = False
         worker.close()
         del self.workers[worker.index]
         self._ledger.worker_exited()
