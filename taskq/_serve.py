@@ -35,7 +35,6 @@ from typing import Any
 
 from taskq._broker import Broker, ClaimedJob, JobOptions, Outcome
 from taskq._counters import CounterStore, install_worker_counters
-from taskq._dispatch import HOLD_BUDGET
 from taskq._errors import PoolBroken, UnpicklingFailed
 from taskq._job import JobFuture
 from taskq._pool import Pool
@@ -47,6 +46,7 @@ STALL_AFTER = 0.05  # seconds without an ending job before jobs claimed ahead go
 KILL_CHECK_EVERY = 0.02  # seconds between looks for kill requests (how soon kill() acts)
 PURGE_EVERY = 60.0  # seconds between deletions of expired outcomes
 MAX_EXTRA_PER_WORKER = 32  # claimed ahead per worker when jobs are tiny
+CLAIM_BUDGET = 0.002  # seconds of work a server holds per worker when jobs are tiny
 
 
 class ClaimPace:
@@ -55,7 +55,7 @@ class ClaimPace:
     One per worker by default: a job claimed is a job no other server can run,
     and an urgent job submitted later cannot overtake it anywhere but here. When
     jobs are so short that a worker would sit idle while the next claim makes its
-    round trip, it holds a little more: about ``HOLD_BUDGET`` of work per worker,
+    round trip, it holds a little more: about ``CLAIM_BUDGET`` of work per worker,
     judged by the local pool's recent average job time (the same rule as the local
     dispatcher's batches, ``_dispatch.py``).
     """
@@ -71,8 +71,8 @@ class ClaimPace:
         ``stalled``: no job has ended for a while (one runs long): hold no extra."""
         average = self._average()
         extra = 0
-        if average is not None and average < HOLD_BUDGET and not stalled:
-            extra = self.workers * min(MAX_EXTRA_PER_WORKER, int(HOLD_BUDGET / max(average, 1e-6)))
+        if average is not None and average < CLAIM_BUDGET and not stalled:
+            extra = self.workers * min(MAX_EXTRA_PER_WORKER, int(CLAIM_BUDGET / max(average, 1e-6)))
         room = self.workers + extra - held
         if extra and held >= self.workers and room < (self.workers + extra) // 2:
             return 0
