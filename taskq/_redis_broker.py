@@ -211,11 +211,13 @@ class RedisBroker:
         return keys, args
 
     def queued_count(self) -> int:
+        self._puts.sync()  # reads see this process's own puts (they went another way)
         return int(self._call(self._r.zcard, self.key["queued"]))
 
     def queued_by_priority(self) -> dict[float, int]:
         """Counted from the queue's scores (the priorities, unless aging is on: then the
         ranks): a read of the whole queue, for statistics and metrics only."""
+        self._puts.sync()
         counts: dict[float, int] = {}
         for _, score in self._call(self._r.zrange, self.key["queued"], 0, -1, withscores=True):
             counts[score] = counts.get(score, 0) + 1
@@ -420,6 +422,7 @@ class RedisBroker:
         return found[job_id]
 
     def outcomes(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        self._puts.sync()
         pipe = self._r.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hmget(self.job_prefix + job_id, "state", "outcome", "osig")
@@ -491,6 +494,7 @@ class RedisBroker:
         return 0
 
     def status(self) -> StoreStatus:
+        self._puts.sync()
         return read_status(self)
 
     def close(self) -> None:

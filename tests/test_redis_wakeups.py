@@ -203,3 +203,12 @@ def test_threads_submitting_at_once_lose_nothing(redis_queue):
             )
         for t, futures in enumerate(batches):
             assert [f.result(timeout=120) for f in futures] == [t * i for i in range(500)]
+
+
+def test_reads_right_after_submits_see_them(redis_queue):
+    with taskq.Pool(0, broker=REDIS_URL, queue=redis_queue) as pool:
+        futures = [pool.submit(operator.add, i, 1) for i in range(200)]
+        assert pool.stats().queued == 200  # the puts went another way: read after them
+        assert pool._broker.queued_count() == 200
+        assert pool.job(futures[0].job_id) is futures[0]
+        pool.shutdown(wait=False, cancel_futures=True)
