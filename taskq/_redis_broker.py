@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-import urllib.parse
 import uuid
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,17 +33,16 @@ from taskq._broker import (
     StoreStatus,
     lost_lease_outcome,
 )
-from taskq._errors import BrokerUnavailable, Full, StoreError
+from taskq._errors import Full, StoreError
+from taskq._redis_link import RedisLink
 from taskq._redis_puts import PutPipe
 from taskq._redis_status import read_status
-from taskq._redis_url import needs_unsigned_warning, safe_url
+from taskq._redis_url import safe_url, warn_if_unsigned
 from taskq._signing import Signer
 
 log = logging.getLogger("taskq")
 
-SOCKET_TIMEOUT = 5.0  # seconds; longer than a blocking read (1 s), shorter than a lease lapse
 _FINAL_STATE = {"ok": "succeeded", "error": "failed", "cancelled": "cancelled"}
-_warned_unsigned: set[str] = set()
 
 
 class RedisBroker:
@@ -54,28 +51,13 @@ class RedisBroker:
     can_block = True
 
     def __init__(self, url: str, queue: str, *, result_ttl: float, secret: str | None = None):
-        try:
-            import redis
-        except ImportError:
-            raise ImportError(
-                "a redis:// broker needs redis-py: pip install 'taskq[redis]'"
-            ) from None
         self.url, self.queue = url, queue
         self.result_ttl = result_ttl
         self.result_ttl_ms = int(result_ttl * 1000)
         self.signer = Signer(secret)
-        self._redis_errors = (redis.ConnectionError, redis.TimeoutError)
-        # Timeouts everywhere: a machine cut off from Redis must notice (and retry), not
-        # wait for ever on a socket whose peer is gone.
-        options: dict[str, Any] = {
-            "socket_connect_timeout": SOCKET_TIMEOUT,
-            "socket_timeout": SOCKET_TIMEOUT,
-            "socket_keepalive": True,
-            "health_check_interval": 30,
-        }
-        self._r = redis.Redis.from_url(url, **options)
-        self._blocking = redis.Redis.from_url(url, **options)  # its own connections: XREAD BLOCK
-        self._warn_if_unsigned(url)
+        self._link = link = RedisLink(url)
+        self._r, self._blocking = link.r, link.blocking
+        warn_if_unsigned(url, self.signer.enabled)
         p = f"taskq:{queue}:"
         self.key = {
             name: p + name
@@ -100,66 +82,18 @@ class RedisBroker:
         self._inbox = self.notify_prefix + self.client_id
         # Called when a put woke this client's server (the queue was empty when it looked).
         self.on_new_jobs: Callable[[], None] = lambda: None
-        self._scripts = {
-            name: self._r.register_script(getattr(lua, name))
-            for name in (
-                "PUT",
-                "STEP",
-                "RENEW",
-                "RELEASE",
-                "KILL",
-                "RECLAIM",
-                "GIVE_UP",
-                "HEARTBEAT",
-            )
-        }
-        self._puts = PutPipe(self._r, lua.PUT, self._unreachable, self._redis_errors)
+        self._puts = PutPipe(self._r, lua.PUT, link.unreachable, link.errors)
         self._refusing = False  # a put was refused (out of memory): submits wait, and raise
-        self._call(self._r.ping)
+        self._link.call(self._r.ping)
 
     # -- plumbing -------------------------------------------------------------
-
-    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except self._redis_errors as exc:
-            raise self._unreachable(exc) from exc
-        except Exception as exc:
-            raise self._refused(exc) from exc
-
-    def _unreachable(self, exc: BaseException) -> BrokerUnavailable:
-        return BrokerUnavailable(f"cannot reach the Redis broker at {safe_url(self.url)}: {exc}")
-
-    def _refused(self, exc: BaseException) -> BaseException:
-        """What an error answered by Redis means to the caller."""
-        if "OOM" in str(exc) or "maxmemory" in str(exc):
-            return StoreError(
-                f"the Redis broker at {safe_url(self.url)} is out of memory (maxmemory): "
-                "it refuses new writes; free memory or raise maxmemory"
-            )
-        return exc
-
-    def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return self._call(self._scripts[name], keys=list(keys), args=list(args))
-
-    def _warn_if_unsigned(self, url: str) -> None:
-        host = urllib.parse.urlsplit(url).hostname or ""
-        if needs_unsigned_warning(url, self.signer.enabled) and host not in _warned_unsigned:
-            _warned_unsigned.add(host)
-            warnings.warn(
-                f"the Redis broker {safe_url(url)} is not on this machine and no secret is set: "
-                "anyone who can write to it can run code on every worker (jobs are pickles). "
-                "Set secret= or TASKQ_SECRET to sign every payload",
-                RuntimeWarning,
-                stacklevel=4,
-            )
 
     # -- submitting -------------------------------------------------------------
 
     def put(self, job: NewJob, *, maxsize: int = 0) -> None:
         """Store ``job`` now (one round trip); ``Full`` if ``maxsize`` jobs are queued."""
         self._puts.sync()  # puts already sent come first
-        if not self._run("PUT", *self._put_call(job, maxsize)):
+        if not self._link.run("PUT", *self._put_call(job, maxsize)):
             raise Full(
                 f"the queue {self.queue!r} at {safe_url(self.url)} already holds "
                 f"maxsize={maxsize} jobs"
@@ -177,7 +111,7 @@ class RedisBroker:
 
         def acknowledged(error: BaseException | None) -> None:
             if error is not None:
-                error = self._refused(error)
+                error = self._link.refused(error)
                 self._refusing = True
             done(error)
 
@@ -212,14 +146,14 @@ class RedisBroker:
 
     def queued_count(self) -> int:
         self._puts.sync()  # reads see this process's own puts (they went another way)
-        return int(self._call(self._r.zcard, self.key["queued"]))
+        return int(self._link.call(self._r.zcard, self.key["queued"]))
 
     def queued_by_priority(self) -> dict[float, int]:
         """Counted from the queue's scores (the priorities, unless aging is on: then the
         ranks): a read of the whole queue, for statistics and metrics only."""
         self._puts.sync()
         counts: dict[float, int] = {}
-        for _, score in self._call(self._r.zrange, self.key["queued"], 0, -1, withscores=True):
+        for _, score in self._link.call(self._r.zrange, self.key["queued"], 0, -1, withscores=True):
             counts[score] = counts.get(score, 0) + 1
         return dict(sorted(counts.items()))
 
@@ -248,7 +182,7 @@ class RedisBroker:
             "1" if kill_running else "0",
             self.client_id,
         )
-        state = self._run("KILL", keys, args)
+        state = self._link.run("KILL", keys, args)
         return None if state is None else state.decode()
 
     # -- serving ----------------------------------------------------------------------
@@ -293,7 +227,7 @@ class RedisBroker:
             self.key["queued"],
             self.key["watch"],
         )
-        stored, rows = self._run("STEP", keys, args)
+        stored, rows = self._link.run("STEP", keys, args)
         claimed = []
         for raw_id, name, priority, call, options, attempts, sig, rank in rows:
             job_id = raw_id.decode()
@@ -317,7 +251,7 @@ class RedisBroker:
     def _refuse(self, job_id: str, owner: str, attempts: int, reason: str) -> None:
         """A job whose payload failed verification: never unpickled, dead-lettered."""
         log.error("job %s refused: %s", job_id, reason)
-        self._call(self._r.hset, self.key["deadletter"], job_id, reason)
+        self._link.call(self._r.hset, self.key["deadletter"], job_id, reason)
         error = StoreError(f"job {job_id} was refused by the worker and never run: {reason}")
         outcome = Outcome.of_error(error, attempts).dump()
         keys = (self.key["leases"], self.job_prefix, self.notify_prefix, self.key["stats"])
@@ -330,11 +264,11 @@ class RedisBroker:
             "refused",
             self.client_id,
         )
-        self._run("GIVE_UP", keys, args)
+        self._link.run("GIVE_UP", keys, args)
 
     def renew(self, owner: str, job_ids: Sequence[str], lease: float) -> set[str]:
         keys = (self.key["leases"], self.job_prefix, self.key["heartbeats"])
-        held = self._run("RENEW", keys, (owner, int(lease * 1000), *job_ids))
+        held = self._link.run("RENEW", keys, (owner, int(lease * 1000), *job_ids))
         return {raw.decode() for raw in held}
 
     def release(self, owner: str, job_ids: Sequence[str]) -> None:
@@ -345,14 +279,16 @@ class RedisBroker:
                 self.job_prefix,
                 self.kills_prefix + owner,
             )
-            self._run("RELEASE", keys, (owner, *job_ids))
+            self._link.run("RELEASE", keys, (owner, *job_ids))
 
     def kill_requests(self, owner: str) -> list[str]:
-        return [raw.decode() for raw in self._call(self._r.smembers, self.kills_prefix + owner)]
+        return [
+            raw.decode() for raw in self._link.call(self._r.smembers, self.kills_prefix + owner)
+        ]
 
     def reclaim_expired(self, max_lost: int) -> int:
         keys = (self.key["leases"], self.key["queued"], self.job_prefix)
-        back, doomed = self._run("RECLAIM", keys, (max_lost,))
+        back, doomed = self._link.run("RECLAIM", keys, (max_lost,))
         for raw_id, owner, lost, attempts in doomed:
             job_id = raw_id.decode()
             owner_text = None if owner is None else owner.decode()
@@ -360,7 +296,7 @@ class RedisBroker:
                 job_id, int(lost), int(attempts), owner_text, safe_url(self.url)
             ).dump()
             keys2 = (self.key["leases"], self.job_prefix, self.notify_prefix, self.key["stats"])
-            self._run(
+            self._link.run(
                 "GIVE_UP",
                 keys2,
                 (
@@ -390,14 +326,14 @@ class RedisBroker:
         client's server (``on_new_jobs``)."""
         notices: list[bytes] = []
         if block:
-            first = self._call(self._blocking.blpop, [self._inbox], timeout=block)
+            first = self._link.call(self._blocking.blpop, [self._inbox], timeout=block)
             if first is None:
                 return cursor, []
             if not first[1]:
                 self.on_new_jobs()  # at once: the server claims while the rest is read
             else:
                 notices.append(first[1])
-        more = self._call(self._r.lpop, self._inbox, 10_000)
+        more = self._link.call(self._r.lpop, self._inbox, 10_000)
         notices.extend(more or ())
         ended: list[tuple[str, Outcome | None]] = []
         woken = False
@@ -427,7 +363,9 @@ class RedisBroker:
         for job_id in job_ids:
             pipe.hmget(self.job_prefix + job_id, "state", "outcome", "osig")
         found: dict[str, JobStatus] = {}
-        for job_id, (state, outcome, osig) in zip(job_ids, self._call(pipe.execute), strict=True):
+        for job_id, (state, outcome, osig) in zip(
+            job_ids, self._link.call(pipe.execute), strict=True
+        ):
             if state is None:
                 continue
             loaded = None if outcome is None else self._checked_outcome(job_id, outcome, osig)
@@ -452,10 +390,10 @@ class RedisBroker:
     # -- counters, servers, housekeeping ------------------------------------------------------
 
     def counter_add(self, name: str, amount: int) -> int:
-        return int(self._call(self._r.hincrby, self.key["counters"], name, amount))
+        return int(self._link.call(self._r.hincrby, self.key["counters"], name, amount))
 
     def counter_values(self, names: Sequence[str]) -> dict[str, int]:
-        values = self._call(self._r.hmget, self.key["counters"], list(names)) if names else []
+        values = self._link.call(self._r.hmget, self.key["counters"], list(names)) if names else []
         return {name: int(v or 0) for name, v in zip(names, values, strict=True)}
 
     def register_server(self, owner: str, processes: int) -> None:
@@ -469,25 +407,25 @@ class RedisBroker:
             "processes": processes,
             "started_at": time.time(),
         }
-        self._call(self._r.hset, self.key["servers"], owner, json.dumps(info))
+        self._link.call(self._r.hset, self.key["servers"], owner, json.dumps(info))
         self.heartbeat(owner)
 
     def heartbeat(self, owner: str) -> None:
-        self._run("HEARTBEAT", (self.key["heartbeats"],), (owner,))
+        self._link.run("HEARTBEAT", (self.key["heartbeats"],), (owner,))
 
     def unregister_server(self, owner: str) -> None:
         """This process's server stops (no more wake-ups for it either)."""
         self._forget_server(owner)
-        self._call(self._r.zrem, self.key["watch"], self.client_id)
+        self._link.call(self._r.zrem, self.key["watch"], self.client_id)
 
     def _forget_server(self, owner: str) -> None:
-        self._call(self._r.hdel, self.key["servers"], owner)
-        self._call(self._r.hdel, self.key["heartbeats"], owner)
+        self._link.call(self._r.hdel, self.key["servers"], owner)
+        self._link.call(self._r.hdel, self.key["heartbeats"], owner)
 
     def purge_expired(self, stale_server_after: float = 3600.0) -> int:
         """Outcomes expire by themselves (``PEXPIRE``); forget servers silent for an hour."""
-        now_ms = int(self._run("HEARTBEAT", (self.key["heartbeats"],), ("",)))
-        beats = self._call(self._r.hgetall, self.key["heartbeats"])
+        now_ms = int(self._link.run("HEARTBEAT", (self.key["heartbeats"],), ("",)))
+        beats = self._link.call(self._r.hgetall, self.key["heartbeats"])
         stale = [o for o, t in beats.items() if now_ms - int(t) > stale_server_after * 1000]
         for owner in stale:
             self._forget_server(owner.decode())
@@ -501,5 +439,4 @@ class RedisBroker:
         """Close this broker's connections (a later call reconnects: closing is for
         shutdown, not a state); sockets left to the garbage collector would warn."""
         self._puts.close()
-        self._r.close()
-        self._blocking.close()
+        self._link.close()

@@ -16,13 +16,13 @@ def read_status(broker: RedisBroker) -> StoreStatus:
     """Queued jobs per priority, running jobs, ended counts and servers (by the server's
     clock: a heartbeat's age does not depend on this machine's)."""
     r = broker._r
-    now_ms = int(broker._run("HEARTBEAT", (broker.key["heartbeats"],), ("",)))
+    now_ms = int(broker._link.run("HEARTBEAT", (broker.key["heartbeats"],), ("",)))
     queued: dict[float, int] = {}
-    for _, score in broker._call(r.zrange, broker.key["queued"], 0, -1, withscores=True):
+    for _, score in broker._link.call(r.zrange, broker.key["queued"], 0, -1, withscores=True):
         queued[score] = queued.get(score, 0) + 1
     running = []
-    for raw_id in broker._call(r.zrange, broker.key["leases"], 0, -1):
-        name, owner, started = broker._call(
+    for raw_id in broker._link.call(r.zrange, broker.key["leases"], 0, -1):
+        name, owner, started = broker._link.call(
             r.hmget, broker.job_prefix + raw_id.decode(), "name", "owner", "started_at"
         )
         running.append(
@@ -33,10 +33,12 @@ def read_status(broker: RedisBroker) -> StoreStatus:
                 None if started is None else int(started) / 1000,
             )
         )
-    ended = {k.decode(): int(v) for k, v in broker._call(r.hgetall, broker.key["stats"]).items()}
-    beats = broker._call(r.hgetall, broker.key["heartbeats"])
+    ended = {
+        k.decode(): int(v) for k, v in broker._link.call(r.hgetall, broker.key["stats"]).items()
+    }
+    beats = broker._link.call(r.hgetall, broker.key["heartbeats"])
     servers = []
-    for owner, raw in broker._call(r.hgetall, broker.key["servers"]).items():
+    for owner, raw in broker._link.call(r.hgetall, broker.key["servers"]).items():
         info = json.loads(raw)
         beat_ms = int(beats.get(owner, 0))
         servers.append(

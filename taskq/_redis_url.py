@@ -7,6 +7,23 @@ from __future__ import annotations
 
 import ipaddress
 import urllib.parse
+import warnings
+
+_warned_unsigned: set[str] = set()  # hosts warned about (once each)
+
+
+def warn_if_unsigned(url: str, signed: bool) -> None:
+    """Warn once per host when unsigned payloads go through a Redis not on this machine."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if needs_unsigned_warning(url, signed) and host not in _warned_unsigned:
+        _warned_unsigned.add(host)
+        warnings.warn(
+            f"the Redis broker {safe_url(url)} is not on this machine and no secret is set: "
+            "anyone who can write to it can run code on every worker (jobs are pickles). "
+            "Set secret= or TASKQ_SECRET to sign every payload",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def needs_unsigned_warning(url: str, signed: bool) -> bool:
