@@ -28,6 +28,7 @@ from taskq._broker import (
 )
 from taskq._errors import Full
 from taskq._sqlite_file import StoreFile
+from taskq._sqlite_status import read_status
 
 _FINAL_STATE = {
     OutcomeKind.OK: JobState.SUCCEEDED,
@@ -372,48 +373,7 @@ class SqliteBroker:
         return int(purged)
 
     def status(self) -> StoreStatus:
-        conn = self.file.connection()
-        conn.execute("BEGIN")  # one consistent read
-        try:
-            queued = dict(
-                conn.execute(
-                    "SELECT priority, count(*) FROM jobs WHERE queue = ? AND state = 'queued' "
-                    "GROUP BY priority ORDER BY priority",
-                    (self.queue,),
-                )
-            )
-            running = conn.execute(
-                "SELECT id, name, owner, started_at FROM jobs WHERE queue = ? AND "
-                "state = 'running' ORDER BY started_at",
-                (self.queue,),
-            ).fetchall()
-            ended = dict(
-                conn.execute(
-                    "SELECT state, count(*) FROM jobs WHERE queue = ? AND state IN "
-                    "('succeeded', 'failed', 'cancelled', 'dead') GROUP BY state",
-                    (self.queue,),
-                )
-            )
-            columns = ("owner", "host", "pid", "processes", "started_at", "heartbeat")
-            servers = [
-                dict(zip(columns, row, strict=True))
-                for row in conn.execute(
-                    "SELECT owner, host, pid, processes, started_at, heartbeat FROM servers "
-                    "WHERE queue = ? ORDER BY started_at",
-                    (self.queue,),
-                )
-            ]
-        finally:
-            conn.execute("COMMIT")
-        return StoreStatus(
-            queued,
-            [tuple(r) for r in running],
-            ended.get("succeeded", 0),
-            ended.get("failed", 0),
-            ended.get("cancelled", 0),
-            ended.get("dead", 0),
-            servers,
-        )
+        return read_status(self.file.connection(), self.queue)
 
     def close(self) -> None:
         self.file.close()
