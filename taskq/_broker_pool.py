@@ -42,15 +42,22 @@ from taskq._broker import (
 from taskq._broker_client import BrokerFuture, Waiters
 from taskq._broker_counters import StoreCounters
 from taskq._broker_loop import BrokerLoop
+from taskq._broker_stats import broker_pool_stats
 from taskq._counters import Counter
 from taskq._errors import Full, PicklingFailed
 from taskq._job import JobFuture
 from taskq._log import log
-from taskq._options import check_aging, check_delay, check_options, check_timeout
+from taskq._options import (
+    check_aging,
+    check_client_workers,
+    check_delay,
+    check_options,
+    check_timeout,
+)
 from taskq._pool import Pool
 from taskq._protocol import dump_call, dumps
 from taskq._serve import Server, init_worker
-from taskq._stats import EMPTY_HISTOGRAM, PoolStats, PriorityStats
+from taskq._stats import PoolStats
 
 FULL_BACKOFF = (0.001, 0.05)  # waiting for room in a bounded store queue
 
@@ -100,7 +107,7 @@ class BrokerPool(Pool):
         lease = DEFAULT_LEASE if lease is None else lease
         result_ttl = DEFAULT_RESULT_TTL if result_ttl is None else result_ttl
         max_lost = DEFAULT_MAX_LOST if max_lost is None else max_lost
-        workers = _check_workers(max_workers)
+        workers = check_client_workers(max_workers)
         names = check_options(
             max(1, workers), initializer, max_tasks_per_child, maxsize, counters, order
         )
@@ -344,22 +351,8 @@ class BrokerPool(Pool):
         with self._counts_lock:
             submitted, counts = self._submitted, dict(self._counts)
         queued = self._broker.queued_by_priority()
-        return PoolStats(
-            submitted=submitted,
-            queued=sum(queued.values()),
-            running=self._server.held if self._server is not None else 0,
-            succeeded=counts[OutcomeKind.OK],
-            failed=counts[OutcomeKind.ERROR],
-            cancelled=counts[OutcomeKind.CANCELLED],
-            retried=local.retried if local else 0,
-            timed_out=local.timed_out if local else 0,
-            crashed=local.crashed if local else 0,
-            worker_restarts=local.worker_restarts if local else 0,
-            workers=local.workers if local else 0,
-            priorities=_by_priority(queued, local),
-            wait_seconds=local.wait_seconds if local else EMPTY_HISTOGRAM,
-            run_seconds=local.run_seconds if local else EMPTY_HISTOGRAM,
-        )
+        held = self._server.held if self._server is not None else 0
+        return broker_pool_stats(submitted, counts, queued, held, local)
 
     def served_stats(self) -> PoolStats:
         """What this process's workers ran (every counter of the local pool), with the
@@ -405,29 +398,6 @@ def _default_context(url: str) -> BaseContext:
 @functools.lru_cache(maxsize=64)  # most jobs of a program share a few option sets
 def _options_blob(options: JobOptions) -> bytes:
     return dumps(options)
-
-
-def _by_priority(queued: dict[float, int], local: PoolStats | None) -> dict[float, PriorityStats]:
-    """The store's queued counts, with this process's recent figures per priority."""
-    recent = dict(local.priorities) if local else {}
-    levels = sorted(set(queued) | set(recent))
-    empty = PriorityStats(0, 0, None, None, None, None)
-    return {
-        level: dataclasses.replace(recent.get(level, empty), queued=queued.get(level, 0))
-        for level in levels
-    }
-
-
-def _check_workers(max_workers: int | None) -> int:
-    if max_workers is None:
-        from taskq._pool import _default_workers
-
-        return _default_workers()
-    if not isinstance(max_workers, int) or isinstance(max_workers, bool):
-        raise TypeError(f"max_workers must be an int or None; got {max_workers!r}")
-    if max_workers < 0:
-        raise ValueError("max_workers must be 0 (a client of the store) or more")
-    return max_workers
 
 
 _exit_hooks: weakref.WeakSet[BrokerPool] = weakref.WeakSet()

@@ -101,3 +101,16 @@ def check_aging(aging: float | None) -> float | None:
     if math.isinf(aging):
         return None  # never improves: plain priority order
     return float(aging)
+
+
+def check_client_workers(max_workers: int | None) -> int:
+    """A broker pool's ``max_workers``: as for any pool, or 0 for a client of the store."""
+    if max_workers is None:
+        from taskq._pool import _default_workers
+
+        return _default_workers()
+    if not isinstance(max_workers, int) or isinstance(max_workers, bool):
+        raise TypeError(f"max_workers must be an int or None; got {max_workers!r}")
+    if max_workers < 0:
+        raise ValueError("max_workers must be 0 (a client of the store) or more")
+    return max_workers
