@@ -169,9 +169,7 @@ class Server:
         return bool(ended or claimed)
 
     def _exchange_locked(self, now: float) -> tuple[list[tuple[str, Outcome]], set[str], int]:
-        ended = []
-        while self._ended:
-            ended.append(self._ended.popleft())
+        ended = self._take_ended()
         limit, before, watch = (
             self._claim_plan(now, len(ended)) if self._claiming else (0, None, False)
         )
@@ -188,11 +186,20 @@ class Server:
         except BaseException:  # the store is unreachable: keep them for the next step
             self._ended.extendleft(reversed(ended))
             raise
+        self._start_all(jobs)
+        return ended, set(stored), len(jobs)
+
+    def _take_ended(self) -> list[tuple[str, Outcome]]:
+        ended = []
+        while self._ended:
+            ended.append(self._ended.popleft())
+        return ended
+
+    def _start_all(self, jobs: list[ClaimedJob]) -> None:
         for job in jobs:
             self._start(job)
-        if jobs:
+        if jobs:  # one rank per claim: a later, more urgent job must come before it
             self._last_rank = jobs[-1].rank
-        return ended, set(stored), len(jobs)
 
     def _claim_plan(self, now: float, ending: int) -> tuple[int, float | None, bool]:
         """How many jobs to claim, the rank they must come before (None: any), and
@@ -232,10 +239,7 @@ class Server:
         limit, before, watch = self._claim_plan(now, 0)
         if limit:
             _, jobs = self.broker.step(self.owner, (), limit, self._lease, before, watch)
-            for job in jobs:
-                self._start(job)
-            if jobs:
-                self._last_rank = jobs[-1].rank
+            self._start_all(jobs)
 
     def _stored(self, ended: list[tuple[str, Outcome]], stored: set[str]) -> None:
         with self._lock:
@@ -365,9 +369,7 @@ class Server:
 
     def flush(self) -> None:
         """Store whatever outcomes are waiting (at shutdown)."""
-        ended = []
-        while self._ended:
-            ended.append(self._ended.popleft())
+        ended = self._take_ended()
         if ended:
             try:
                 stored = self.broker.finish(self.owner, ended)
