@@ -91,13 +91,18 @@ class PutPipe:
         """The connection; a new one writes again every put not yet acknowledged."""
         if self._conn is not None:
             return self._conn
+        pool = self._client.connection_pool
         try:
-            conn = self._client.connection_pool.get_connection()
-            for packed, _ in self._unacked:
-                conn.send_packed_command(packed, check_health=False)
+            conn = pool.get_connection()
         except self._connection_errors as exc:
             raise self._unavailable(exc) from exc
         self._conn = conn
+        try:
+            for packed, _ in self._unacked:
+                conn.send_packed_command(packed, check_health=False)
+        except self._connection_errors as exc:
+            self._drop()  # not left open: the next call starts over on a new one
+            raise self._unavailable(exc) from exc
         return conn
 
     def _read(self, acked: list[tuple[Done, BaseException | None]], wait_below: int | None) -> None:
