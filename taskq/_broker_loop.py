@@ -249,7 +249,6 @@ class BrokerLoop:
             log.error("jobs sent to %s may not have been stored: %s", self._broker.url, exc)
         self._broker.close()
 
-
     def _cancel_pending(self) -> None:
         """After terminate(): no future of this process is left waiting. A job still
         queued is withdrawn; one that went back to the store, or runs elsewhere, is no

@@ -27,39 +27,43 @@ The server exits when the parent's end of the socket closes (``close()``, or the
 parent died), killing and reaping any worker left: no orphans, no zombies. It
 ignores SIGINT (Ctrl-C reaches the whole process group; the parent decides) and
 ends with ``os._exit``: no atexit hooks, no second flush of inherited stdio buffers.
+
+A server can die too (SIGKILL, the OOM killer). Its workers then exit (their
+parent changed), and the pool would have nothing left to start replacements
+from. So the server forks a *standby* of itself as soon as it starts: a copy of
+the parent as it was at pool creation, idle, on a socket of its own. When a
+request finds the server gone, the standby takes over and forks the next
+standby at once, so the pool survives any number of server deaths, one at a
+time. The server's side is in ``_forkserver_process.py``.
 """
 
 from __future__ import annotations
 
 import errno
-import multiprocessing
-import multiprocessing.process
 import os
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
-import traceback
 import weakref
-from collections.abc import Callable, Sequence
-from multiprocessing.process import BaseProcess
-from typing import NoReturn
+from collections.abc import Sequence
 
-from taskq import _segments
-from taskq._worker import reset_signals
+from taskq._forkserver_process import (
+    BUSY,
+    FAILED,
+    MESSAGE,
+    REAP,
+    RECEIVE_SIZE,
+    SPARE,
+    START,
+    RunChild,
+    become_server,
+)
+from taskq._log import log
 
-RunChild = Callable[[int, list[int]], None]
-
-START, REAP = 1, 2  # requests: (kind, worker index | pid)
-DONE, BUSY, FAILED = 3, 4, 5  # replies: (kind, pid | exit code | errno), FAILED adds a message
-_MESSAGE = struct.Struct("=Bq")
-_RECEIVE_SIZE = 4096
-_MAX_FDS = 8
 RPC_TIMEOUT = 30.0  # a fork of a large parent takes a while, but a hung server must not hang us
-PARENT_CHECK = 1.0  # how often the server looks whether its parent is still there
 CLOSE_PATIENCE = 5.0  # for the server to exit once told to, before it is killed
 # A worker closes its sentinel a moment before it can be reaped (or, if a job closed
 # every descriptor, long before): ask again after a pause that grows up to a cap.
@@ -67,13 +71,15 @@ REAP_RETRY, REAP_RETRY_CAP = 0.001, 0.05
 
 
 class ForkServer:
-    """The parent's end: asks the server to start a worker, and later to reap it."""
+    """The parent's end: asks the server to start a worker, and later to reap it;
+    turns to the standby when the server is gone."""
 
     def __init__(self, run_child: RunChild, *, name: str, parent_only: Sequence[int] = ()):
         """Fork the server now. ``run_child(index, fds)`` runs in each worker it starts;
         ``parent_only`` are descriptors the server and its workers must not keep."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         _flush_stdio()  # else the server's children would write the parent's output again
+        parent = os.getpid()
         try:
             pid = os.fork()
         except BaseException:
@@ -81,47 +87,126 @@ class ForkServer:
             theirs.close()
             raise
         if pid == 0:
-            _become_server(theirs, ours, run_child, name, parent_only)
+            become_server(theirs, ours, run_child, name, parent_only, parent)
         theirs.close()
-        ours.settimeout(RPC_TIMEOUT)
-        self.pid = pid
-        self._sock = ours
-        self._lock = threading.Lock()  # one request and its reply at a time
-        self._lost = False  # the server is gone (or closed): no more workers, no exit codes
-        self._stop = weakref.finalize(self, _stop_server, ours, pid, os.getpid())
-        self._stop.atexit = False  # at exit, the manager or our death stops it
+        self._lock = threading.Lock()  # who is the server, who the standby
+        self._server = _Link(ours, pid)
+        self._standby: _Link | None = None
+        self._closed = False
+        self._standby = self._new_standby()
+
+    @property
+    def pid(self) -> int:
+        """The pid of the server that starts workers now."""
+        return self._server.pid
+
+    @property
+    def standby_pid(self) -> int | None:
+        standby = self._standby
+        return None if standby is None else standby.pid
 
     def start(self, index: int, fds: Sequence[int]) -> ForkedProcess:
         """Start worker ``index`` with ``fds`` (the server keeps no copy of them).
-        Raises ``OSError`` if the server is gone or could not fork."""
-        sentinel, sentinel_end = os.pipe()
+        Raises ``OSError`` if no server is left or it could not fork."""
+        while True:
+            server = self._server
+            sentinel, sentinel_end = os.pipe()
+            try:
+                pid = server.call(START, index, [*fds, sentinel_end])
+            except ConnectionError:
+                os.close(sentinel)
+                if not self._take_over(server):
+                    raise
+                continue
+            except BaseException:
+                os.close(sentinel)
+                raise
+            finally:
+                os.close(sentinel_end)  # the worker holds the only copy now
+            assert pid is not None  # START is never answered BUSY
+            return ForkedProcess(server, pid, sentinel)
+
+    def close(self) -> None:
+        """Stop the server (it kills and reaps any worker left) and the standby."""
+        with self._lock:
+            self._closed = True
+            links = [self._server, self._standby]
+        for link in links:
+            if link is not None:
+                link.close()
+
+    def _take_over(self, dead: _Link) -> bool:
+        """The server ``dead`` is gone: make the standby the server; False if none is left."""
+        with self._lock:
+            if self._closed:
+                return False
+            if self._server is not dead:  # another thread did it already
+                return True
+            standby, self._standby = self._standby, None
+            if standby is None:
+                return False
+            self._server = standby
+        log.warning(
+            "taskq's fork server (pid %d) is gone; its standby (pid %d) takes over",
+            dead.pid,
+            standby.pid,
+        )
+        dead.close()  # reaps it; its workers exit as they see their parent change
+        new = self._new_standby()
+        with self._lock:
+            if self._closed or self._standby is not None:
+                stale, new = new, None
+            else:
+                self._standby, stale = new, None
+        if stale is not None:
+            stale.close()
+        return True
+
+    def _new_standby(self) -> _Link | None:
+        """Ask the server to fork a standby of itself; None (logged) if it cannot."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            pid = self._call(START, index, [*fds, sentinel_end])
-        except BaseException:
-            os.close(sentinel)
-            raise
+            pid = self._server.call(SPARE, 0, [theirs.fileno()])
+        except OSError as exc:
+            ours.close()
+            log.warning("taskq's fork server could not start a standby (%s)", exc)
+            return None
         finally:
-            os.close(sentinel_end)  # the worker holds the only copy now
-        assert pid is not None  # START is never answered BUSY
-        return ForkedProcess(self, pid, sentinel)
+            theirs.close()
+        assert pid is not None
+        return _Link(ours, pid)
+
+
+class _Link:
+    """The parent's socket to one server process: one request and its reply at a time."""
+
+    def __init__(self, sock: socket.socket, pid: int):
+        sock.settimeout(RPC_TIMEOUT)
+        self.pid = pid
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._lost = False  # the server is gone (or closed): no more workers, no exit codes
+        self._stop = weakref.finalize(self, _stop_server, sock, pid, os.getpid())
+        self._stop.atexit = False  # at exit, the manager or our death stops it
 
     def reap(self, pid: int) -> int | None:
         """Reap worker ``pid`` and return its exit code; None if it is still running."""
-        return self._call(REAP, pid)
+        return self.call(REAP, pid)
 
     def close(self) -> None:
-        """Stop the server (it kills and reaps any worker left) and reap it."""
         with self._lock:
             self._lost = True
             self._stop()
 
-    def _call(self, kind: int, value: int, fds: Sequence[int] = ()) -> int | None:
+    def call(self, kind: int, value: int, fds: Sequence[int] = ()) -> int | None:
+        """Send one request, return the reply's number (None: BUSY). Raises
+        ``ConnectionError`` if the server is gone, ``OSError`` if it failed."""
         with self._lock:
             if self._lost:
                 raise ConnectionError(errno.ECONNRESET, "taskq's fork server has exited")
             try:
-                socket.send_fds(self._sock, [_MESSAGE.pack(kind, value)], fds, socket.MSG_NOSIGNAL)
-                reply = self._sock.recv(_RECEIVE_SIZE)
+                socket.send_fds(self._sock, [MESSAGE.pack(kind, value)], fds, socket.MSG_NOSIGNAL)
+                reply = self._sock.recv(RECEIVE_SIZE)
             except OSError as exc:  # a timeout too: a late reply would answer the wrong request
                 self._lost = True
                 raise ConnectionError(
@@ -135,9 +220,9 @@ class ForkServer:
                 raise ConnectionError(
                     errno.ECONNRESET, f"taskq's fork server (pid {self.pid}) has exited"
                 )
-        answer, number = _MESSAGE.unpack_from(reply)
+        answer, number = MESSAGE.unpack_from(reply)
         if answer == FAILED:
-            raise OSError(number, reply[_MESSAGE.size :].decode(errors="replace"))
+            raise OSError(number, reply[MESSAGE.size :].decode(errors="replace"))
         return None if answer == BUSY else number
 
 
@@ -145,7 +230,7 @@ class ForkedProcess:
     """A worker the fork server started, as the parent sees it: the part of
     ``multiprocessing.Process`` that taskq uses."""
 
-    def __init__(self, server: ForkServer, pid: int, sentinel: int):
+    def __init__(self, server: _Link, pid: int, sentinel: int):
         self.pid = pid
         self.sentinel = sentinel  # readable (end of file) once the worker has exited
         self._server = server
@@ -219,7 +304,7 @@ def _stop_server(sock: socket.socket, pid: int, owner: int) -> None:
     try:
         sock.shutdown(socket.SHUT_WR)  # end of file for the server, whoever shares our end
         sock.settimeout(CLOSE_PATIENCE)
-        while sock.recv(_RECEIVE_SIZE):  # end of file: the server has exited
+        while sock.recv(RECEIVE_SIZE):  # end of file: the server has exited
             pass
     except OSError:  # it did not exit in time
         _kill_quietly(pid)
@@ -227,7 +312,7 @@ def _stop_server(sock: socket.socket, pid: int, owner: int) -> None:
         sock.close()
     try:
         os.waitpid(pid, 0)
-    except ChildProcessError:
+    except ChildProcessError:  # a standby that took over: the first server's child
         pass
 
 
@@ -235,131 +320,4 @@ def _kill_quietly(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
-
-
-# -- in the server ----------------------------------------------------------------
-
-
-def _become_server(
-    sock: socket.socket,
-    parent_end: socket.socket,
-    run_child: RunChild,
-    name: str,
-    parent_only: Sequence[int],
-) -> NoReturn:
-    code = 1
-    try:
-        parent_end.close()
-        for fd in parent_only:
-            _close_quietly(fd)
-        reset_signals()
-        multiprocessing.current_process().name = f"{name}-server"
-        # The parent's children are not ours: multiprocessing would poll them at each
-        # start (and read a forkserver child's exit status, stealing it from the parent).
-        getattr(multiprocessing.process, "_children", set()).clear()
-        _Server(sock, run_child, name).serve()
-        code = 0
-    except BaseException:
-        os.write(2, f"taskq fork server failed:\n{traceback.format_exc()}".encode())
-    finally:
-        os._exit(code)
-
-
-class _Server:
-    def __init__(self, sock: socket.socket, run_child: RunChild, name: str):
-        self._sock = sock
-        self._run_child = run_child
-        self._name = name
-        self._parent = os.getppid()
-        self._ctx = multiprocessing.get_context("fork")
-        self._children: dict[int, BaseProcess] = {}
-
-    def serve(self) -> None:
-        self._sock.settimeout(PARENT_CHECK)
-        try:
-            while self._serve_one():
-                pass
-        finally:
-            self._stop_children()
-
-    def _serve_one(self) -> bool:
-        """Answer one request; False when the parent is gone."""
-        try:
-            data, fds, _, _ = socket.recv_fds(self._sock, _RECEIVE_SIZE, _MAX_FDS)
-        except TimeoutError:
-            return os.getppid() == self._parent  # our end may be shared by a stray fork
-        except OSError:
-            return False
-        if len(data) < _MESSAGE.size:  # end of file
-            _close_all(fds)
-            return False
-        kind, value = _MESSAGE.unpack_from(data)
-        reply = self._start(value, fds) if kind == START else self._reap(value, fds)
-        try:
-            self._sock.send(reply, socket.MSG_NOSIGNAL)
-        except OSError:
-            return False
-        return True
-
-    def _start(self, index: int, fds: list[int]) -> bytes:
-        # The last descriptor is the worker's sentinel: it only has to stay open in it.
-        try:
-            process = self._ctx.Process(
-                target=_run_child,
-                args=(self._sock, self._run_child, index, fds[:-1]),
-                name=f"{self._name}-{index}",
-            )
-            process.start()
-        except Exception as exc:  # EAGAIN, ENOMEM: the parent retries later
-            return _failure(exc, f"could not start worker {index}")
-        finally:
-            _close_all(fds)
-        assert process.pid is not None
-        self._children[process.pid] = process
-        return _MESSAGE.pack(DONE, process.pid)
-
-    def _reap(self, pid: int, fds: list[int]) -> bytes:
-        _close_all(fds)
-        process = self._children.get(pid)
-        if process is None:
-            return _failure(ChildProcessError(errno.ECHILD, "no such worker"), f"cannot reap {pid}")
-        if process.is_alive():  # is_alive() reaps it if it has exited
-            return _MESSAGE.pack(BUSY, 0)
-        del self._children[pid]
-        assert process.exitcode is not None
-        return _MESSAGE.pack(DONE, process.exitcode)
-
-    def _stop_children(self) -> None:
-        for process in self._children.values():
-            if process.is_alive():
-                process.kill()
-        for process in self._children.values():
-            _segments.sweep_dead_worker(process.pid)  # its result files (it had no time to)
-            process.join()
-        self._children.clear()
-
-
-def _run_child(sock: socket.socket, run_child: RunChild, index: int, fds: list[int]) -> None:
-    # The server's end: kept here, it would keep the socket open after the server
-    # died, and the parent would wait for a reply instead of seeing end of file.
-    sock.close()
-    run_child(index, fds)
-
-
-def _failure(exc: Exception, doing: str) -> bytes:
-    code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EINVAL
-    message = f"taskq's fork server {doing}: {type(exc).__name__}: {exc}"
-    return _MESSAGE.pack(FAILED, code) + message.encode()
-
-
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        _close_quietly(fd)
-
-
-def _close_quietly(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
         pass

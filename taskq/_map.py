@@ -226,7 +226,10 @@ def unordered_window(
     """A window whose chunks report to a queue as they finish, for ``unordered_results``."""
     done: queue.SimpleQueue[JobFuture[Any]] = queue.SimpleQueue()
     window = MapWindow(
-        submit, feeder, size, on_submit=lambda f: f.add_done_callback(done.put)  # type: ignore[arg-type]
+        submit,
+        feeder,
+        size,
+        on_submit=lambda f: f.add_done_callback(done.put),  # type: ignore[arg-type]
     )
     return window, done
 

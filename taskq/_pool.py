@@ -200,9 +200,7 @@ class Pool(Executor):
 
     # -- submitting -----------------------------------------------------------
 
-    def submit(
-        self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> JobFuture[R]:
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> JobFuture[R]:
         """Queue ``fn(*args, **kwargs)`` at priority 0; wait for room if the queue is full."""
         if not callable(fn):
             check_callable(fn, "submit")

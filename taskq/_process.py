@@ -190,9 +190,9 @@ class WorkerLauncher:
             self._server.close()
 
 
-def _run_forked_worker(inherited: _Inherited, index: int, fds: list[int]) -> None:
+def _run_forked_worker(inherited: _Inherited, index: int, fds: list[int], server: int) -> None:
     """In a worker the fork server started: wrap the pipes it was sent, and run."""
     calls_fd, results_fd = fds
     calls = Connection(calls_fd, writable=False)
     results = Connection(results_fd, readable=False)
-    run_worker(inherited.spec(index, calls, results))
+    run_worker(inherited.spec(index, calls, results)._replace(parent=server))

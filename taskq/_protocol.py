@@ -245,9 +245,13 @@ def dump_call(
             raise
         except BaseException as exc:
             error = exc
-    hint = "" if cloudpickle else (
-        "; functions must be defined at module level (install 'taskq[cloudpickle]' "
-        "for lambdas and closures)"
+    hint = (
+        ""
+        if cloudpickle
+        else (
+            "; functions must be defined at module level (install 'taskq[cloudpickle]' "
+            "for lambdas and closures)"
+        )
     )
     raise PicklingFailed(
         f"cannot send {name}(...) to a worker: the call could not be pickled ({error!r}){hint}"

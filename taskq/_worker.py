@@ -60,13 +60,14 @@ class WorkerSpec(NamedTuple):
     initializer: Callable[..., object] | None
     initargs: Sequence[Any]
     max_tasks: int | None
+    parent: int | None = None  # the pid that must stay its parent (None: whoever it is now)
 
 
 def run_worker(spec: WorkerSpec) -> None:
     """Entry point of a worker process."""
     reset_signals()
     results = _shm.worker_results = _shm.ResultFiles()
-    _watch_parent(spec.lifeline.fileno(), results)
+    _watch_parent(spec.lifeline.fileno(), results, spec.parent)
     _counters.install_worker_counters(spec.counters)
     out_fd = spec.results.fileno()
     enlarge_pipe(out_fd)
@@ -104,9 +105,7 @@ def _initialize(spec: WorkerSpec, out_fd: int) -> bool:
     return True
 
 
-def _serve(
-    spec: WorkerSpec, reader: FrameReader, out_fd: int, results: _shm.ResultFiles
-) -> None:
+def _serve(spec: WorkerSpec, reader: FrameReader, out_fd: int, results: _shm.ResultFiles) -> None:
     received = done = 0
     last = 1.0  # seconds the last job took (no job yet: as if a long one)
     poll = _spinner(spec.calls.fileno())
@@ -222,10 +221,11 @@ def _packed(error: BaseException, cause: BaseException) -> bytes:
     return pack_exception(error)
 
 
-def _watch_parent(lifeline_fd: int, results: _shm.ResultFiles) -> None:
+def _watch_parent(lifeline_fd: int, results: _shm.ResultFiles, parent: int | None) -> None:
     """Exit when the parent dies, even by SIGKILL, so no worker is ever orphaned,
     removing the result segments it will never adopt."""
-    parent = os.getppid()
+    if parent is None:
+        parent = os.getppid()
 
     def watch() -> None:
         while True:

@@ -40,8 +40,19 @@ def test_redis_benchmark_tiny_run_is_verified(tmp_path: Path) -> None:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
         [
-            sys.executable, "-m", "benchmarks.broker_redis", "--tiny", "--peers", "none",
-            "--no-inproc", "--db", str(DB), "--host", HOST, "--out", str(tmp_path),
+            sys.executable,
+            "-m",
+            "benchmarks.broker_redis",
+            "--tiny",
+            "--peers",
+            "none",
+            "--no-inproc",
+            "--db",
+            str(DB),
+            "--host",
+            HOST,
+            "--out",
+            str(tmp_path),
         ],
         cwd=ROOT,
         env=env,

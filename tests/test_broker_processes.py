@@ -329,9 +329,11 @@ def test_a_taskq_worker_whose_pool_breaks_exits_and_leaves_its_jobs_to_others(
         running = client.schedule(record, (log, "running", 60.0))
         waiting = client.schedule(record, (log, "waiting"), priority=1)
         wait_until(lambda: runs(log) == ["running"], 60, "the first job to start")
-        # Its fork server (the child that has children) dies: no worker can start again.
+        # Its fork server (the child that has children) dies with all of them, its
+        # standby included: no worker can start again.
         [fork_server] = [c for c in _children(first.pid) if _children(c)]
-        os.kill(fork_server, signal.SIGKILL)
+        for pid in [*_children(fork_server), fork_server]:
+            os.kill(pid, signal.SIGKILL)
         assert first.wait(120) == 1  # it says it cannot serve, so a supervisor restarts it
         assert "cannot serve any more" in stop(first)
         with pytest.raises(taskq.WorkerCrashed):  # its worker died under it, as locally

@@ -2,8 +2,11 @@
 
 - every worker, initial or replacement (crash, timeout, kill, recycling), is a child of
   one fork server that runs one thread, and inherits the parent as it was at pool creation;
-- the server: exit codes, pids kept until reaped, OSError once it is gone, SIGINT ignored,
-  gone with its workers on close() and when the pool's parent is SIGKILLed;
+- the server: exit codes, pids kept until reaped, SIGINT ignored, gone with its workers
+  on close() and when the pool's parent is SIGKILLed;
+- a server that dies is replaced by its standby (a fork of the server, never of the
+  parent), which makes the next standby: the pool survives each death; OSError only
+  once both are gone;
 - workers reset the signal handlers an application installed (a timeout's SIGTERM must
   stop the job, not run the application's handler);
 - a closed worker handle uses none of its descriptor numbers again.
@@ -112,6 +115,32 @@ def test_workers_inherit_the_parent_as_it_was_when_the_pool_was_created(pool_fac
     assert first[2] == replacement[2] == "as the pool was created"
 
 
+@pytest.mark.timeout(120)
+def test_a_pool_keeps_serving_after_its_fork_server_is_killed_twice(pool_factory):
+    pool = pool_factory(2, FORK)
+    server = pool._manager._workforce._launcher._server  # the parent's end (_forkserver.py)
+    before = {ppid for _, ppid, _ in worker_views(pool, 2)}
+    assert before == {server.pid}
+    for _ in range(2):
+        dead, standby = server.pid, server.standby_pid
+        os.kill(dead, signal.SIGKILL)
+        # Its workers exit as they see their parent change (within a second): the jobs
+        # they run fail as crashed, or run again when retries allow it.
+        futures = [pool.schedule(jobs.square, (i,), retries=3) for i in range(40)]
+        assert [f.result(timeout=60) for f in futures] == [i * i for i in range(40)]
+        wait_until(lambda d=dead: server.pid != d, T, "the standby to take over")
+        assert server.pid == standby
+        views = worker_views(pool, 4)
+        wait_until(
+            lambda s=standby: {ppid for _, ppid, _ in worker_views(pool, 2)} == {s},
+            T,
+            "every worker to come from the standby",
+        )
+        assert jobs.thread_count(standby) == 1
+        assert all(ppid in (dead, standby) for _, ppid, _ in views)
+    assert pool.stats().worker_restarts >= 4
+
+
 # --------------------------------------------------------------------------------------------
 # the server itself
 # --------------------------------------------------------------------------------------------
@@ -119,7 +148,7 @@ def test_workers_inherit_the_parent_as_it_was_when_the_pool_was_created(pool_fac
 SLEEPER = 99  # a child started with this index sleeps; any other exits with its index
 
 
-def child_exits_with_its_index(index, fds):
+def child_exits_with_its_index(index, fds, server):
     if index == SLEEPER:
         time.sleep(60)
     os._exit(index)
@@ -132,7 +161,8 @@ def fork_server():
         yield server
     finally:
         server.close()
-    assert_all_gone([server.pid], timeout=10, what="fork server")
+    servers = [pid for pid in (server.pid, server.standby_pid) if pid is not None]
+    assert_all_gone(servers, timeout=10, what="fork server")
 
 
 def process_state(pid):
@@ -165,10 +195,33 @@ def test_the_server_reports_exit_codes_and_keeps_each_pid_until_it_is_reaped():
 
 
 @pytest.mark.timeout(60)
-def test_starting_a_worker_raises_oserror_at_once_when_the_server_is_gone():
+def test_a_dead_server_is_replaced_by_its_standby_which_makes_the_next_one():
+    with fork_server() as server:
+        seen = set()
+        for _ in range(3):
+            dead, standby = server.pid, server.standby_pid
+            assert standby is not None and standby not in seen | {dead}
+            assert process_state(standby)[1] == dead  # a fork of the server, not of us
+            assert jobs.thread_count(standby) == 1
+            seen |= {dead, standby}
+            os.kill(dead, signal.SIGKILL)
+            child = server.start(7, [])
+            assert server.pid == standby
+            assert process_state(child.pid) in (None, ("Z", standby), ("R", standby))
+            child.join(T)
+            assert child.exitcode == 7
+            # Reaped by the takeover if it was our child (a standby is its server's child).
+            assert process_state(dead) in (None, ("Z", 1)) or process_state(dead)[1] != os.getpid()
+    assert_all_gone(list(seen), timeout=10, what="fork server or standby")
+
+
+@pytest.mark.timeout(60)
+def test_starting_a_worker_raises_oserror_at_once_when_server_and_standby_are_gone():
     with fork_server() as server:
         sleeper = server.start(SLEEPER, [])  # a child must not keep the server's socket open
         try:
+            standby = server.standby_pid
+            os.kill(standby, signal.SIGKILL)
             os.kill(server.pid, signal.SIGKILL)
             wait_until(lambda: process_state(server.pid)[0] == "Z", T, "the server to die")
             t0 = time.monotonic()
@@ -262,6 +315,7 @@ SIGKILLED_PARENT = """
     seen += [pool.submit(jobs.creation_state).result(timeout=30) for _ in range(2)]
     busy = [pool.submit(jobs.sleep_then, 60) for _ in range(2)]
     pids = {pid for pid, _, _ in seen} | {ppid for _, ppid, _ in seen}
+    pids.add(pool._manager._workforce._launcher._server.standby_pid)
     with open(sys.argv[1] + ".tmp", "w") as f:
         f.write(" ".join(map(str, sorted(pids))))
     import os; os.replace(sys.argv[1] + ".tmp", sys.argv[1])
@@ -285,7 +339,7 @@ def test_a_sigkilled_parent_leaves_no_worker_and_no_fork_server_behind(tmp_path)
         wait_until(lambda: pid_file.exists() or proc.poll() is not None, T, "the pool to run")
         assert proc.poll() is None, proc.communicate()
         pids = [int(p) for p in pid_file.read_text().split()]
-        assert len(pids) >= 3  # two workers (one a replacement) and the server
+        assert len(pids) >= 4  # two workers (one a replacement), the server, its standby
         proc.kill()
         proc.wait(10)
         assert_all_gone(pids, timeout=10, what="worker or fork server")
