@@ -4,6 +4,7 @@
         sleep in select(registered fds + wake-up pipe, until the first timer)
         with lock:  ready handlers -> posted commands -> due timers -> work()
         after()     (with the lock released: resolve futures, run user callbacks)
+        pace()      (seconds to let events gather, listening to the wake-up pipe only)
 
 Other threads reach it with ``post`` (run soon) and ``call`` (run and wait for
 the answer); both write one byte to the wake-up pipe, at most one pending.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import os
+import select
 import selectors
 import threading
 import time
@@ -37,9 +39,10 @@ class EventLoop:
         keep_running: Callable[[], bool],
         failed: Callable[[BaseException], None],
         closing: Callable[[], None],
+        pace: Callable[[], float] = lambda: 0.0,
     ):
         self._work, self._after, self._keep_running = work, after, keep_running
-        self._failed, self._closing = failed, closing
+        self._failed, self._closing, self._pace = failed, closing, pace
         self.selector = selectors.DefaultSelector()
         self.timers = Timers()
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
@@ -49,6 +52,8 @@ class EventLoop:
         self._wake_lock = threading.Lock()
         self._closed = False
         self.selector.register(self._wake_read, selectors.EVENT_READ, self._on_wake)
+        self._wake_poll = select.poll()  # the wake-up pipe alone, for pauses
+        self._wake_poll.register(self._wake_read, select.POLLIN)
         # Held while the loop works (not while it sleeps in select). Another thread may
         # take it too, without waiting, to do a little of the loop's work itself.
         self.lock = threading.Lock()
@@ -174,6 +179,14 @@ class EventLoop:
             self.timers.run_due()
             self._work()
         self._after()  # last: the callers woken here find this thread back in select
+        pause = self._pace()
+        if pause > 0 and not self._commands:
+            # Events gather meanwhile (the next select takes them all at once); a
+            # command or a new timer still cuts the pause short through the wake-up pipe.
+            next_timer = self.timers.next_delay()
+            if next_timer is not None:
+                pause = min(pause, next_timer)
+            self._wake_poll.poll(pause * 1000)
 
     def _on_wake(self, mask: int) -> None:
         try:

@@ -36,7 +36,7 @@ from typing import Any
 from taskq import _slot
 from taskq._collect import Collector, decode
 from taskq._counters import CounterBlock
-from taskq._dispatch import BatchPolicy, Dispatcher
+from taskq._dispatch import BatchPolicy, Dispatcher, pause
 from taskq._errors import InitializerError, PoolBroken
 from taskq._handoff import Handoff
 from taskq._job import State, WorkItem
@@ -77,6 +77,7 @@ class Manager:
             keep_running=self._keep_running,
             failed=self._failed,
             closing=self._closing,
+            pace=self._pace,
         )
         self._selector = self._loop.selector
         self._at = self._loop.at
@@ -201,6 +202,11 @@ class Manager:
         if self._stopping:
             self._wind_down()
         self._handoff.rebalance()
+
+    def _pace(self) -> float:
+        if self._stopping:
+            return 0.0
+        return pause(self._workers.values(), self._dispatcher.policy.average)
 
     def _deliver(self) -> None:
         deliver(self._ledger.take_outcomes())

@@ -16,7 +16,7 @@ import pytest
 
 import taskq
 from taskq._collect import Collector
-from taskq._dispatch import BatchPolicy, Dispatcher
+from taskq._dispatch import PACE, PACE_HEADROOM, BatchPolicy, Dispatcher, pause
 from taskq._job import JobFuture, State, WorkItem
 from taskq._ledger import Ledger, deliver
 from taskq._protocol import Frame, Kind, dumps
@@ -137,6 +137,20 @@ def test_a_worker_stuck_on_a_long_job_while_another_is_idle_is_reported():
     stuck.slot.begin(long_job)  # just started: not stuck yet, look again later
     found, recheck = dispatcher.stuck([stuck, idle], time.monotonic())  # type: ignore[list-item]
     assert found == [] and recheck is not None and recheck > time.monotonic()
+
+
+def test_the_manager_paces_its_looks_only_while_every_busy_worker_has_work_to_spare():
+    short = PACE / 2  # seconds a job takes on average
+    enough = int(PACE_HEADROOM * PACE / short) + 1  # held beyond the running job
+    busy, idle = FakeWorker(0), FakeWorker(1)
+    busy.hold(*[item(i) for i in range(1, enough + 2)])
+    assert pause([busy, idle], short) == PACE  # an idle worker is served by dispatch_now
+    assert pause([busy], None) == 0  # nothing measured yet
+    assert pause([busy], 1.0) == 0  # long jobs: replies are rare, each may free a worker
+    assert pause([idle], short) == 0  # nobody busy: nothing to gather
+    running_dry = FakeWorker(2)
+    running_dry.hold(item(100), item(101))
+    assert pause([busy, running_dry], short) == 0  # it would finish before we look
 
 
 # -- Collector -----------------------------------------------------------------------------
