@@ -5,7 +5,8 @@ A message is a *frame*: a fixed binary header followed by a pickled payload.
     header = length (u64) | kind (u8) | job_id (i64) | seconds (f64)
 
 Parent -> worker
-    CALL         job_id, payload = pickle((fn, args, kwargs))
+    CALL         job_id, payload = pickle((fn, args, kwargs)), or for a module-level
+                 function: SPLIT | u16 n | pickle(fn) (n bytes) | pickle((args, kwargs))
     STOP         finish what you hold, then exit
 
 Worker -> parent
@@ -29,6 +30,7 @@ import pickle
 import struct
 import sys
 import traceback
+import types
 import weakref
 from typing import Any, NamedTuple
 
@@ -202,6 +204,61 @@ def _found_by_name(fn: Any) -> bool:
     return found
 
 
+# A module-level function pickles as a reference (its module and name), and finding
+# them again costs more than pickling a few arguments: a pool's calls carry the
+# reference pickled once, cached here, followed by the arguments (``load_call``).
+SPLIT = 1  # first byte of such a call (a pickle, protocol 2 or later, starts with 0x80)
+MAX_REFERENCES = 1024  # cached functions; the cache starts over when it is full
+_references: dict[Any, tuple[bytes, Any, str]] = {}  # fn -> (head, module, name)
+
+
+def _reference(fn: Any) -> bytes | None:
+    """``SPLIT | length | pickle(fn)`` for a plain module-level function, else None."""
+    entry = _references.get(fn)
+    if entry is not None:
+        head, module, name = entry
+        if getattr(module, name, None) is fn:  # still what a worker finds by that name
+            return head
+        del _references[fn]
+        return None
+    if type(fn) is not types.FunctionType or "." in fn.__qualname__:
+        return None
+    module, name = sys.modules.get(fn.__module__), fn.__qualname__
+    if module is None or getattr(module, name, None) is not fn:
+        return None
+    try:
+        data = dumps(fn)
+    except Exception:  # the full pickle will say what is wrong
+        return None
+    if len(data) > 0xFFFF:
+        return None
+    if len(_references) >= MAX_REFERENCES:
+        _references.clear()
+    head = bytes((SPLIT,)) + len(data).to_bytes(2, "little") + data
+    _references[fn] = (head, module, name)
+    return head
+
+
+_found: dict[bytes, Any] = {}  # in a worker: pickled reference -> the function it names
+
+
+def load_call(payload: bytes | bytearray) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """In the worker: (fn, args, kwargs) from a CALL payload, in either form. A function
+    is looked up by name once per worker, as a by-value one is unpickled once."""
+    if payload[0] != SPLIT:
+        call: tuple[Any, tuple[Any, ...], dict[str, Any]] = pickle.loads(payload)
+        return call
+    end = 3 + int.from_bytes(payload[1:3], "little")
+    reference = bytes(payload[3:end])
+    fn = _found.get(reference)
+    if fn is None:
+        if len(_found) >= MAX_REFERENCES:
+            _found.clear()
+        fn = _found[reference] = pickle.loads(reference)
+    args, kwargs = pickle.loads(memoryview(payload)[end:])
+    return fn, args, kwargs
+
+
 def dump_call(
     fn: Any,
     args: tuple[Any, ...],
@@ -231,7 +288,7 @@ def dump_call(
         if segments is not None:
             if kwargs:
                 kwargs = _shm.outband_kwargs(kwargs)
-            return _shm.dump_call((fn, _shm.outband(args), kwargs), segments)
+            return _shm.dump_call((fn, _shm.outband(args), kwargs), segments, _reference(fn))
         return dumps((fn, args, kwargs))
     except KeyboardInterrupt:
         raise

@@ -235,10 +235,17 @@ def payload(call: bytes) -> bytes:
     return call.segment.payload() if type(call) is SharedCall else call
 
 
-def dump_call(call: tuple[Any, Any, Any], cache: SegmentCache) -> bytes:
-    """pickle(call), or a ``SharedCall`` if it has large buffers."""
+def dump_call(call: tuple[Any, Any, Any], cache: SegmentCache, head: bytes | None = None) -> bytes:
+    """pickle(call), or ``head`` + pickle((args, kwargs)) given the function's pickled
+    reference (``_protocol._reference``), or a ``SharedCall`` if it has large buffers."""
     gather = _Gather()  # (_gather inlined: the hot path of every submit)
     gather.source = call
+    if head is not None:
+        arguments = pickle.dumps(call[1:], protocol=5, buffer_callback=gather)
+        if not gather:
+            return head + arguments
+        gather = _Gather()  # large buffers: the whole call goes the shared way below
+        gather.source = call
     inband = pickle.dumps(call, protocol=5, buffer_callback=gather)
     if not gather:
         return inband

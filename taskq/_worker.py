@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import pickle
 import select
 import signal
 import threading
@@ -33,7 +32,15 @@ from typing import Any, NamedTuple
 from taskq import _counters, _shm
 from taskq._channel import FrameReader, enlarge_pipe, write_all
 from taskq._errors import PicklingFailed, UnpicklingFailed
-from taskq._protocol import HEADER, Kind, dumps, encode, encode_parts, pack_exception
+from taskq._protocol import (
+    HEADER,
+    Kind,
+    dumps,
+    encode,
+    encode_parts,
+    load_call,
+    pack_exception,
+)
 from taskq._slot import WorkerSlot
 
 SMALL_REPLY = 2048  # a smaller reply is joined to its header and written in one call
@@ -190,7 +197,7 @@ def _call(
 ) -> tuple[Kind, bytes, str | None]:
     """Run the call: the reply, and the name of the result's segment if it has one."""
     try:
-        fn, args, kwargs = pickle.loads(payload)
+        fn, args, kwargs = load_call(payload)
     except BaseException as exc:
         return Kind.ERROR, _packed(UnpicklingFailed(
             f"job {job_id}: its call could not be unpickled in the worker ({exc!r}); "

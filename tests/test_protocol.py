@@ -35,9 +35,11 @@ from taskq._protocol import (
     encode,
     encode_parts,
     load,
+    load_call,
     pack_exception,
     unpack_exception,
 )
+from taskq._segments import SegmentCache
 
 # -- helpers ------------------------------------------------------------------------------
 
@@ -82,6 +84,11 @@ def round_trip(exc: BaseException) -> BaseException:
 
 def distinctively_named_job(a, b=0):
     return a + b
+
+
+class Holder:
+    def method(self):
+        return "held"
 
 
 class NeedsTwoArgs(Exception):
@@ -404,6 +411,38 @@ def test_dump_call_pickles_a_module_level_function_by_reference():
     fn, args, kwargs = pickle.loads(data)
     assert fn is distinctively_named_job
     assert (args, kwargs) == ((1,), {"b": 2})
+
+
+def test_a_pools_call_carries_the_functions_reference_pickled_once(monkeypatch):
+    segments = SegmentCache()
+    first = dump_call(distinctively_named_job, (1,), {"b": 2}, segments)
+    second = dump_call(distinctively_named_job, (3,), {}, segments)
+    assert first[0] == second[0] == _protocol.SPLIT
+    assert first[: first.index(b".") + 1] == second[: second.index(b".") + 1]  # same head
+    assert load_call(first) == (distinctively_named_job, (1,), {"b": 2})
+    assert load_call(bytearray(second)) == (distinctively_named_job, (3,), {})  # as read
+    # Rebound under its name: the cached reference would now name another function.
+    original = distinctively_named_job
+    monkeypatch.setattr(sys.modules[__name__], "distinctively_named_job", lambda a, b=0: a)
+    try:
+        data = dump_call(original, (1,), {"b": 2}, segments)
+    except taskq.SerializationError:
+        return  # without cloudpickle: refused, as plain pickle refuses it
+    assert data[0] != _protocol.SPLIT
+    fn, args, kwargs = load_call(data)
+    assert fn(*args, **kwargs) == 3  # the original (a + b), by value, not the new one
+
+
+def test_only_plain_module_level_functions_are_split_and_a_store_gets_one_pickle():
+    segments = SegmentCache()
+    for fn, args in [(math.sqrt, (4.0,)), (int.__add__, (1, 2)), (Holder().method, ())]:
+        data = dump_call(fn, args, {}, segments)
+        assert data[0] == 0x80, fn  # one pickle, as before
+        loaded, loaded_args, _ = load_call(data)
+        assert loaded(*loaded_args) == fn(*args)
+    stored = dump_call(distinctively_named_job, (1,), {"b": 2})  # no segments: a broker's
+    assert stored[0] == 0x80
+    assert load_call(stored) == pickle.loads(stored)
 
 
 def test_dump_call_of_an_unpicklable_argument_names_the_function():
