@@ -26,10 +26,12 @@ from taskq._errors import JobTimeout, RemoteError, UnpicklingFailed, WorkerCrash
 from taskq._job import WorkItem
 from taskq._process import WorkerHandle
 from taskq._protocol import Frame, Kind, load, unpack_exception
+from taskq._shm import SharedCall
 
 RETRY_DELAY_CAP = 30.0
 # Plain ints: compared once per reply (an IntEnum member lookup costs more).
 _OK, _ERROR, _READY, _INIT_FAILED = map(int, (Kind.OK, Kind.ERROR, Kind.READY, Kind.INIT_FAILED))
+_RELEASED = int(Kind.RELEASED)
 _REPLIES = frozenset((_OK, _ERROR))
 
 
@@ -77,6 +79,9 @@ class Collector:
                 worker.ready = ready = True
                 if frame.payload:
                     self._segment_prefixes[worker.pid] = bytes(frame.payload).decode()
+            elif kind == _RELEASED:
+                if held and held[0].job_id == frame.job_id and type(held[0].call) is SharedCall:
+                    held[0].call.segment.unmapped()  # reusable once the job ends
             elif kind == _INIT_FAILED:
                 worker.init_error = load(frame.payload)
         if done:

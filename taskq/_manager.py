@@ -133,6 +133,12 @@ class Manager:
             terminating=lambda: self._terminating,
         )
 
+    def later(self, delay: float, action: Callable[[], None]) -> None:
+        """Run ``action`` on the manager thread in ``delay`` seconds (from any thread:
+        the timer is set by the manager, under its lock)."""
+        when = time.monotonic() + delay
+        self.post(lambda: self._at(when, action))
+
     @property
     def average_job_seconds(self) -> float | None:
         """The recent average time a job takes in a worker (None before the first)."""

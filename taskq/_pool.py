@@ -181,7 +181,9 @@ class Pool(Executor):
             max_tasks=max_tasks_per_child,
         )
         self._job_ids = itertools.count(1)
-        self._segments = SegmentCache()  # large arguments' shared memory (_shm.py)
+        # Large arguments' shared memory (_shm.py); kept segments are freed on the
+        # manager's timers (a callable holding no reference to the pool).
+        self._segments = SegmentCache(later=self._manager.later)
         # One hook for every job's future, holding no reference to the pool: a pool
         # dropped after shutdown() is freed at once (no cycle to wait for the GC).
         self._withdraw_hook = _Withdraw(self._queue, self._manager.ledger)

@@ -11,6 +11,7 @@ Parent -> worker
 
 Worker -> parent
     READY        the initializer ran; jobs may follow
+    RELEASED     job_id's argument segment is no longer mapped (sent just before its reply)
     OK           job_id finished; payload = pickle(result); seconds = time spent on it
     ERROR        job_id raised; payload = pack_exception(...)
     INIT_FAILED  the initializer raised; payload = pickle(traceback text)
@@ -47,6 +48,7 @@ class Kind(enum.IntEnum):
     OK = 4
     ERROR = 5
     INIT_FAILED = 6
+    RELEASED = 7
 
 
 class Frame(NamedTuple):

@@ -20,16 +20,20 @@ may modify its arguments, as with a pipe).
 Segments (``_segments.py``: layout, reading, reuse, and who frees what,
 whatever dies) are reused when nobody maps them: a pool keeps a few free
 argument memfds, and the parent hands each worker's last copied-out result
-files back to it under the names ``<prefix>spare<n>``.
+files back to it under the names ``<prefix>spare<n>``. An argument segment a
+worker mapped is reused only if the worker said, before its reply, that the
+mapping is gone (a RELEASED frame: nothing of the job kept a view of it).
 """
 
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 import pickle
 import secrets
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -167,7 +171,7 @@ class ArgSegment:
     """
 
     __slots__ = (
-        "_cache", "_call", "_inband", "_layout", "_lock", "_payload", "_views",
+        "_cache", "_call", "_inband", "_layout", "_lock", "_mapped", "_payload", "_views",
         "fd", "name", "reuse", "size",
     )  # fmt: skip
 
@@ -179,6 +183,7 @@ class ArgSegment:
         self._views: list[memoryview] | None = gather
         self._layout, self.size = _segments.layout(gather, gather.hows)
         self.reuse = _segments.recyclable(self._layout)
+        self._mapped = not self.reuse  # a worker maps it: reusable only once it unmapped it
         self._payload: bytes | None = None
         self.fd, self.name = -1, ""
 
@@ -192,11 +197,17 @@ class ArgSegment:
                 except OSError:  # no memfd (EMFILE, ENOMEM...): through the pipe instead
                     self._payload = pickle.dumps(self._call, protocol=5)
                 self._call = self._views = None  # the segment (or pickle) has it all
+            if self._mapped:  # sent (again): this worker may keep it mapped, until it says
+                self.reuse = False
             return self._payload
+
+    def unmapped(self) -> None:
+        """The worker that ran the job last no longer maps the segment (RELEASED)."""
+        self.reuse = True
 
     def _write(self) -> bytes:
         assert self._views is not None
-        fd, name = self._cache.take()
+        fd, name = self._cache.take(self.size)
         generation = next(_segments.generations)
         try:
             header = _segments.HEADER.pack(generation)
@@ -269,11 +280,23 @@ def _open_call(
         if os.readlink(f"/proc/self/fd/{own}") != f"/memfd:{name} (deleted)":
             raise SegmentGone("the call's shared memory is gone (its descriptor was reused)")
         _check_generation(own, generation)
-        buffers = _segments.read(own, size, layout)
+        buffers, mapping = _segments.read(own, size, layout)
         _check_generation(own, generation)  # not reused while we read it
+        if mapping is not None:
+            call_mappings.append(weakref.ref(mapping))
     finally:
         os.close(own)
     return pickle.loads(inband, buffers=buffers)
+
+
+# In a worker: the mappings of the call it runs, cleared before each call. Once the job
+# is over, a mapping no object refers to any more is gone: the parent may reuse it.
+call_mappings: list[weakref.ref[mmap.mmap]] = []
+
+
+def call_unmapped() -> bool:
+    """Whether the last call mapped a segment, and nothing refers to that mapping now."""
+    return bool(call_mappings) and all(ref() is None for ref in call_mappings)
 
 
 def _check_generation(fd: int, generation: int) -> None:
@@ -361,7 +384,7 @@ def _adopt_result(name: str, size: int, inband: bytes, layout: Layout) -> Any:
         reuse = _segments.recyclable(layout) and size <= _segments.REUSE_MAX
         if not reuse:
             os.unlink(path)  # from here on only our descriptor and mapping hold it
-        buffers = _segments.read(fd, size, layout)
+        buffers, _ = _segments.read(fd, size, layout)
         if reuse:  # nothing maps it: the worker may fill it again
             os.rename(path, os.path.join(SHM_DIR, f"{prefix}-spare{int(number) % SPARES}"))
     finally:

@@ -45,6 +45,7 @@ from taskq._slot import WorkerSlot
 
 SMALL_REPLY = 2048  # a smaller reply is joined to its header and written in one call
 _STOP = int(Kind.STOP)
+_RELEASED, _RELEASED_HEADER = int(Kind.RELEASED), HEADER
 
 RESET_SIGNALS = (
     signal.SIGTERM,
@@ -170,10 +171,14 @@ def _run_call(
 ) -> float:
     """Run one call and reply; return the seconds it took (the reply says so too)."""
     started = time.perf_counter()
+    _shm.call_mappings.clear()
     kind, reply, segment = _call(job_id, payload, results)
     seconds = time.perf_counter() - started
+    # The job's objects are gone with _call's frame: if nothing kept a view of the
+    # arguments' segment, the parent may fill it again for another job.
+    released = _RELEASED_HEADER.pack(0, _RELEASED, job_id, 0.0) if _shm.call_unmapped() else b""
     try:
-        _reply(out_fd, kind, job_id, reply, seconds)
+        _reply(out_fd, kind, job_id, reply, seconds, released)
     except BaseException:
         if segment is not None:  # the parent will never read its name
             results.remove(segment)
@@ -182,11 +187,14 @@ def _run_call(
     return seconds
 
 
-def _reply(out_fd: int, kind: Kind, job_id: int, reply: bytes, seconds: float) -> None:
+def _reply(
+    out_fd: int, kind: Kind, job_id: int, reply: bytes, seconds: float, before: bytes = b""
+) -> None:
+    """Write the reply frame, after ``before`` (frames to send first, in the same write)."""
     if len(reply) > SMALL_REPLY:  # never copied to prepend its header
-        write_all(out_fd, encode_parts(kind, job_id, reply, seconds))
+        write_all(out_fd, [before, *encode_parts(kind, job_id, reply, seconds)])
         return
-    frame = HEADER.pack(len(reply), kind, job_id, seconds) + reply
+    frame = before + HEADER.pack(len(reply), kind, job_id, seconds) + reply
     written = os.write(out_fd, frame)  # the whole frame, unless the pipe is nearly full
     if written < len(frame):
         write_all(out_fd, [frame[written:]])

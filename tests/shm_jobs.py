@@ -76,3 +76,17 @@ def write_a_result_then_wait(size, started_path, limit=60.0):
 
 def numpy_add_one(array):
     return array + 1
+
+
+_kept_views: list[memoryview] = []
+
+
+def keep_argument(buffer):
+    """Keep a view of the argument in the worker after the job (its segment stays mapped)."""
+    _kept_views.append(memoryview(buffer))
+    return bytes(buffer[:8])
+
+
+def kept_argument():
+    """The first 8 bytes of the view ``keep_argument`` kept, as the worker sees them now."""
+    return bytes(_kept_views[-1][:8])

@@ -147,12 +147,65 @@ def test_argument_segments_are_freed_or_kept_for_reuse_as_jobs_end(pool_factory,
     pool.shutdown()  # then none is left (no_leak)
 
 
-def test_a_mapped_argument_segment_is_closed_when_its_job_ends(pool_factory, no_leak):
+def test_a_mapped_argument_segment_is_reused_once_the_worker_let_go_of_it(
+    pool_factory, no_leak, monkeypatch
+):
+    monkeypatch.setattr(_segments, "KEEP_SECONDS", 3600.0)  # no trim during the test
     pool = pool_factory(1)
-    value = memoryview(payload(kind=bytearray))  # mapped by the worker: never reused
+    value = memoryview(payload(kind=bytearray))  # mapped by the worker
     assert pool.submit(shm_jobs.describe, value).result(timeout=T)[1] == value
-    wait_released()
+    wait_until(lambda: pool._segments.kept > 0, T, "the segment to be kept")
+    [segment] = argument_segments()
+    other = memoryview(payload(kind=bytearray)[::-1])
+    assert pool.submit(shm_jobs.describe, other).result(timeout=T)[1] == other
+    wait_until(lambda: pool._segments.kept > 0, T, "the segment to be kept again")
+    assert argument_segments() == [segment]  # filled again, not a new one
     pool.shutdown()
+
+
+def test_a_segment_the_worker_still_maps_is_never_filled_again(pool_factory, no_leak, monkeypatch):
+    monkeypatch.setattr(_segments, "KEEP_SECONDS", 3600.0)
+    pool = pool_factory(1)
+    first = memoryview(payload(kind=bytearray))  # mapped by the worker (a bytearray is copied)
+    assert pool.submit(shm_jobs.keep_argument, first).result(timeout=T) == first[:8]
+    wait_released()  # closed, not kept: the worker's view still maps it
+    assert pool._segments.kept == 0
+    for _ in range(3):  # other arguments, through other segments
+        reversed_ = memoryview(payload(kind=bytearray)[::-1])
+        assert pool.submit(shm_jobs.describe, reversed_).result(timeout=T)[1] == reversed_
+    assert pool.submit(shm_jobs.kept_argument).result(timeout=T) == first[:8]
+    pool.shutdown()
+
+
+def test_kept_segments_are_freed_after_a_while_idle(pool_factory, no_leak, monkeypatch):
+    monkeypatch.setattr(_segments, "KEEP_SECONDS", 0.2)
+    pool = pool_factory(1)
+    futures = [pool.submit(shm_jobs.echo, payload()) for _ in range(4)]
+    assert all(f.result(timeout=T) == payload() for f in futures)
+    wait_until(lambda: pool._segments.kept > 0, T, "segments to be kept")
+    wait_released()  # by the pool's timer, the pool still open
+    assert pool._segments.kept == 0
+    pool.shutdown()
+
+
+def test_a_segment_is_taken_by_size_and_the_cache_trims_what_waits_too_long(monkeypatch):
+    timers = []
+    cache = _segments.SegmentCache(later=lambda delay, action: timers.append((delay, action)))
+    try:
+        small, big = cache.take(1000), cache.take(1 << 20)
+        cache.give_back(*small, 1000, reuse=True)
+        cache.give_back(*big, 1 << 20, reuse=True)
+        assert len(timers) == 1  # one pending trim at a time
+        assert cache.take(5000) == big  # the smallest that holds it
+        assert cache.take(10) == small
+        cache.give_back(*small, 1000, reuse=True)
+        cache.give_back(*big, 1 << 20, reuse=False)  # closed at once
+        assert cache.kept == 1000
+        monkeypatch.setattr(_segments, "KEEP_SECONDS", 0.0)
+        timers.pop()[1]()  # the trim runs: everything waited long enough
+        assert cache.kept == 0 and argument_segments() == []
+    finally:
+        cache.close()
 
 
 def shared_call(cache, value):
