@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.context import BaseContext
 from typing import Any
 
-from taskq import _exit
+from taskq import _exit, _map
 from taskq._broker import (
     DEFAULT_LEASE,
     DEFAULT_MAX_LOST,
@@ -133,8 +133,7 @@ class BrokerPool(Pool):
         self._waiters = Waiters(self._broker, self._count_outcome)
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
-        self._maps_lock = threading.Lock()
-        self._unstarted_maps = set()
+        self._unstarted_maps = _map.UnstartedMaps()
         self._broken: BaseException | None = None
         self._local: Pool | None = None
         self._server: Server | None = None
@@ -292,7 +291,7 @@ class BrokerPool(Pool):
         own workers or elsewhere; then its workers stop. Other processes' jobs stay
         in the store. With ``wait=True``, return once all that is done."""
         if not cancel_futures:
-            self._run_unstarted_maps()
+            self._unstarted_maps.run_all()
         with self._shutdown_lock:
             self._shutdown = True
         if cancel_futures:
@@ -409,7 +408,7 @@ def _finish_at_exit() -> None:
     process, or that nothing serves, stay in the store, where they are safe: exit does
     not wait for them. A client leaves its jobs in the store."""
     for pool in list(_exit_hooks):
-        pool._run_unstarted_maps()  # before refusing new jobs: they were asked for
+        pool._unstarted_maps.run_all()  # before refusing new jobs: they were asked for
         with pool._shutdown_lock:
             pool._shutdown = True
         if pool._server is None:

@@ -15,6 +15,7 @@ It is composed of parts with one job each, and applies what they decide:
     Dispatcher   which worker gets which queued jobs           (_dispatch.py)
     Handoff      CALL frames into pipes; take-backs           (_handoff.py)
     Collector    what replies and exits mean for held jobs    (_collect.py)
+    Retries      jobs waiting out a backoff before another try (_retries.py)
     TimeoutWatch which running job ran too long               (_timeouts.py)
     Workforce    starting, replacing, stopping processes      (_workforce.py)
     Ledger       every job state change, with its statistics  (_ledger.py)
@@ -40,12 +41,13 @@ from taskq._dispatch import BatchPolicy, Dispatcher, pause
 from taskq._errors import InitializerError, PoolBroken
 from taskq._handoff import Handoff
 from taskq._job import State, WorkItem
-from taskq._ledger import ErrorFor, Ledger, cancelled_as, copy_error, deliver
+from taskq._ledger import Ledger, cancelled_as, copy_error, deliver
 from taskq._log import log
 from taskq._loop import EventLoop
 from taskq._process import WorkerHandle, WorkerLauncher
 from taskq._protocol import Frame
 from taskq._queue import WorkQueue
+from taskq._retries import Retries
 from taskq._stats import StatsBlock
 from taskq._timeouts import TimeoutWatch
 from taskq._workforce import STOPPED, Workforce
@@ -117,7 +119,13 @@ class Manager:
         )
         self._workers = self._workforce.workers  # index -> worker, the same dict
         self._max_workers = max_workers
-        self._waiting: set[WorkItem] = set()  # retries waiting out their backoff
+        self._retries = Retries(
+            queue,
+            self._ledger,
+            self._collector,
+            self._at,
+            allowed=lambda: not self._terminating and self.broken is None,
+        )
         self._stopping = False
         self._terminating = False
         self.broken: PoolBroken | None = None
@@ -237,7 +245,7 @@ class Manager:
         log.debug("taskq manager stopped")
 
     def _keep_running(self) -> bool:
-        if self._workers or not self._stopping or self._waiting:
+        if self._workers or not self._stopping or self._retries:
             return True
         # No worker left: go on only if queued jobs will get one (a respawn is pending).
         depth = self._queue.snapshot().depth
@@ -246,7 +254,7 @@ class Manager:
     def _need_workers(self) -> bool:
         if self.broken is not None or self._terminating:
             return False
-        return not self._stopping or self._queue.snapshot().depth > 0 or bool(self._waiting)
+        return not self._stopping or self._queue.snapshot().depth > 0 or bool(self._retries)
 
     # -- collect: replies and exits -------------------------------------------------
 
@@ -277,38 +285,7 @@ class Manager:
         if replies.done:
             self._timeouts.head_changed(worker)
             self._ledger.ran(replies.done)  # wait and run times for stats()
-            self._settle([(item, decode(item, frame)) for item, frame in replies.done])
-
-    def _settle(self, outcomes: list[tuple[WorkItem, tuple[bool, Any]]]) -> None:
-        """Record what running jobs came to: a result, a failure, or another attempt."""
-        finals: list[tuple[WorkItem, bool, Any]] = []
-        retried: list[WorkItem] = []
-        for item, (ok, value) in outcomes:
-            if not ok and self._retry(item, value):
-                retried.append(item)
-            else:
-                finals.append((item, ok, value))
-        if finals:
-            self._queue.acknowledge([item for item, _, _ in finals])
-        self._ledger.settled(finals, retried)
-
-    def _retry(self, item: WorkItem, error: BaseException) -> bool:
-        if self._terminating or self.broken is not None:
-            return False
-        delay = self._collector.retry_delay(item, error)
-        if delay is None:
-            return False
-        item.state = State.WAITING
-        self._waiting.add(item)
-        self._at(time.monotonic() + delay, self._retry_now, item)
-        log.info("job %d (%s) failed on attempt %d (%r); retrying in %.3fs",
-                 item.job_id, item.name, item.attempts, error, delay)  # fmt: skip
-        return True
-
-    def _retry_now(self, item: WorkItem) -> None:
-        if item in self._waiting:
-            self._waiting.discard(item)
-            self._queue.release(item, keep_place=False)
+            self._retries.settle([(item, decode(item, frame)) for item, frame in replies.done])
 
     def _on_exit(self, worker: WorkerHandle) -> None:
         self._drain(worker)
@@ -347,7 +324,7 @@ class Manager:
         else:
             self._ledger.crashed()
             log.warning("%s", error)
-        self._settle([(item, (False, error))])
+        self._retries.settle([(item, (False, error))])
 
     def _on_init_failure(self, worker: WorkerHandle, held: list[WorkItem], text: str) -> None:
         """A worker that never became ready: fail what it held; restart it with backoff;
@@ -401,7 +378,7 @@ class Manager:
             self._ledger.ended([item], cancelled, running=False)
             return True
         if item.state is State.WAITING:
-            self._waiting.discard(item)
+            self._retries.withdraw(item)
             self._ledger.ended([item], cancelled, running=False)
             return True
         if item.state is State.CLAIMED:
@@ -432,10 +409,10 @@ class Manager:
         """Cancel every job not yet handed to a worker (runs on the manager)."""
         why = cancelled_as("was cancelled by shutdown(cancel_futures=True)")
         self._ledger.ended(self._queue.drain(), why, running=False)
-        self._end_waiting(why)
+        self._retries.end_all(why)
 
     def _wind_down(self) -> None:
-        if self._queue.snapshot().depth or self._waiting:
+        if self._queue.snapshot().depth or self._retries:
             return
         for worker in self._workers.values():
             if worker.accepting and not worker.outstanding:
@@ -448,13 +425,7 @@ class Manager:
         self._stopping = True
         self._queue.close()
         self._ledger.ended(self._queue.drain(), lambda _: copy_error(error), running=False)
-        self._end_waiting(lambda _: copy_error(error))
-
-    def _end_waiting(self, error_for: ErrorFor) -> None:
-        """End every retry waiting out its backoff."""
-        waiting = list(self._waiting)
-        self._waiting.clear()
-        self._ledger.ended(waiting, error_for, running=False)
+        self._retries.end_all(lambda _: copy_error(error))
 
 
 def _init_error(item: WorkItem, text: str) -> BaseException:

@@ -195,6 +195,35 @@ class MapWindow:
             ) from self.stopped_by
 
 
+class UnstartedMaps:
+    """A pool's maps whose callers have not started reading them. At shutdown they run
+    to the end of their input (see ``MapWindow``): ``pool.map(f, items)`` then
+    ``shutdown()`` runs every item, as ``Executor.map`` would."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._windows: set[MapWindow] = set()
+
+    def add(self, window: MapWindow) -> None:
+        with self._lock:
+            self._windows.add(window)
+
+    def started(self, window: MapWindow) -> Callable[[], None]:
+        """What the map's iterator calls when its caller first reads it."""
+
+        def started() -> None:
+            with self._lock:
+                self._windows.discard(window)
+
+        return started
+
+    def run_all(self) -> None:
+        with self._lock:
+            windows, self._windows = self._windows, set()
+        for window in windows:
+            window.submit_all()
+
+
 def ordered_results(
     window: MapWindow, feeder: ChunkFeeder, deadline: float | None, started: Callable[[], None]
 ) -> Iterator[Any]:

@@ -47,10 +47,8 @@ import itertools
 import multiprocessing
 import os
 import threading
-import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.context import BaseContext
 from typing import Any, ParamSpec, TypeVar
 
@@ -62,17 +60,12 @@ from taskq._ledger import Ledger
 from taskq._log import log
 from taskq._manager import Manager
 from taskq._options import (
-    RetryOn,
     check_aging,
-    check_callable,
-    check_chunksize,
     check_delay,
     check_options,
-    check_priority,
-    check_retries,
-    check_retry_on,
     check_timeout,
 )
+from taskq._pool_api import PoolAPI
 from taskq._protocol import dump_call
 from taskq._queue import JobQueue, QueueClosed, WorkQueue
 from taskq._segments import SegmentCache
@@ -94,7 +87,7 @@ def _default_workers() -> int:
         return os.cpu_count() or 1
 
 
-class Pool(Executor):
+class Pool(PoolAPI):
     """A pool of worker processes fed by a priority queue; a drop-in ``Executor``.
 
     The first five parameters mean what they mean for
@@ -189,8 +182,7 @@ class Pool(Executor):
         self._withdraw_hook = _Withdraw(self._queue, self._manager.ledger)
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
-        self._maps_lock = threading.Lock()
-        self._unstarted_maps: set[_map.MapWindow] = set()
+        self._unstarted_maps = _map.UnstartedMaps()
         self._ledger = self._manager.ledger
         self._manager.start()
         self._pid = os.getpid()
@@ -200,59 +192,7 @@ class Pool(Executor):
         weakref.finalize(self, self._manager.post, self._manager.request_stop)
         log.debug("pool started: %d workers (%s)", max_workers, ctx.get_start_method())
 
-    # -- submitting -----------------------------------------------------------
-
-    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> JobFuture[R]:
-        """Queue ``fn(*args, **kwargs)`` at priority 0; wait for room if the queue is full."""
-        if not callable(fn):
-            check_callable(fn, "submit")
-        return self._enqueue(
-            fn, args, kwargs, priority=0, timeout=self._job_timeout, retry_delay=self._retry_delay
-        )
-
-    def schedule(
-        self,
-        fn: Callable[..., R],
-        args: Iterable[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        *,
-        priority: float = 0,
-        timeout: float | None = None,
-        retries: int = 0,
-        retry_delay: float | None = None,
-        retry_on: RetryOn = None,
-        block: bool = True,
-    ) -> JobFuture[R]:
-        """Queue ``fn(*args, **kwargs)``; return its future.
-
-        priority:    **the smaller number runs first** (any int or float; equal
-                     priorities run in submission order), as in ``queue.PriorityQueue``.
-        timeout:     stop the job if it runs longer (seconds; queueing time does
-                     not count): its worker is terminated and replaced, and the
-                     future raises ``JobTimeout``. Default: the pool's ``job_timeout``.
-        retries:     run it again up to this many times after an exception, a
-                     crash or a timeout, with exponential backoff and jitter.
-        retry_delay: base of that backoff (default: the pool's ``retry_delay``).
-        retry_on:    exception types that are retried (default: every Exception,
-                     which includes ``WorkerCrashed`` and ``JobTimeout``).
-        block:       with a full queue (``maxsize``), wait for room (True) or
-                     raise ``Full`` at once (False).
-        """
-        check_callable(fn, "schedule")
-        check_priority(priority)
-        timeout = check_timeout(timeout, "timeout")
-        return self._enqueue(
-            fn,
-            tuple(args),
-            {} if kwargs is None else dict(kwargs),
-            priority=priority,
-            timeout=self._job_timeout if timeout is None else timeout,
-            retries=check_retries(retries),
-            retry_delay=self._retry_delay if retry_delay is None else check_delay(retry_delay),
-            retry_on=check_retry_on(retry_on),
-            block=block,
-        )
-
+    # -- submitting (submit, schedule: _pool_api.py) ---------------------------
     def _enqueue(
         self,
         fn: Callable[..., Any],
@@ -336,113 +276,6 @@ class Pool(Executor):
                 else "cannot schedule new futures after shutdown"
             )
 
-    # -- map --------------------------------------------------------------------
-
-    def map(
-        self,
-        fn: Callable[..., R],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int = 1,
-        priority: float = 0,
-        progress: bool = False,
-    ) -> Iterator[R]:
-        """Like ``map(fn, *iterables)``, run on the pool; results in input order.
-
-        Lazy: input is read only as results are taken (a bounded number of
-        chunks is in flight), so endless iterables work. A map nobody has
-        started reading when the pool shuts down is run to the end of its input
-        first, as ``Executor.map`` (which queues everything at once) would have:
-        so never leave a map over *endless* input unread at shutdown. Leaving a
-        loop over it early cancels the chunks not started. ``timeout`` counts
-        from this call; the first exception is raised when its result is
-        reached. ``chunksize=1`` lets taskq group short items adaptively; a
-        larger value is used as given. ``priority`` applies to every chunk.
-        ``progress=True`` shows a progress bar on stderr.
-        """
-        if not iterables:
-            raise TypeError("map() needs at least one iterable")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        star = len(iterables) > 1
-        items = zip(*iterables, strict=False) if star else iter(iterables[0])
-        feeder = self._feeder(items, chunksize)
-        window = _map.MapWindow(
-            self._chunk_submitter(fn, star, priority), feeder, self._window_size()
-        )
-        self._track_unstarted(window)
-        results = _map.ordered_results(window, feeder, deadline, self._started(window))
-        return self._with_progress(results, progress, _map.length_hint(iterables))
-
-    def imap_unordered(
-        self,
-        fn: Callable[[T], R],
-        iterable: Iterable[T],
-        chunksize: int = 1,
-        *,
-        priority: float = 0,
-        progress: bool = False,
-    ) -> Iterator[R]:
-        """Like ``map(fn, iterable)`` but yields results as they complete (lazy too)."""
-        feeder = self._feeder(iter(iterable), chunksize)
-        window, done = _map.unordered_window(
-            self._chunk_submitter(fn, False, priority), feeder, self._window_size()
-        )
-        self._track_unstarted(window)
-        results = _map.unordered_results(window, done, feeder, self._started(window))
-        return self._with_progress(results, progress, _map.length_hint((iterable,)))
-
-    def _track_unstarted(self, window: _map.MapWindow) -> None:
-        # Until its caller starts reading it, a map is run to the end of its input at
-        # shutdown (see MapWindow): "pool.map(f, items)" then "shutdown()" runs every item.
-        with self._maps_lock:
-            self._unstarted_maps.add(window)
-
-    def _started(self, window: _map.MapWindow) -> Callable[[], None]:
-        def started() -> None:
-            with self._maps_lock:
-                self._unstarted_maps.discard(window)
-
-        return started
-
-    def _run_unstarted_maps(self) -> None:
-        with self._maps_lock:
-            windows, self._unstarted_maps = self._unstarted_maps, set()
-        for window in windows:
-            window.submit_all()
-
-    def _chunk_submitter(
-        self, fn: Callable[..., Any], star: bool, priority: float
-    ) -> Callable[[list[Any]], JobFuture[Any]]:
-        check_callable(fn, "map")
-        check_priority(priority)
-        make_call = _map.chunk_call(fn, star)
-        name = getattr(fn, "__qualname__", repr(fn))
-
-        def submit_chunk(chunk: list[Any]) -> JobFuture[Any]:
-            runner, args = make_call(chunk)
-            return self._enqueue(
-                runner, args, {}, priority=priority, timeout=self._job_timeout, name=name
-            )
-
-        return submit_chunk
-
-    def _feeder(self, items: Iterator[Any], chunksize: int) -> _map.ChunkFeeder:
-        # A pool-wide job_timeout is a limit per item: items are not grouped then,
-        # or several short items could add up past it.
-        adaptive = chunksize == 1 and self._job_timeout is None
-        return _map.ChunkFeeder(items, check_chunksize(chunksize), adaptive=adaptive)
-
-    def _window_size(self) -> int:
-        return _map.WINDOW_PER_WORKER * self._max_workers
-
-    @staticmethod
-    def _with_progress(results: Iterator[Any], progress: bool, total: int | None) -> Iterator[Any]:
-        if not progress:
-            return results
-        from taskq._progress import track
-
-        return track(results, total)
-
     def job(self, job_id: str) -> JobFuture[Any]:
         """A future for a job kept in a broker's store, by its id (``broker=`` pools only:
         an in-memory pool's jobs are known by their futures alone)."""
@@ -474,7 +307,7 @@ class Pool(Executor):
         """Stop accepting jobs; run what is queued (unless ``cancel_futures``), then stop
         the workers. With ``wait=True``, return once every worker has exited."""
         if not cancel_futures:
-            self._run_unstarted_maps()  # before the queue closes: they were asked for
+            self._unstarted_maps.run_all()  # before the queue closes: they were asked for
         with self._shutdown_lock:
             first = not self._shutdown
             self._shutdown = True

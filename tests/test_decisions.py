@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 
 import taskq
+from taskq import _shm
 from taskq._collect import Collector
 from taskq._dispatch import PACE, PACE_HEADROOM, BatchPolicy, Dispatcher, pause
 from taskq._job import JobFuture, State, WorkItem
 from taskq._ledger import Ledger, deliver
 from taskq._protocol import Frame, Kind, dumps
 from taskq._queue import JobQueue
+from taskq._segments import SegmentCache
 from taskq._stats import STAT_FIELDS, PoolStats, StatsBlock
 from taskq._timeouts import TimeoutWatch
 
@@ -172,6 +174,30 @@ def test_replies_settle_the_jobs_they_name_in_order():
     assert replies.ready and worker.ready
     assert [(i.job_id, f.job_id) for i, f in replies.done] == [(1, 1), (2, 2)]
     assert ids(worker.outstanding) == [3] and replies.out_of_step is None
+
+
+def test_a_released_frame_makes_only_the_segment_of_the_job_it_names_reusable():
+    cache = SegmentCache()
+    try:
+        mapped = memoryview(bytearray(_shm.THRESHOLD))  # a worker maps it (not copied)
+        call = _shm.dump_call((dumps, _shm.outband((mapped,)), {}), cache)
+        assert type(call) is _shm.SharedCall
+        _shm.payload(call)  # handed to a worker: not reusable until it says so
+        assert not call.segment.reuse
+        job = WorkItem(1, JobFuture(), call, "job1", 0, None, 0, 0.1, None)
+        worker = FakeWorker()
+        worker.hold(job, item(2))
+        collector = Collector(BatchPolicy())
+        collector.take_replies(worker, [Frame(Kind.RELEASED, 2, 0.0, b"")])  # type: ignore[arg-type]
+        assert not call.segment.reuse  # another job's notice
+        released = Frame(Kind.RELEASED, 1, 0.0, b"")
+        replies = collector.take_replies(worker, [released, reply(job)])  # type: ignore[arg-type]
+        assert call.segment.reuse and ids(i for i, _ in replies.done) == [1]
+        _shm.payload(call)  # sent again (a retry): the new worker may keep it mapped
+        assert not call.segment.reuse
+        call.segment.release()
+    finally:
+        cache.close()
 
 
 def test_a_reply_for_the_wrong_job_is_never_settled():

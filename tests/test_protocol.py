@@ -136,7 +136,7 @@ def test_header_layout_is_little_endian_length_kind_job_id_seconds():
 
 def test_kinds_have_fixed_wire_values():
     assert {k.name: int(k) for k in Kind} == {
-        "CALL": 1, "STOP": 2, "READY": 3, "OK": 4, "ERROR": 5, "INIT_FAILED": 6,
+        "CALL": 1, "STOP": 2, "READY": 3, "OK": 4, "ERROR": 5, "INIT_FAILED": 6, "RELEASED": 7,
     }  # fmt: skip
 
 
@@ -149,6 +149,7 @@ def _sample_frames() -> list[tuple[Kind, int, bytes, float]]:
         (Kind.OK, 17, dumps({"result": [1, 2, 3]}), 0.25),
         (Kind.ERROR, 18, pack_exception(raised(ValueError("boom"))), 1e-6),
         (Kind.INIT_FAILED, 0, dumps("Traceback (most recent call last): ..."), 0.0),
+        (Kind.RELEASED, 17, b"", 0.0),
     ]
 
 
