@@ -35,6 +35,7 @@ from taskq._broker import (
 )
 from taskq._errors import Full, StoreError
 from taskq._redis_link import RedisLink
+from taskq._redis_outcomes import OutcomeReader
 from taskq._redis_puts import PutPipe
 from taskq._redis_status import read_status
 from taskq._redis_url import safe_url, warn_if_unsigned
@@ -56,7 +57,7 @@ class RedisBroker:
         self.result_ttl_ms = int(result_ttl * 1000)
         self.signer = Signer(secret)
         self._link = link = RedisLink(url)
-        self._r, self._blocking = link.r, link.blocking
+        self._r = link.r
         warn_if_unsigned(url, self.signer.enabled)
         p = f"taskq:{queue}:"
         self.key = {
@@ -84,9 +85,8 @@ class RedisBroker:
         self.on_new_jobs: Callable[[], None] = lambda: None
         self._puts = PutPipe(self._r, lua.PUT, link.unreachable, link.errors)
         self._refusing = False  # a put was refused (out of memory): submits wait, and raise
+        self._outcomes = OutcomeReader(link, self.signer, self.job_prefix, self._inbox)
         self._link.call(self._r.ping)
-
-    # -- plumbing -------------------------------------------------------------
 
     # -- submitting -------------------------------------------------------------
 
@@ -311,7 +311,7 @@ class RedisBroker:
             )
         return int(back)
 
-    # -- waiting for outcomes ------------------------------------------------------------
+    # -- waiting for outcomes (_redis_outcomes.py) ----------------------------------------
 
     def current_cursor(self) -> str:
         return ""  # each client has a list of its own ended jobs: nothing to skip
@@ -319,34 +319,7 @@ class RedisBroker:
     def finished_since(
         self, cursor: str, block: float = 0
     ) -> tuple[str, list[tuple[str, Outcome | None]]]:
-        """This client's jobs that ended, with their outcomes (popped from its list, where
-        whoever ended them pushed both); ``block``: wait up to that long for the first.
-        Jobs of other clients are not listed here: a waiter for one of those reads its
-        state directly (``Waiters.reconcile``). An empty notice is a put waking this
-        client's server (``on_new_jobs``)."""
-        notices: list[bytes] = []
-        if block:
-            first = self._link.call(self._blocking.blpop, [self._inbox], timeout=block)
-            if first is None:
-                return cursor, []
-            if not first[1]:
-                self.on_new_jobs()  # at once: the server claims while the rest is read
-            else:
-                notices.append(first[1])
-        more = self._link.call(self._r.lpop, self._inbox, 10_000)
-        notices.extend(more or ())
-        ended: list[tuple[str, Outcome | None]] = []
-        woken = False
-        for notice in notices:
-            if not notice:
-                woken = True
-                continue
-            raw_id, osig, data = notice.split(b"\n", 2)
-            job_id = raw_id.decode()
-            ended.append((job_id, self._checked_outcome(job_id, data, osig)))
-        if woken:
-            self.on_new_jobs()
-        return cursor, ended
+        return cursor, self._outcomes.ended(block, self.on_new_jobs)
 
     def job_status(self, job_id: str) -> JobStatus:
         found = self.outcomes([job_id])
@@ -359,33 +332,7 @@ class RedisBroker:
 
     def outcomes(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         self._puts.sync()
-        pipe = self._r.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hmget(self.job_prefix + job_id, "state", "outcome", "osig")
-        found: dict[str, JobStatus] = {}
-        for job_id, (state, outcome, osig) in zip(
-            job_ids, self._link.call(pipe.execute), strict=True
-        ):
-            if state is None:
-                continue
-            loaded = None if outcome is None else self._checked_outcome(job_id, outcome, osig)
-            state_name = state.decode()
-            found[job_id] = JobStatus(
-                JobState(state_name if state_name != "refused" else "dead"), loaded
-            )
-        return found
-
-    def _checked_outcome(self, job_id: str, data: bytes, osig: bytes | None) -> Outcome:
-        """The stored outcome if its signature holds; else an error saying it was refused
-        (it is never unpickled)."""
-        refused = self.signer.check(job_id, (osig or b"").decode(), data)
-        if refused is None:
-            return Outcome.load(data)
-        log.error("outcome of job %s refused: %s", job_id, refused)
-        error = StoreError(
-            f"the stored outcome of job {job_id} was refused and not unpickled: {refused}"
-        )
-        return Outcome.of_error(error, 0)
+        return self._outcomes.read(job_ids)
 
     # -- counters, servers, housekeeping ------------------------------------------------------
 
