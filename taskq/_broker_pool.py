@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import multiprocessing
 import pickle
 import threading
 import time
@@ -53,6 +52,7 @@ from taskq._options import (
     check_delay,
     check_options,
     check_timeout,
+    serving_context,
 )
 from taskq._pool import Pool
 from taskq._protocol import dump_call, dumps
@@ -139,7 +139,7 @@ class BrokerPool(Pool):
         self._server: Server | None = None
         wake = threading.Event()
         if workers:
-            ctx = mp_context if mp_context is not None else _default_context(broker)
+            ctx = mp_context if mp_context is not None else serving_context(broker)
             self._local = Pool(
                 workers,
                 ctx,
@@ -376,22 +376,6 @@ class BrokerPool(Pool):
             f"<taskq.Pool broker={self._broker.url!r} queue={self._broker.queue!r} "
             f"workers={self._max_workers}{' shut down' if self._shutdown else ''}>"
         )
-
-
-def _default_context(url: str) -> BaseContext:
-    """The start method of a serving pool's workers when none is given.
-
-    A worker forked from this process inherits SQLite's in-process state for the store
-    file, mutexes included: one held by another thread at that instant (another pool's
-    broker thread, say) stays held for ever in the child, and the worker's next write
-    to the store (``taskq.counter(...).add``) waits until the busy timeout. So with a
-    SQLite store the workers start from the clean ``forkserver`` process instead of
-    ``fork`` (pass ``mp_context`` to choose otherwise, at that risk).
-    """
-    ctx = multiprocessing.get_context()
-    if url.startswith("sqlite:") and ctx.get_start_method() == "fork":
-        return multiprocessing.get_context("forkserver")
-    return ctx
 
 
 @functools.lru_cache(maxsize=64)  # most jobs of a program share a few option sets

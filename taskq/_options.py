@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 from collections.abc import Callable, Iterable
+from multiprocessing.context import BaseContext
 
 from taskq._queue import ORDERS
 
@@ -114,3 +116,19 @@ def check_client_workers(max_workers: int | None) -> int:
     if max_workers < 0:
         raise ValueError("max_workers must be 0 (a client of the store) or more")
     return max_workers
+
+
+def serving_context(url: str) -> BaseContext:
+    """The start method of a serving pool's workers when none is given.
+
+    A worker forked from this process inherits SQLite's in-process state for the store
+    file, mutexes included: one held by another thread at that instant (another pool's
+    broker thread, say) stays held for ever in the child, and the worker's next write
+    to the store (``taskq.counter(...).add``) waits until the busy timeout. So with a
+    SQLite store the workers start from the clean ``forkserver`` process instead of
+    ``fork`` (pass ``mp_context`` to choose otherwise, at that risk).
+    """
+    ctx = multiprocessing.get_context()
+    if url.startswith("sqlite:") and ctx.get_start_method() == "fork":
+        return multiprocessing.get_context("forkserver")
+    return ctx
