@@ -175,3 +175,13 @@ def test_a_record_round_trips_as_plain_data_and_carries_no_future():
     for name in JobRecord.__slots__:
         assert getattr(copy, name) == getattr(item, name), name
     assert not any(isinstance(value, JobFuture) for value in fields)
+
+
+def test_a_work_item_starts_as_the_record_it_extends():
+    # WorkItem.__init__ assigns the record's fields itself (one call fewer per submit):
+    # a field added to JobRecord must be set there too, with the same first value.
+    args = (7, b"call", "job7", 2.5, 1.0, 3, 0.2, (ValueError,))
+    record = JobRecord(*args)
+    work = WorkItem(args[0], JobFuture(), *args[1:])
+    for field in JobRecord.__slots__:
+        assert getattr(work, field) == getattr(record, field), field
