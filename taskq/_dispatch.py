@@ -87,11 +87,15 @@ NOT_STARTED_RECHECK = 0.005  # look again at a job its worker has not begun yet
 PACE = 0.001
 PACE_HEADROOM = 2.0  # a worker must hold this many PACEs of work beyond its current job
 PACED_JOBS = 0.005  # longer jobs: replies are rare anyway, no need to pace them
+# A step that took longer than this moved data (large payloads are copied by the
+# manager): the manager is then the bottleneck, and a pause would only idle it.
+PACE_BUSY = 0.0002
 
 
-def pause(workers: Iterable[WorkerHandle], average: float | None) -> float:
-    """How long the manager may leave replies unread now (0: not at all)."""
-    if average is None or average > PACED_JOBS:
+def pause(workers: Iterable[WorkerHandle], average: float | None, busy: float = 0.0) -> float:
+    """How long the manager may leave replies unread now (0: not at all), after a step
+    that kept it busy for ``busy`` seconds."""
+    if average is None or average > PACED_JOBS or busy > PACE_BUSY:
         return 0.0
     paced = False
     for worker in workers:

@@ -124,6 +124,7 @@ class ForkServer:
             finally:
                 os.close(sentinel_end)  # the worker holds the only copy now
             assert pid is not None  # START is never answered BUSY
+            self._check_standby()
             return ForkedProcess(server, pid, sentinel)
 
     def close(self) -> None:
@@ -152,7 +153,25 @@ class ForkServer:
             standby.pid,
         )
         dead.close()  # reaps it; its workers exit as they see their parent change
-        new = self._new_standby()
+        self._add_standby()
+        return True
+
+    def _check_standby(self) -> None:
+        """Replace a standby that died while idle (or make the one that could not be made):
+        found now, not when the server dies too."""
+        with self._lock:
+            standby = self._standby
+            if self._closed or (standby is not None and not standby.hung_up()):
+                return
+            self._standby = None
+        if standby is not None:
+            log.warning("taskq's standby fork server (pid %d) is gone; starting another",
+                        standby.pid)  # fmt: skip
+            standby.close()
+        self._add_standby()
+
+    def _add_standby(self) -> None:
+        new: _Link | None = self._new_standby()
         with self._lock:
             if self._closed or self._standby is not None:
                 stale, new = new, None
@@ -160,7 +179,6 @@ class ForkServer:
                 self._standby, stale = new, None
         if stale is not None:
             stale.close()
-        return True
 
     def _new_standby(self) -> _Link | None:
         """Ask the server to fork a standby of itself; None (logged) if it cannot."""
@@ -192,6 +210,13 @@ class _Link:
     def reap(self, pid: int) -> int | None:
         """Reap worker ``pid`` and return its exit code; None if it is still running."""
         return self.call(REAP, pid)
+
+    def hung_up(self) -> bool:
+        """Whether the server closed its end (it exited), seen without a request: an idle
+        server writes nothing unasked, so a readable socket means end of file."""
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        return bool(poller.poll(0))
 
     def close(self) -> None:
         with self._lock:

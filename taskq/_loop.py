@@ -4,7 +4,7 @@
         sleep in select(registered fds + wake-up pipe, until the first timer)
         with lock:  ready handlers -> posted commands -> due timers -> work()
         after()     (with the lock released: resolve futures, run user callbacks)
-        pace()      (seconds to let events gather, listening to the wake-up pipe only)
+        pace(busy)  (seconds to let events gather, listening to the wake-up pipe only)
 
 Other threads reach it with ``post`` (run soon) and ``call`` (run and wait for
 the answer); both write one byte to the wake-up pipe, at most one pending.
@@ -39,7 +39,7 @@ class EventLoop:
         keep_running: Callable[[], bool],
         failed: Callable[[BaseException], None],
         closing: Callable[[], None],
-        pace: Callable[[], float] = lambda: 0.0,
+        pace: Callable[[float], float] = lambda busy: 0.0,
     ):
         self._work, self._after, self._keep_running = work, after, keep_running
         self._failed, self._closing, self._pace = failed, closing, pace
@@ -163,6 +163,7 @@ class EventLoop:
     def _step(self) -> None:
         delay = 0 if self._commands else self.timers.next_delay()
         events = self.selector.select(delay)
+        woke = time.perf_counter()
         with self.lock:
             if len(events) == 1:  # the usual case: nothing earlier in the batch to check
                 key, mask = events[0]
@@ -179,7 +180,7 @@ class EventLoop:
             self.timers.run_due()
             self._work()
         self._after()  # last: the callers woken here find this thread back in select
-        pause = self._pace()
+        pause = self._pace(time.perf_counter() - woke)
         if pause > 0 and not self._commands:
             # Events gather meanwhile (the next select takes them all at once); a
             # command or a new timer still cuts the pause short through the wake-up pipe.

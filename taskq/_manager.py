@@ -217,10 +217,10 @@ class Manager:
             self._wind_down()
         self._handoff.rebalance()
 
-    def _pace(self) -> float:
+    def _pace(self, busy: float) -> float:
         if self._stopping:
             return 0.0
-        return pause(self._workers.values(), self._dispatcher.policy.average)
+        return pause(self._workers.values(), self._dispatcher.policy.average, busy)
 
     def _deliver(self) -> None:
         deliver(self._ledger.take_outcomes())

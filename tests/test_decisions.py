@@ -17,7 +17,7 @@ import pytest
 import taskq
 from taskq import _shm
 from taskq._collect import Collector
-from taskq._dispatch import PACE, PACE_HEADROOM, BatchPolicy, Dispatcher, pause
+from taskq._dispatch import PACE, PACE_BUSY, PACE_HEADROOM, BatchPolicy, Dispatcher, pause
 from taskq._job import JobFuture, State, WorkItem
 from taskq._ledger import Ledger, deliver
 from taskq._protocol import Frame, Kind, dumps
@@ -147,6 +147,7 @@ def test_the_manager_paces_its_looks_only_while_every_busy_worker_has_work_to_sp
     busy, idle = FakeWorker(0), FakeWorker(1)
     busy.hold(*[item(i) for i in range(1, enough + 2)])
     assert pause([busy, idle], short) == PACE  # an idle worker is served by dispatch_now
+    assert pause([busy], short, busy=2 * PACE_BUSY) == 0  # it moved data: never idle it
     assert pause([busy], None) == 0  # nothing measured yet
     assert pause([busy], 1.0) == 0  # long jobs: replies are rare, each may free a worker
     assert pause([idle], short) == 0  # nobody busy: nothing to gather

@@ -216,6 +216,23 @@ def test_a_dead_server_is_replaced_by_its_standby_which_makes_the_next_one():
 
 
 @pytest.mark.timeout(60)
+def test_a_standby_that_died_idle_is_replaced_at_the_next_start():
+    with fork_server() as server:
+        first = server.standby_pid
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: process_state(first) in (None, ("Z", server.pid)), T, "it to die")
+        server.start(1, []).join(T)
+        second = server.standby_pid
+        assert second not in (None, first)
+        assert process_state(second)[1] == server.pid
+        os.kill(server.pid, signal.SIGKILL)  # and it does take over
+        child = server.start(4, [])
+        assert server.pid == second
+        child.join(T)
+        assert child.exitcode == 4
+
+
+@pytest.mark.timeout(60)
 def test_starting_a_worker_raises_oserror_at_once_when_server_and_standby_are_gone():
     with fork_server() as server:
         sleeper = server.start(SLEEPER, [])  # a child must not keep the server's socket open
