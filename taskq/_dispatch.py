@@ -90,19 +90,23 @@ PACED_JOBS = 0.005  # longer jobs: replies are rare anyway, no need to pace them
 # A step that took longer than this moved data (large payloads are copied by the
 # manager): the manager is then the bottleneck, and a pause would only idle it.
 PACE_BUSY = 0.0002
+PACED_HELD = 3  # fewer jobs in a worker (a map's large chunks): its replies are few anyway
 
 
-def pause(workers: Iterable[WorkerHandle], average: float | None, busy: float = 0.0) -> float:
-    """How long the manager may leave replies unread now (0: not at all), after a step
-    that kept it busy for ``busy`` seconds."""
-    if average is None or average > PACED_JOBS or busy > PACE_BUSY:
+def pause(
+    workers: Iterable[WorkerHandle], average: float | None, queued: int, busy: float = 0.0
+) -> float:
+    """How long the manager may leave replies unread now (0: not at all), with ``queued``
+    jobs waiting, after a step that kept it busy for ``busy`` seconds. Only a backlog
+    is paced: the last results of a batch (nothing queued) are never held back."""
+    if not queued or average is None or average > PACED_JOBS or busy > PACE_BUSY:
         return 0.0
     paced = False
     for worker in workers:
         held = len(worker.outstanding)
         if not held:
             continue  # idle: a submit reaches it from the caller's thread (dispatch_now)
-        if (held - 1) * average < PACE_HEADROOM * PACE:
+        if held < PACED_HELD or (held - 1) * average < PACE_HEADROOM * PACE:
             return 0.0  # it could run dry before we look again
         paced = True
     return PACE if paced else 0.0

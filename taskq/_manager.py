@@ -220,7 +220,8 @@ class Manager:
     def _pace(self, busy: float) -> float:
         if self._stopping:
             return 0.0
-        return pause(self._workers.values(), self._dispatcher.policy.average, busy)
+        average, queued = self._dispatcher.policy.average, self._queue.snapshot().depth
+        return pause(self._workers.values(), average, queued, busy)
 
     def _deliver(self) -> None:
         deliver(self._ledger.take_outcomes())

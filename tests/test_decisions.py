@@ -17,7 +17,15 @@ import pytest
 import taskq
 from taskq import _shm
 from taskq._collect import Collector
-from taskq._dispatch import PACE, PACE_BUSY, PACE_HEADROOM, BatchPolicy, Dispatcher, pause
+from taskq._dispatch import (
+    PACE,
+    PACE_BUSY,
+    PACE_HEADROOM,
+    PACED_HELD,
+    BatchPolicy,
+    Dispatcher,
+    pause,
+)
 from taskq._job import JobFuture, State, WorkItem
 from taskq._ledger import Ledger, deliver
 from taskq._protocol import Frame, Kind, dumps
@@ -143,17 +151,18 @@ def test_a_worker_stuck_on_a_long_job_while_another_is_idle_is_reported():
 
 def test_the_manager_paces_its_looks_only_while_every_busy_worker_has_work_to_spare():
     short = PACE / 2  # seconds a job takes on average
-    enough = int(PACE_HEADROOM * PACE / short) + 1  # held beyond the running job
+    enough = max(PACED_HELD, int(PACE_HEADROOM * PACE / short) + 1)  # beyond the running job
     busy, idle = FakeWorker(0), FakeWorker(1)
     busy.hold(*[item(i) for i in range(1, enough + 2)])
-    assert pause([busy, idle], short) == PACE  # an idle worker is served by dispatch_now
-    assert pause([busy], short, busy=2 * PACE_BUSY) == 0  # it moved data: never idle it
-    assert pause([busy], None) == 0  # nothing measured yet
-    assert pause([busy], 1.0) == 0  # long jobs: replies are rare, each may free a worker
-    assert pause([idle], short) == 0  # nobody busy: nothing to gather
+    assert pause([busy, idle], short, queued=10) == PACE  # idle: dispatch_now serves it
+    assert pause([busy], short, queued=0) == 0  # a batch's last results: never held back
+    assert pause([busy], short, queued=10, busy=2 * PACE_BUSY) == 0  # it moved data
+    assert pause([busy], None, queued=10) == 0  # nothing measured yet
+    assert pause([busy], 1.0, queued=10) == 0  # long jobs: replies are rare anyway
+    assert pause([idle], short, queued=10) == 0  # nobody busy: nothing to gather
     running_dry = FakeWorker(2)
     running_dry.hold(item(100), item(101))
-    assert pause([busy, running_dry], short) == 0  # it would finish before we look
+    assert pause([busy, running_dry], short, queued=10) == 0  # it would finish first
 
 
 # -- Collector -----------------------------------------------------------------------------
