@@ -1,6 +1,8 @@
 """Handing jobs to workers, and taking back the ones a worker has not started.
 
     dispatch: the Dispatcher's plan -> CALL frames into each worker's pipe
+    dispatch_now: the same from a submitting thread, for an idle worker, if the
+              manager's lock is free (else the manager is woken to do it)
     revoke:   a worker's unstarted jobs -> back to the queue, in their place
               (a more urgent job waits, a worker is stuck, a job is killed)
 
@@ -20,7 +22,7 @@ from collections.abc import Callable
 
 from taskq._dispatch import Dispatcher
 from taskq._job import WorkItem
-from taskq._ledger import Ledger, cancelled_as
+from taskq._ledger import Ledger, cancelled_as, deliver
 from taskq._log import log
 from taskq._loop import EventLoop
 from taskq._process import WorkerHandle
@@ -43,6 +45,7 @@ class Handoff:
         loop: EventLoop,
         max_tasks: int | None,
         terminating: Callable[[], bool],
+        stopping: Callable[[], bool],
     ):
         self._queue = queue
         self._dispatcher = dispatcher
@@ -52,6 +55,7 @@ class Handoff:
         self._loop = loop
         self._max_tasks = max_tasks
         self._terminating = terminating
+        self._stopping = stopping
         self._rebalance_armed = False
 
     def dispatch(self, idle_only: bool = False) -> None:
@@ -64,6 +68,41 @@ class Handoff:
             self.revoke(worker)
         for worker, items in self._dispatcher.plan(workers, idle_only):
             self.send(worker, items)
+
+    def dispatch_now(self, priority: float) -> None:
+        """Called right after a job is queued: give it to an idle worker from this thread.
+
+        Nothing to do (the common case under load) when every worker is busy and
+        holds nothing less urgent than the new job: the manager tops workers up as
+        they reply, and it always dispatches after a reply has freed a worker.
+        """
+        # Read without the lock (a hint only: the locked dispatch decides). The manager
+        # may empty a deque between two reads, hence the IndexError; tuple() copies the
+        # workers in one C call, safe while the manager changes the dict.
+        for worker in tuple(self._workforce.workers.values()):
+            held = worker.outstanding
+            try:
+                if not held or (len(held) > 1 and held[-1].priority > priority):
+                    break
+            except IndexError:
+                break
+        else:
+            return
+        lock = self._loop.lock
+        if not lock.acquire(blocking=False):
+            self._loop.wake()  # the manager is busy; make sure it looks again before sleeping
+            return
+        try:
+            if self._stopping():
+                self._loop.wake()
+                return
+            self.dispatch(idle_only=True)
+            if any(worker.outbox for worker in self._workforce.workers.values()):
+                self._loop.wake()  # a large call is still being written: the manager finishes it
+        finally:
+            outcomes = self._ledger.take_outcomes()
+            lock.release()
+        deliver(outcomes)
 
     def send(self, worker: WorkerHandle, items: list[WorkItem]) -> None:
         live = self._ledger.started(items)

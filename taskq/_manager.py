@@ -139,7 +139,10 @@ class Manager:
             loop=self._loop,
             max_tasks=max_tasks,
             terminating=lambda: self._terminating,
+            stopping=lambda: self._stopping,
         )
+        # A submitting thread hands its job to an idle worker itself (see Handoff).
+        self.dispatch_now = self._handoff.dispatch_now
 
     def later(self, delay: float, action: Callable[[], None]) -> None:
         """Run ``action`` on the manager thread in ``delay`` seconds (from any thread:
@@ -163,40 +166,6 @@ class Manager:
             if not self._workforce.start(index):
                 break  # retried with backoff by the manager
         self._loop.start()
-
-    def dispatch_now(self, priority: float) -> None:
-        """Called right after a job is queued: give it to an idle worker from this thread.
-
-        Nothing to do (the common case under load) when every worker is busy and
-        holds nothing less urgent than the new job: the manager tops workers up as
-        they reply, and it always dispatches after a reply has freed a worker.
-        """
-        # Read without the lock (a hint only: the locked dispatch decides). The manager
-        # may empty a deque between two reads, hence the IndexError.
-        for worker in tuple(self._workers.values()):  # one C call: safe from other threads
-            held = worker.outstanding
-            try:
-                if not held or (len(held) > 1 and held[-1].priority > priority):
-                    break
-            except IndexError:
-                break
-        else:
-            return
-        lock = self._loop.lock
-        if not lock.acquire(blocking=False):
-            self._loop.wake()  # the manager is busy; make sure it looks again before sleeping
-            return
-        try:
-            if self._stopping:
-                self._loop.wake()
-                return
-            self._handoff.dispatch(idle_only=True)
-            if any(worker.outbox for worker in self._workers.values()):
-                self._loop.wake()  # a large call is still being written: the manager finishes it
-        finally:
-            outcomes = self._ledger.take_outcomes()
-            lock.release()
-        deliver(outcomes)
 
     def kill_workers(self) -> None:
         """Last resort at interpreter exit: SIGKILL and reap every worker still alive."""
