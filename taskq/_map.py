@@ -113,13 +113,11 @@ class MapIterator(Iterator[Any]):
 
 
 def _handing_out(values: list[Any]) -> Iterator[Any]:
-    """The chunk's results in order (a list iterator: C, no call per item).
-
-    The chunk's results were all in memory at once when its reply was read, so
-    dropping each as it is handed out (``Executor.map`` pops them one by one) would
-    not lower the peak; they go together, when the caller moves on to the next
-    chunk. Popping cost a C call per item: 10 % of a no-op ``map``'s time."""
-    return iter(values)
+    """The chunk's results in order, each dropped from the chunk as it is handed out
+    (as ``Executor.map`` does: the caller may be the last one holding a result).
+    Pops from the reversed list, in C: no Python frame per item."""
+    values.reverse()
+    return itertools.starmap(values.pop, itertools.repeat((), len(values)))
 
 
 def _then_raise(values: list[Any], error: bytes) -> Iterator[Any]:
