@@ -91,9 +91,8 @@ class ForkServer:
         theirs.close()
         self._lock = threading.Lock()  # who is the server, who the standby
         self._server = _Link(ours, pid)
-        self._standby: _Link | None = None
         self._closed = False
-        self._standby = self._new_standby()
+        self._standby: _Link | None = self._new_standby()
 
     @property
     def pid(self) -> int:

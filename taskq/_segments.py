@@ -169,6 +169,7 @@ class SegmentCache:
         return os.memfd_create(name, os.MFD_CLOEXEC), name
 
     def give_back(self, fd: int, name: str, size: int, reuse: bool) -> None:
+        later = None  # set when this call must arm the trim (one pending at a time)
         with self._lock:
             keep = (
                 reuse
@@ -179,13 +180,13 @@ class SegmentCache:
             if keep:
                 self._free.append((fd, name, size, time.monotonic()))
                 self._kept += size
-                schedule = self._later is not None and not self._trim_pending
-                self._trim_pending = self._trim_pending or schedule
+                if not self._trim_pending:
+                    later = self._later
+                    self._trim_pending = later is not None
         if not keep:
             os.close(fd)
-        elif schedule:
-            assert self._later is not None
-            self._later(KEEP_SECONDS, self.trim)
+        elif later is not None:
+            later(KEEP_SECONDS, self.trim)
 
     def trim(self) -> None:
         """Free the kept segments nobody took for ``KEEP_SECONDS``."""
@@ -194,13 +195,13 @@ class SegmentCache:
             stale = [entry for entry in self._free if now - entry[3] >= KEEP_SECONDS]
             self._free = [entry for entry in self._free if now - entry[3] < KEEP_SECONDS]
             self._kept -= sum(entry[2] for entry in stale)
-            self._trim_pending = bool(self._free) and self._later is not None
+            later = self._later if self._free else None
+            self._trim_pending = later is not None
             oldest = min((entry[3] for entry in self._free), default=now)
         for entry in stale:
             os.close(entry[0])
-        if self._trim_pending:
-            assert self._later is not None
-            self._later(max(0.0, oldest + KEEP_SECONDS - now), self.trim)
+        if later is not None:
+            later(max(0.0, oldest + KEEP_SECONDS - now), self.trim)
 
     @property
     def kept(self) -> int:

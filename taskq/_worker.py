@@ -45,7 +45,6 @@ from taskq._slot import WorkerSlot
 
 SMALL_REPLY = 2048  # a smaller reply is joined to its header and written in one call
 _STOP = int(Kind.STOP)
-_RELEASED, _RELEASED_HEADER = int(Kind.RELEASED), HEADER
 
 RESET_SIGNALS = (
     signal.SIGTERM,
@@ -176,7 +175,7 @@ def _run_call(
     seconds = time.perf_counter() - started
     # The job's objects are gone with _call's frame: if nothing kept a view of the
     # arguments' segment, the parent may fill it again for another job.
-    released = _RELEASED_HEADER.pack(0, _RELEASED, job_id, 0.0) if _shm.call_unmapped() else b""
+    released = encode(Kind.RELEASED, job_id) if _shm.call_unmapped() else b""
     try:
         _reply(out_fd, kind, job_id, reply, seconds, released)
     except BaseException:
