@@ -181,12 +181,16 @@ def _how_it_ended(exitcode: int | None) -> str:
         except ValueError:
             name = "unknown signal"
         return f"died with signal {-exitcode} ({name})"
+    if exitcode is None:  # only its fork server could have reaped it, and that one is gone
+        return "exited (its exit status was lost with the fork server that started it)"
     return f"exited with code {exitcode}"
 
 
 def crash_message(pid: int, exitcode: int | None, item: WorkItem) -> str:
     if exitcode is not None and exitcode < 0:
         likely = _LIKELY.get(-exitcode, "killed by a signal")  # type: ignore[call-overload]
+    elif exitcode is None:
+        likely = "its fork server died, and a worker stops when its parent does"
     else:
         likely = "the job ended the process itself (os._exit(), or exit() from native code)"
     return (

@@ -16,7 +16,7 @@ import pytest
 
 import taskq
 from taskq import _shm
-from taskq._collect import Collector
+from taskq._collect import Collector, crash_message
 from taskq._dispatch import (
     PACE,
     PACE_BUSY,
@@ -261,6 +261,12 @@ def test_the_blamed_jobs_error_says_what_stopped_it():
         error = Collector.blamed_error(worker, job, -9)  # type: ignore[arg-type]
         assert type(error) is expected
     assert isinstance(error, taskq.WorkerCrashed) and error.exitcode == -9
+
+
+def test_a_worker_whose_fork_server_died_is_not_blamed_on_its_job():
+    message = crash_message(4242, None, item(7))
+    assert "fork server" in message and "job 7" in message
+    assert "ended the process itself" not in message and "code None" not in message
 
 
 def test_retries_back_off_and_stop_when_spent():
