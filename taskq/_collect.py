@@ -31,8 +31,8 @@ from taskq._shm import SharedCall
 RETRY_DELAY_CAP = 30.0
 # Plain ints: compared once per reply (an IntEnum member lookup costs more).
 _OK, _ERROR, _READY, _INIT_FAILED = map(int, (Kind.OK, Kind.ERROR, Kind.READY, Kind.INIT_FAILED))
-_RELEASED = int(Kind.RELEASED)
-_REPLIES = frozenset((_OK, _ERROR))
+_RELEASED, _OK_SHARED = int(Kind.RELEASED), int(Kind.OK_SHARED)
+_REPLIES = frozenset((_OK, _OK_SHARED, _ERROR))
 
 
 class Replies(NamedTuple):
@@ -139,13 +139,19 @@ class Collector:
         return delay * random.uniform(0.5, 1.0)  # jitter: a burst's retries don't return together
 
 
+def shared(frame: Frame) -> bool:
+    """Whether a reply's result waits in a shared-memory file (decode it off the
+    manager's thread: ``_copier.py``)."""
+    return frame.kind == _OK_SHARED
+
+
 def decode(item: WorkItem, frame: Frame) -> tuple[bool, Any]:
     """(True, result) or (False, exception) from a worker's reply.
 
     Unpickling runs user code (``__setstate__``, ``__reduce__`` callables) on the
     manager thread: whatever it raises, SystemExit included, fails only this job.
     """
-    if frame.kind == _OK:
+    if frame.kind != _ERROR:
         try:
             return True, load(frame.payload)
         except BaseException as exc:

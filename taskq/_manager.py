@@ -36,6 +36,7 @@ from typing import Any
 
 from taskq import _slot
 from taskq._collect import Collector, decode
+from taskq._copier import Copier
 from taskq._counters import CounterBlock
 from taskq._dispatch import BatchPolicy, Dispatcher, pause
 from taskq._errors import InitializerError, PoolBroken
@@ -126,6 +127,7 @@ class Manager:
             self._at,
             allowed=lambda: not self._terminating and self.broken is None,
         )
+        self._copier = Copier(decode, self.post, self._retries.settle)  # large results
         self._stopping = False
         self._terminating = False
         self.broken: PoolBroken | None = None
@@ -207,15 +209,17 @@ class Manager:
             held = list(worker.outstanding)
             worker.outstanding.clear()
             self._ledger.ended(held, lambda _: copy_error(error), running=True)
+        self._ledger.ended(self._copier.close(), lambda _: copy_error(error), running=True)
 
     def _closing(self) -> None:
+        self._copier.close()  # empty by now, unless the thread failed (then _failed ended them)
         self._workforce.close()
         self._lifeline_write.close()
         self._lifeline_read.close()
         log.debug("taskq manager stopped")
 
     def _keep_running(self) -> bool:
-        if self._workers or not self._stopping or self._retries:
+        if self._workers or not self._stopping or self._retries or self._copier:
             return True
         # No worker left: go on only if queued jobs will get one (a respawn is pending).
         depth = self._queue.snapshot().depth
@@ -255,7 +259,9 @@ class Manager:
         if replies.done:
             self._timeouts.head_changed(worker)
             self._ledger.ran(replies.done)  # wait and run times for stats()
-            self._retries.settle([(item, decode(item, frame)) for item, frame in replies.done])
+            inline = self._copier.take_shared(replies.done)  # decoded on its thread
+            if inline:
+                self._retries.settle([(item, decode(item, frame)) for item, frame in inline])
 
     def _on_exit(self, worker: WorkerHandle) -> None:
         self._drain(worker)

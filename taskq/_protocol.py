@@ -49,6 +49,7 @@ class Kind(enum.IntEnum):
     ERROR = 5
     INIT_FAILED = 6
     RELEASED = 7
+    OK_SHARED = 8  # OK, and the result waits in a shared-memory file (_copier.py)
 
 
 class Frame(NamedTuple):

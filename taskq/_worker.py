@@ -227,7 +227,7 @@ def _call(
         if add_note is not None:
             add_note(f"taskq: raised while pickling the result of job {job_id}")
         return Kind.ERROR, pack_exception(exc), None
-    return Kind.OK, reply, segment
+    return (Kind.OK if segment is None else Kind.OK_SHARED), reply, segment
 
 
 def _packed(error: BaseException, cause: BaseException) -> bytes:

@@ -90,3 +90,22 @@ def keep_argument(buffer):
 def kept_argument():
     """The first 8 bytes of the view ``keep_argument`` kept, as the worker sees them now."""
     return bytes(_kept_views[-1][:8])
+
+
+class UnloadableInParent:
+    """A large result whose rebuilding fails: it can only be unpickled in the parent, so
+    it fails there (on the copier's thread), after its buffer crossed shared memory."""
+
+    def __init__(self, size):
+        self.data = bytearray(b"u" * size)
+
+    def __reduce_ex__(self, protocol):
+        return _refuse_to_load, (pickle.PickleBuffer(self.data),)
+
+
+def _refuse_to_load(buffer):
+    raise ValueError(f"refusing to load {len(memoryview(buffer))} bytes")
+
+
+def unloadable_in_parent(size):
+    return UnloadableInParent(size)

@@ -137,6 +137,7 @@ def test_header_layout_is_little_endian_length_kind_job_id_seconds():
 def test_kinds_have_fixed_wire_values():
     assert {k.name: int(k) for k in Kind} == {
         "CALL": 1, "STOP": 2, "READY": 3, "OK": 4, "ERROR": 5, "INIT_FAILED": 6, "RELEASED": 7,
+        "OK_SHARED": 8,
     }  # fmt: skip
 
 
@@ -150,6 +151,7 @@ def _sample_frames() -> list[tuple[Kind, int, bytes, float]]:
         (Kind.ERROR, 18, pack_exception(raised(ValueError("boom"))), 1e-6),
         (Kind.INIT_FAILED, 0, dumps("Traceback (most recent call last): ..."), 0.0),
         (Kind.RELEASED, 17, b"", 0.0),
+        (Kind.OK_SHARED, 19, dumps(("taskq-123-0a1b2c3d-1", 1 << 20)), 0.5),  # names a file
     ]
 
 

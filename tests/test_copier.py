@@ -1,0 +1,112 @@
+"""Large results are copied out of shared memory on the copier's thread, then settled on
+the manager's: each job gets its own result or error, and none is lost or settled twice,
+whatever stops first."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import wait
+from typing import Any
+
+import pytest
+
+from taskq._copier import Copier
+from taskq._errors import UnpicklingFailed
+from taskq._protocol import Frame, Kind
+from tests import shm_jobs
+from tests.test_shm import no_leak, payload  # noqa: F401  (a fixture)
+
+T = 30
+
+
+class _Job:
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+
+
+def _frame(kind: Kind, job_id: int) -> Frame:
+    return Frame(int(kind), job_id, 0.0, b"")
+
+
+class _Loop:
+    """Stands in for the manager's loop: posted commands run when the test says."""
+
+    def __init__(self) -> None:
+        self.commands: list[Any] = []
+        self.posted = threading.Event()
+
+    def post(self, command: Any) -> None:
+        self.commands.append(command)
+        self.posted.set()
+
+    def run_posted(self, count: int) -> None:
+        while len(self.commands) < count:
+            assert self.posted.wait(T), "the copier never posted its outcomes"
+            self.posted.clear()
+        for command in self.commands:
+            command()
+
+
+def _copier(loop: _Loop, settled: list[Any]) -> Copier:
+    decoded_on: list[str] = []
+
+    def decode(item: Any, frame: Frame) -> tuple[bool, Any]:
+        decoded_on.append(threading.current_thread().name)
+        return True, f"result {frame.job_id}"
+
+    copier = Copier(decode, loop.post, settled.extend)
+    copier.decoded_on = decoded_on  # type: ignore[attr-defined]
+    return copier
+
+
+def test_only_replies_with_a_shared_result_go_to_the_copier_and_are_settled_once():
+    loop, settled = _Loop(), []
+    copier = _copier(loop, settled)
+    small, large = _Job(1), _Job(2)
+    failed = _Job(3)
+    done = [
+        (small, _frame(Kind.OK, 1)),
+        (large, _frame(Kind.OK_SHARED, 2)),
+        (failed, _frame(Kind.ERROR, 3)),
+    ]
+    inline = copier.take_shared(done)
+    assert [item for item, _ in inline] == [small, failed]
+    assert copier  # the large one is pending until the manager settles it
+    loop.run_posted(1)
+    assert settled == [(large, (True, "result 2"))]
+    assert copier.decoded_on == ["taskq-copier"]  # type: ignore[attr-defined]
+    assert not copier
+    assert copier.close() == []
+
+
+def test_close_hands_back_the_jobs_not_settled_and_drops_their_late_outcomes():
+    loop, settled = _Loop(), []
+    copier = _copier(loop, settled)
+    items = [_Job(i) for i in range(3)]
+    copier.put([(item, _frame(Kind.OK_SHARED, item.job_id)) for item in items])
+    left = copier.close()
+    assert sorted(item.job_id for item in left) == [0, 1, 2]
+    loop.run_posted(1)  # the thread may still post what it decoded: ignored
+    assert settled == []
+    with pytest.raises(RuntimeError, match="closed"):
+        copier.put([(items[0], _frame(Kind.OK_SHARED, 0))])
+
+
+def test_large_results_come_back_whole_and_in_their_own_futures(pool_factory, no_leak):  # noqa: F811
+    data = [payload(shm_jobs.BIG * 2)[:-i] + bytes([i]) for i in range(1, 25)]
+    with pool_factory(2) as pool:
+        futures = [pool.submit(shm_jobs.echo, value) for value in data]
+        futures.append(pool.submit(shm_jobs.echo, b"small"))
+        assert [f.result(timeout=T) for f in futures] == [*data, b"small"]
+
+
+def test_a_large_result_that_cannot_be_unpickled_fails_only_its_job(pool_factory, no_leak):  # noqa: F811
+    with pool_factory(2) as pool:
+        bad = pool.submit(shm_jobs.unloadable_in_parent, shm_jobs.BIG)
+        good = [pool.submit(shm_jobs.echo, payload()) for _ in range(4)]
+        wait([bad, *good], timeout=T)
+        with pytest.raises(UnpicklingFailed, match="could not be unpickled in the parent") as info:
+            bad.result(timeout=0)
+        assert "refusing to load" in repr(info.value.__cause__)
+        assert all(f.result(timeout=0) == payload() for f in good)
+        assert pool.submit(shm_jobs.echo, payload()).result(timeout=T) == payload()
