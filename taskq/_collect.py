@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import signal
+from collections.abc import Callable
 from concurrent.futures import CancelledError
 from typing import Any, NamedTuple
 
@@ -59,8 +60,9 @@ class ExitPlan(NamedTuple):
 
 
 class Collector:
-    def __init__(self, policy: BatchPolicy):
+    def __init__(self, policy: BatchPolicy, sweep: Callable[[str], object] = _segments.sweep):
         self.policy = policy
+        self._sweep = sweep  # removes a dead worker's result files (see exit_plan)
         self._segment_prefixes: dict[int, str] = {}  # worker pid -> its result segments'
 
     def take_replies(self, worker: WorkerHandle, frames: list[Frame]) -> Replies:
@@ -98,7 +100,7 @@ class Collector:
         """
         prefix = self._segment_prefixes.pop(worker.pid, None)
         if prefix is not None:
-            _segments.sweep(prefix)
+            self._sweep(prefix)  # once the replies taken in have read theirs (_copier.py)
         held = list(worker.outstanding)
         worker.outstanding.clear()
         if worker.init_error is not None:

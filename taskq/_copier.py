@@ -15,6 +15,9 @@ about 25 % more per second (benchmarks/README.md).
 Who settles a job handed over here: the manager, when the copier posts back;
 or, if the manager stops first (its thread failed), ``close``'s caller, which
 ends the jobs still here. A batch decoded after ``close`` is dropped.
+
+A dead worker's leftover result files are removed here too (``then_sweep``),
+after the batches handed over before: those replies still have to read theirs.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from taskq import _segments
 from taskq._collect import shared
 from taskq._job import WorkItem
 from taskq._protocol import Frame
@@ -44,7 +48,8 @@ class Copier:
         settle: Callable[[Outcomes], None],
     ):
         self._decode, self._post, self._settle = decode, post, settle
-        self._inbox: queue.SimpleQueue[list[tuple[WorkItem, Frame]] | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[list[tuple[WorkItem, Frame]] | str | None]
+        self._inbox = queue.SimpleQueue()
         self._pending: set[WorkItem] = set()  # handed over, not settled yet
         self._thread: threading.Thread | None = None  # started with the first large result
         self._closed = False
@@ -70,6 +75,14 @@ class Copier:
             self._thread.start()
         self._inbox.put(done)
 
+    def then_sweep(self, prefix: str) -> None:
+        """Remove the result files named ``prefix``*, once the replies handed over so far
+        have read theirs (at once if none is pending)."""
+        if self._pending and not self._closed:
+            self._inbox.put(prefix)
+        else:
+            _segments.sweep(prefix)
+
     def close(self) -> list[WorkItem]:
         """Stop the thread; return the jobs handed over and never settled (the caller
         ends them: their outcomes, if they come, are dropped)."""
@@ -82,6 +95,9 @@ class Copier:
 
     def _run(self) -> None:
         while (done := self._inbox.get()) is not None:
+            if isinstance(done, str):
+                _segments.sweep(done)
+                continue
             # decode() turns whatever unpickling raises into the job's error.
             outcomes = [(item, self._decode(item, frame)) for item, frame in done]
             self._post(functools.partial(self._settled, outcomes))

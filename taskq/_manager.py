@@ -89,7 +89,7 @@ class Manager:
         self._ledger = Ledger(stats)
         policy = BatchPolicy()
         self._dispatcher = Dispatcher(queue, policy, max_tasks)
-        self._collector = Collector(policy)
+        self._collector = Collector(policy, sweep=lambda prefix: self._copier.then_sweep(prefix))
         self._timeouts = TimeoutWatch(self._at, self._expired, self._watching)
         # Twice the workers: a retiring worker (max_tasks_per_child) keeps its slot
         # until it exits, while its replacement already starts.

@@ -4,16 +4,19 @@ whatever stops first."""
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import wait
 from typing import Any
 
 import pytest
 
+from taskq import WorkerCrashed, _segments
 from taskq._copier import Copier
 from taskq._errors import UnpicklingFailed
 from taskq._protocol import Frame, Kind
 from tests import shm_jobs
+from tests.jobs import kill_self, wait_until
 from tests.test_shm import no_leak, payload  # noqa: F401  (a fixture)
 
 T = 30
@@ -110,3 +113,48 @@ def test_a_large_result_that_cannot_be_unpickled_fails_only_its_job(pool_factory
         assert "refusing to load" in repr(info.value.__cause__)
         assert all(f.result(timeout=0) == payload() for f in good)
         assert pool.submit(shm_jobs.echo, payload()).result(timeout=T) == payload()
+
+
+def test_a_dead_workers_files_are_swept_only_after_the_replies_handed_over_read_theirs(tmp_path):
+    loop, settled = _Loop(), []
+    release = threading.Event()
+    prefix = f"{_segments.PREFIX}test-{os.getpid()}-"
+    path = os.path.join(_segments.SHM_DIR, f"{prefix}1")
+    open(path, "wb").close()
+
+    def decode(item: Any, frame: Frame) -> tuple[bool, Any]:
+        assert release.wait(T)
+        return True, os.path.exists(path)  # what the reply would find
+
+    copier = Copier(decode, loop.post, settled.extend)
+    try:
+        copier.put([(_Job(1), _frame(Kind.OK_SHARED, 1))])
+        copier.then_sweep(prefix)  # the worker died: its files go, after job 1 read its own
+        assert os.path.exists(path)
+        release.set()
+        loop.run_posted(1)
+        assert [outcome for _, outcome in settled] == [(True, True)]
+        wait_until(lambda: not os.path.exists(path), T, "the file to be swept")
+        copier.then_sweep(prefix)  # nothing pending: at once (nothing left to remove)
+    finally:
+        copier.close()
+        _segments.sweep(prefix)
+
+
+def test_workers_retiring_after_each_large_result_lose_none(pool_factory, no_leak):  # noqa: F811
+    data = [payload(1 << 20)[:-1] + bytes([i]) for i in range(60)]  # slow to copy out
+    with pool_factory(2, max_tasks_per_child=1) as pool:
+        assert list(pool.map(shm_jobs.echo, data, timeout=T)) == data
+
+
+def test_a_worker_dying_just_after_a_large_reply_leaves_that_reply_whole(pool_factory, no_leak):  # noqa: F811
+    big = payload(8 << 20)  # slow enough to copy out that the exit is handled meanwhile
+    with pool_factory(1) as pool:
+        for _ in range(20):  # a known, short average: the worker is handed both jobs at once
+            pool.submit(shm_jobs.echo, b"warm").result(timeout=T)
+        reply = pool.submit(shm_jobs.echo, big)
+        dies = pool.submit(kill_self)
+        assert reply.result(timeout=T) == big
+        with pytest.raises(WorkerCrashed):
+            dies.result(timeout=T)
+        assert pool.submit(shm_jobs.echo, big).result(timeout=T) == big
