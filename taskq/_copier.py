@@ -1,6 +1,6 @@
 """Copy: large results out of shared memory, on a thread of their own.
 
-    manager thread   OK_SHARED reply -> Copier.put(jobs)           (returns at once)
+    manager thread   OK_SHARED reply, jobs queued -> Copier.put(jobs)  (returns at once)
     copier thread    decode: adopt the worker's file, read the result out of it
                      -> post(settled(outcomes))                    (one post a batch)
     manager thread   settle them like any other reply: result, error or retry
@@ -58,9 +58,13 @@ class Copier:
         """Whether some job handed over is not settled yet."""
         return bool(self._pending)
 
-    def take_shared(self, done: list[tuple[WorkItem, Frame]]) -> list[tuple[WorkItem, Frame]]:
-        """Take the replies whose result waits in shared memory (``put``); return the rest."""
-        inline = [pair for pair in done if not shared(pair[1])]
+    def take_shared(
+        self, done: list[tuple[WorkItem, Frame]], backlog: bool
+    ) -> list[tuple[WorkItem, Frame]]:
+        """Take the replies whose result waits in shared memory (``put``) while jobs wait
+        to be dispatched (``backlog``: a copy here runs beside that work; without one,
+        the hand-off would only add a thread hop to the result's way); return the rest."""
+        inline = [pair for pair in done if not shared(pair[1])] if backlog else done
         if len(inline) < len(done):
             self.put([pair for pair in done if shared(pair[1])])
         return inline

@@ -259,7 +259,7 @@ class Manager:
         if replies.done:
             self._timeouts.head_changed(worker)
             self._ledger.ran(replies.done)  # wait and run times for stats()
-            inline = self._copier.take_shared(replies.done)  # decoded on its thread
+            inline = self._copier.take_shared(replies.done, self._queue.snapshot().depth > 0)
             if inline:
                 self._retries.settle([(item, decode(item, frame)) for item, frame in inline])
 

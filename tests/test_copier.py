@@ -72,7 +72,9 @@ def test_only_replies_with_a_shared_result_go_to_the_copier_and_are_settled_once
         (large, _frame(Kind.OK_SHARED, 2)),
         (failed, _frame(Kind.ERROR, 3)),
     ]
-    inline = copier.take_shared(done)
+    assert copier.take_shared(done, backlog=False) == done  # nothing to overlap: all here
+    assert not copier
+    inline = copier.take_shared(done, backlog=True)
     assert [item for item, _ in inline] == [small, failed]
     assert copier  # the large one is pending until the manager settles it
     loop.run_posted(1)
@@ -154,7 +156,9 @@ def test_a_worker_dying_just_after_a_large_reply_leaves_that_reply_whole(pool_fa
             pool.submit(shm_jobs.echo, b"warm").result(timeout=T)
         reply = pool.submit(shm_jobs.echo, big)
         dies = pool.submit(kill_self)
+        # More than a worker may hold: jobs stay queued, so the large reply goes to the copier.
+        queued = [pool.submit(shm_jobs.echo, b"queued") for _ in range(600)]
         assert reply.result(timeout=T) == big
         with pytest.raises(WorkerCrashed):
             dies.result(timeout=T)
-        assert pool.submit(shm_jobs.echo, big).result(timeout=T) == big
+        assert all(f.result(timeout=T) == b"queued" for f in queued)
