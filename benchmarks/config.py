@@ -59,7 +59,7 @@ SIZES: dict[str, Sizes] = {
     "quick": Sizes(
         repeat=3,
         submit_jobs=5000,
-        map_items=500_000,
+        map_items=300_000,
         map_chunksizes=(1000, 5000, 20_000),
         default_map_items=50_000,
         slow_default_map_items=5000,
