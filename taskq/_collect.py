@@ -23,7 +23,13 @@ from typing import Any, NamedTuple
 
 from taskq import _segments
 from taskq._dispatch import BatchPolicy
-from taskq._errors import JobTimeout, RemoteError, UnpicklingFailed, WorkerCrashed
+from taskq._errors import (
+    InitializerError,
+    JobTimeout,
+    RemoteError,
+    UnpicklingFailed,
+    WorkerCrashed,
+)
 from taskq._job import WorkItem
 from taskq._process import WorkerHandle
 from taskq._protocol import Frame, Kind, load, unpack_exception
@@ -214,3 +220,8 @@ def not_ready_message(pid: int, exitcode: int | None) -> str:
         "spawn/forkserver the child could not start (is the initializer importable from "
         "the child, not defined in __main__ of an interactive session? see stderr)"
     )
+
+
+def init_error(item: WorkItem, text: str) -> BaseException:
+    """The exception of a job held by a worker that never became ready."""
+    return InitializerError(f"job {item.job_id} ({item.name}): {text}")

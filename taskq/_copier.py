@@ -46,8 +46,10 @@ class Copier:
         decode: Decode,
         post: Callable[[Callable[[], None]], None],
         settle: Callable[[Outcomes], None],
+        backlog: Callable[[], bool],
     ):
         self._decode, self._post, self._settle = decode, post, settle
+        self._backlog = backlog  # whether jobs wait to be dispatched
         self._inbox: queue.SimpleQueue[list[tuple[WorkItem, Frame]] | str | None]
         self._inbox = queue.SimpleQueue()
         self._pending: set[WorkItem] = set()  # handed over, not settled yet
@@ -58,15 +60,17 @@ class Copier:
         """Whether some job handed over is not settled yet."""
         return bool(self._pending)
 
-    def take_shared(
-        self, done: list[tuple[WorkItem, Frame]], backlog: bool
-    ) -> list[tuple[WorkItem, Frame]]:
+    def take_shared(self, done: list[tuple[WorkItem, Frame]]) -> list[tuple[WorkItem, Frame]]:
         """Take the replies whose result waits in shared memory (``put``) while jobs wait
-        to be dispatched (``backlog``: a copy here runs beside that work; without one,
-        the hand-off would only add a thread hop to the result's way); return the rest."""
-        inline = [pair for pair in done if not shared(pair[1])] if backlog else done
-        if len(inline) < len(done):
-            self.put([pair for pair in done if shared(pair[1])])
+        to be dispatched (a copy here runs beside that work; without a backlog the
+        hand-off would only add a thread hop to the result's way); return the rest."""
+        if not any(shared(frame) for _, frame in done) or not self._backlog():
+            return done  # the common case (small results) costs one pass over the kinds
+        inline: list[tuple[WorkItem, Frame]] = []
+        handed: list[tuple[WorkItem, Frame]] = []
+        for pair in done:
+            (handed if shared(pair[1]) else inline).append(pair)
+        self.put(handed)
         return inline
 
     def put(self, done: list[tuple[WorkItem, Frame]]) -> None:
@@ -102,8 +106,12 @@ class Copier:
             if isinstance(done, str):
                 _segments.sweep(done)
                 continue
-            # decode() turns whatever unpickling raises into the job's error.
-            outcomes = [(item, self._decode(item, frame)) for item, frame in done]
+            # decode() turns whatever unpickling raises into the job's error; anything
+            # else fails the batch's jobs rather than this thread (they would never settle).
+            try:
+                outcomes = [(item, self._decode(item, frame)) for item, frame in done]
+            except BaseException as exc:
+                outcomes = [(item, (False, exc)) for item, _ in done]
             self._post(functools.partial(self._settled, outcomes))
 
     def _settled(self, outcomes: Outcomes) -> None:

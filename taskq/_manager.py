@@ -35,11 +35,11 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 from taskq import _slot
-from taskq._collect import Collector, decode
+from taskq._collect import Collector, decode, init_error
 from taskq._copier import Copier
 from taskq._counters import CounterBlock
 from taskq._dispatch import BatchPolicy, Dispatcher, pause
-from taskq._errors import InitializerError, PoolBroken
+from taskq._errors import PoolBroken
 from taskq._handoff import Handoff
 from taskq._job import State, WorkItem
 from taskq._ledger import Ledger, cancelled_as, copy_error, deliver
@@ -127,7 +127,9 @@ class Manager:
             self._at,
             allowed=lambda: not self._terminating and self.broken is None,
         )
-        self._copier = Copier(decode, self.post, self._retries.settle)  # large results
+        self._copier = Copier(  # large results, read on a thread of their own
+            decode, self.post, self._retries.settle, lambda: self._queue.snapshot().depth > 0
+        )
         self._stopping = False
         self._terminating = False
         self.broken: PoolBroken | None = None
@@ -259,7 +261,7 @@ class Manager:
         if replies.done:
             self._timeouts.head_changed(worker)
             self._ledger.ran(replies.done)  # wait and run times for stats()
-            inline = self._copier.take_shared(replies.done, self._queue.snapshot().depth > 0)
+            inline = self._copier.take_shared(replies.done)
             if inline:
                 self._retries.settle([(item, decode(item, frame)) for item, frame in inline])
 
@@ -308,7 +310,7 @@ class Manager:
         self._init_failures += 1
         log.error("worker %d failed to start (%d in a row): %s",
                   worker.pid, self._init_failures, text)  # fmt: skip
-        self._ledger.ended(held, lambda item: _init_error(item, text), running=True)
+        self._ledger.ended(held, lambda item: init_error(item, text), running=True)
         if self._init_failures >= MAX_INIT_FAILURES:
             self._give_up(PoolBroken(
                 f"workers failed to start {self._init_failures} times in a row; the pool "
@@ -402,7 +404,3 @@ class Manager:
         self._queue.close()
         self._ledger.ended(self._queue.drain(), lambda _: copy_error(error), running=False)
         self._retries.end_all(lambda _: copy_error(error))
-
-
-def _init_error(item: WorkItem, text: str) -> BaseException:
-    return InitializerError(f"job {item.job_id} ({item.name}): {text}")

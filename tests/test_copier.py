@@ -35,6 +35,7 @@ class _Loop:
     """Stands in for the manager's loop: posted commands run when the test says."""
 
     def __init__(self) -> None:
+        self.backlog = True  # jobs wait in the queue
         self.commands: list[Any] = []
         self.posted = threading.Event()
 
@@ -57,7 +58,7 @@ def _copier(loop: _Loop, settled: list[Any]) -> Copier:
         decoded_on.append(threading.current_thread().name)
         return True, f"result {frame.job_id}"
 
-    copier = Copier(decode, loop.post, settled.extend)
+    copier = Copier(decode, loop.post, settled.extend, backlog=lambda: loop.backlog)
     copier.decoded_on = decoded_on  # type: ignore[attr-defined]
     return copier
 
@@ -72,9 +73,11 @@ def test_only_replies_with_a_shared_result_go_to_the_copier_and_are_settled_once
         (large, _frame(Kind.OK_SHARED, 2)),
         (failed, _frame(Kind.ERROR, 3)),
     ]
-    assert copier.take_shared(done, backlog=False) == done  # nothing to overlap: all here
+    loop.backlog = False
+    assert copier.take_shared(done) == done  # nothing to overlap: all decoded here
     assert not copier
-    inline = copier.take_shared(done, backlog=True)
+    loop.backlog = True
+    inline = copier.take_shared(done)
     assert [item for item, _ in inline] == [small, failed]
     assert copier  # the large one is pending until the manager settles it
     loop.run_posted(1)
@@ -128,7 +131,7 @@ def test_a_dead_workers_files_are_swept_only_after_the_replies_handed_over_read_
         assert release.wait(T)
         return True, os.path.exists(path)  # what the reply would find
 
-    copier = Copier(decode, loop.post, settled.extend)
+    copier = Copier(decode, loop.post, settled.extend, backlog=lambda: True)
     try:
         copier.put([(_Job(1), _frame(Kind.OK_SHARED, 1))])
         copier.then_sweep(prefix)  # the worker died: its files go, after job 1 read its own
@@ -162,3 +165,24 @@ def test_a_worker_dying_just_after_a_large_reply_leaves_that_reply_whole(pool_fa
         with pytest.raises(WorkerCrashed):
             dies.result(timeout=T)
         assert all(f.result(timeout=T) == b"queued" for f in queued)
+
+
+def test_a_decode_that_raises_fails_its_batch_and_the_copier_goes_on():
+    loop, settled = _Loop(), []
+    boom = RuntimeError("a bug in decoding")
+
+    def decode(item: Any, frame: Frame) -> tuple[bool, Any]:
+        if frame.job_id == 1:
+            raise boom
+        return True, frame.job_id
+
+    copier = Copier(decode, loop.post, settled.extend, backlog=lambda: True)
+    try:
+        first, second = _Job(1), _Job(2)
+        copier.put([(first, _frame(Kind.OK_SHARED, 1))])
+        copier.put([(second, _frame(Kind.OK_SHARED, 2))])
+        loop.run_posted(2)
+        assert settled == [(first, (False, boom)), (second, (True, 2))]
+        assert not copier
+    finally:
+        copier.close()
