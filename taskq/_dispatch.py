@@ -81,11 +81,15 @@ NOT_STARTED_RECHECK = 0.005  # look again at a job its worker has not begun yet
 
 
 # While every busy worker holds enough short jobs to keep running, the manager looks at
-# replies at most every PACE seconds instead of waking at each one: one wake-up then
-# handles several replies (1 ms jobs: about half the parent's CPU). A result may reach
-# its caller up to PACE later; a job alone in its worker (latency) is never paced.
+# replies only now and then instead of waking at each one: one wake-up then handles
+# several replies (1 ms jobs: the manager's CPU per job halves from a 1 ms pause to
+# 3 ms). The pause is as long as the shortest-fed worker's work beyond its current
+# job allows, halved for headroom (PACE_HEADROOM), at most PACE_MAX; below PACE it
+# is not worth taking. A result may reach its caller up to PACE_MAX later; a job
+# alone in its worker (latency) is never paced.
 PACE = 0.001
-PACE_HEADROOM = 2.0  # a worker must hold this many PACEs of work beyond its current job
+PACE_MAX = 0.003
+PACE_HEADROOM = 2.0  # a worker must hold this many pauses of work beyond its current job
 PACED_JOBS = 0.005  # longer jobs: replies are rare anyway, no need to pace them
 # A step that took longer than this moved data (large payloads are copied by the
 # manager): the manager is then the bottleneck, and a pause would only idle it.
@@ -101,15 +105,17 @@ def pause(
     is paced: the last results of a batch (nothing queued) are never held back."""
     if not queued or average is None or average > PACED_JOBS or busy > PACE_BUSY:
         return 0.0
+    longest = PACE_MAX
     paced = False
     for worker in workers:
         held = len(worker.outstanding)
         if not held:
             continue  # idle: a submit reaches it from the caller's thread (dispatch_now)
-        if held < PACED_HELD or (held - 1) * average < PACE_HEADROOM * PACE:
-            return 0.0  # it could run dry before we look again
+        if held < PACED_HELD:
+            return 0.0  # its replies are few anyway
+        longest = min(longest, (held - 1) * average / PACE_HEADROOM)
         paced = True
-    return PACE if paced else 0.0
+    return longest if paced and longest >= PACE else 0.0  # else: it could run dry first
 
 
 def _held(worker: WorkerHandle) -> int:

@@ -58,16 +58,19 @@ class Handoff:
         self._stopping = stopping
         self._rebalance_armed = False
 
-    def dispatch(self, idle_only: bool = False) -> None:
-        """Take back what must make way for a more urgent job, then hand out jobs."""
+    def dispatch(self, idle_only: bool = False) -> bool:
+        """Take back what must make way for a more urgent job, then hand out jobs;
+        True if some worker had jobs taken back."""
         depth, head, _ = self._queue.snapshot()
         if not depth:
-            return
+            return False
         workers = list(self._workforce.workers.values())
-        for worker in self._dispatcher.make_way(workers, head):
+        making_way = self._dispatcher.make_way(workers, head)
+        for worker in making_way:
             self.revoke(worker)
         for worker, items in self._dispatcher.plan(workers, idle_only):
             self.send(worker, items)
+        return bool(making_way)
 
     def dispatch_now(self, priority: float) -> None:
         """Called right after a job is queued: give it to an idle worker from this thread.
@@ -96,9 +99,12 @@ class Handoff:
             if self._stopping():
                 self._loop.wake()
                 return
-            self.dispatch(idle_only=True)
-            if any(worker.outbox for worker in self._workforce.workers.values()):
-                self._loop.wake()  # a large call is still being written: the manager finishes it
+            made_way = self.dispatch(idle_only=True)
+            if made_way or any(worker.outbox for worker in self._workforce.workers.values()):
+                # A worker now finishes its current job and waits for the urgent one: the
+                # manager must not sit out a pause (``pause``) before reading its reply.
+                # Or a large call is still being written: the manager finishes it.
+                self._loop.wake()
         finally:
             outcomes = self._ledger.take_outcomes()
             lock.release()

@@ -21,6 +21,7 @@ from taskq._dispatch import (
     PACE,
     PACE_BUSY,
     PACE_HEADROOM,
+    PACE_MAX,
     PACED_HELD,
     BatchPolicy,
     Dispatcher,
@@ -154,7 +155,9 @@ def test_the_manager_paces_its_looks_only_while_every_busy_worker_has_work_to_sp
     enough = max(PACED_HELD, int(PACE_HEADROOM * PACE / short) + 1)  # beyond the running job
     busy, idle = FakeWorker(0), FakeWorker(1)
     busy.hold(*[item(i) for i in range(1, enough + 2)])
-    assert pause([busy, idle], short, queued=10) == PACE  # idle: dispatch_now serves it
+    expected = enough * short / PACE_HEADROOM
+    assert PACE <= expected < PACE_MAX
+    assert pause([busy, idle], short, queued=10) == pytest.approx(expected)  # idle: dispatch_now
     assert pause([busy], short, queued=0) == 0  # a batch's last results: never held back
     assert pause([busy], short, queued=10, busy=2 * PACE_BUSY) == 0  # it moved data
     assert pause([busy], None, queued=10) == 0  # nothing measured yet
@@ -163,6 +166,21 @@ def test_the_manager_paces_its_looks_only_while_every_busy_worker_has_work_to_sp
     running_dry = FakeWorker(2)
     running_dry.hold(item(100), item(101))
     assert pause([busy, running_dry], short, queued=10) == 0  # it would finish first
+
+
+def test_the_pause_grows_with_the_work_the_shortest_fed_worker_holds_up_to_a_cap():
+    average = PACE / 2
+    deep, shallow = FakeWorker(0), FakeWorker(1)
+    deep.hold(*[item(i) for i in range(1, 200)])
+    assert pause([deep], average, queued=10) == PACE_MAX  # hours of work held: capped
+    # the worker with the least work to spare sets the pause: it must not run dry
+    shallow.hold(*[item(i) for i in range(200, 200 + 6)])
+    assert pause([deep, shallow], average, queued=10) == pytest.approx(5 * average / PACE_HEADROOM)
+    # too little to spare for even the shortest pause worth taking: none
+    shallow.outstanding.pop()
+    shallow.outstanding.pop()
+    assert 3 * average / PACE_HEADROOM < PACE
+    assert pause([deep, shallow], average, queued=10) == 0
 
 
 # -- Collector -----------------------------------------------------------------------------
