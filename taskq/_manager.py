@@ -15,6 +15,7 @@ It is composed of parts with one job each, and applies what they decide:
     Dispatcher   which worker gets which queued jobs           (_dispatch.py)
     Handoff      CALL frames into pipes; take-backs           (_handoff.py)
     Collector    what replies and exits mean for held jobs    (_collect.py)
+    Copier       large results read off this thread           (_copier.py)
     Retries      jobs waiting out a backoff before another try (_retries.py)
     TimeoutWatch which running job ran too long               (_timeouts.py)
     Workforce    starting, replacing, stopping processes      (_workforce.py)
