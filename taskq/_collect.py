@@ -209,7 +209,8 @@ def crash_message(pid: int, exitcode: int | None, item: WorkItem) -> str:
         likely = "the job ended the process itself (os._exit(), or exit() from native code)"
     return (
         f"worker {pid} {_how_it_ended(exitcode)} while running job {item.job_id} "
-        f"({item.name}): {likely}. Only this job failed; the pool started a replacement worker."
+        f"({item.name}): {likely}. No other job is affected (this one fails, or runs "
+        "again if it has retries left); the pool started a replacement worker."
     )
 
 
