@@ -287,9 +287,10 @@ class BrokerPool(Pool):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting jobs. Unless ``cancel_futures`` (which removes this process's
-        queued jobs from the store), this process's jobs run to the end first, on its
-        own workers or elsewhere; then its workers stop. Other processes' jobs stay
-        in the store. With ``wait=True``, return once all that is done."""
+        queued jobs from the store), this process's jobs, and those looked up with
+        ``job()``, run to the end first, on its own workers or elsewhere; then its
+        workers stop. Other jobs stay in the store. With ``wait=True``, return once all
+        that is done."""
         if not cancel_futures:
             self._unstarted_maps.run_all()
         with self._shutdown_lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import operator
+import threading
 import time
 
 import pytest
@@ -169,6 +170,22 @@ def test_shutdown_waits_for_own_jobs_then_leaves_the_rest_in_the_store(store, tm
     # The server ran the client's job too: it was in the store, at its place.
     with taskq.Pool(0, **store.kw) as reader:
         assert reader.job(left.job_id).result(timeout=30) == 3
+
+
+def test_shutdown_waits_for_the_futures_it_handed_out_by_job_id(store):
+    submitter = taskq.Pool(0, **store.kw)
+    job_id = submitter.submit(operator.add, 20, 22).job_id
+    submitter.shutdown(wait=False)
+    looker = taskq.Pool(0, **store.kw)
+    looked_up = looker.job(job_id)
+    closing = threading.Thread(target=looker.shutdown)
+    closing.start()
+    closing.join(0.5)
+    assert closing.is_alive() and not looked_up.done()  # nobody serves the job yet
+    with taskq.Pool(1, **store.kw):
+        closing.join(60)
+    assert not closing.is_alive()
+    assert looked_up.result(timeout=0) == 42  # resolved before shutdown returned
 
 
 def test_outcomes_expire_so_a_steady_load_keeps_the_store_bounded(pool_factory, store):

@@ -53,7 +53,17 @@ def test_jobs_survive_a_sigkill_of_the_submitter_right_after_schedule(store, tmp
     ids = done.stdout.split()
     assert len(ids) == 5
     with taskq.Pool(1, **store.kw) as pool:
-        results = [pool.job(job_id).result(timeout=60) for job_id in ids]
+        futures, unknown = [], []
+        for position, job_id in enumerate(ids):
+            try:
+                futures.append(pool.job(job_id))
+            except KeyError:  # a failure names every missing job, not just the first
+                unknown.append(position)
+        assert not unknown, (
+            f"jobs {unknown} of 5 (0 = first scheduled) are unknown to the store after the "
+            f"submitter's SIGKILL; its stderr: {done.stderr[-2000:]!r}"
+        )
+        results = [future.result(timeout=60) for future in futures]
     assert results == [f"job{i}" for i in range(5)]
     assert runs(log) == [f"job{i}" for i in reversed(range(5))]  # priority order kept
 
