@@ -7,9 +7,9 @@
 
 A result in shared memory must still be copied into the parent's own memory
 (``bytes`` cannot point elsewhere), and fresh memory costs the kernel a page
-fault per 4 KiB: about 0.3 ms a MiB here. Done on the manager's thread, that
-time is taken from dispatching and collecting every other job; done here, it
-runs beside them (``pread`` releases the GIL). Measured: 1 MiB echo jobs move
+fault per 4 KiB: 0.3 to 0.5 ms a MiB on the VMs measured. Done on the manager's
+thread, that time is taken from dispatching and collecting every other job; done
+here, it runs beside them (``pread`` releases the GIL). Measured: 1 MiB echo jobs move
 about 25 % more per second (benchmarks/README.md).
 
 Who settles a job handed over here: the manager, when the copier posts back;

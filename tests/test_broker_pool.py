@@ -178,7 +178,7 @@ def test_shutdown_waits_for_the_futures_it_handed_out_by_job_id(store):
     submitter.shutdown(wait=False)
     looker = taskq.Pool(0, **store.kw)
     looked_up = looker.job(job_id)
-    closing = threading.Thread(target=looker.shutdown)
+    closing = threading.Thread(target=looker.shutdown, daemon=True)  # a failure must not hang exit
     closing.start()
     closing.join(0.5)
     assert closing.is_alive() and not looked_up.done()  # nobody serves the job yet
