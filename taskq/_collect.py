@@ -33,7 +33,7 @@ from taskq._errors import (
 from taskq._job import WorkItem
 from taskq._process import WorkerHandle
 from taskq._protocol import Frame, Kind, load, unpack_exception
-from taskq._shm import SharedCall
+from taskq._shm import SharedCall, shared_reference
 
 RETRY_DELAY_CAP = 30.0
 # Plain ints: compared once per reply (an IntEnum member lookup costs more).
@@ -161,7 +161,8 @@ def decode(item: WorkItem, frame: Frame) -> tuple[bool, Any]:
     """
     if frame.kind != _ERROR:
         try:
-            return True, load(frame.payload)
+            payload = frame.payload
+            return True, load(payload if frame.kind == _OK else shared_reference(payload))
         except BaseException as exc:
             error = UnpicklingFailed(
                 f"job {item.job_id} ({item.name}): its result could not be unpickled in the "

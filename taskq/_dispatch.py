@@ -11,6 +11,10 @@ behind everything the workers already hold. So:
 
   With 100 µs jobs a worker holds about 60 (6 ms of work); with jobs of a
   second or more, just the one it runs. A fresh pool hands out one job at a time.
+* and in *bytes*: jobs whose arguments or results go through shared memory are
+  held about ``HOLD_BYTES`` at a time. The parent's copies, not the worker, set
+  their pace, so holding more gains nothing; and each job held pins a segment,
+  so that beyond the few kept for reuse every job would fill fresh pages.
 * Only a backlog of *equal* priorities is batched. While jobs of several
   priorities wait, workers take one job at a time, when idle, so jobs start
   in queue order across all workers (give or take one per worker).
@@ -30,8 +34,11 @@ from collections.abc import Collection, Iterable, Iterator
 
 from taskq._job import WorkItem
 from taskq._process import WorkerHandle
-from taskq._protocol import Frame
+from taskq._protocol import Frame, Kind
 from taskq._queue import WorkQueue
+from taskq._shm import SharedCall, shared_size
+
+_OK_SHARED = int(Kind.OK_SHARED)
 
 # Raising it batches more (fewer wake-ups, more throughput for tiny jobs);
 # lowering it lets urgent jobs overtake sooner. 6 ms: 1 ms jobs reach ~93 % useful
@@ -40,36 +47,57 @@ from taskq._queue import WorkQueue
 HOLD_BUDGET = 0.006
 MAX_BATCH = 512
 SMOOTHING = 0.2  # weight of the newest measurement in the moving average
+# Shared-memory bytes (argument + result) a worker holds. 4 MiB: 1 MiB echo jobs are
+# held two at a time (segments in flight stay within what is kept for reuse), and
+# move ~50 % more per second than when held by time alone (benchmarks/README.md).
+HOLD_BYTES = 4 * 1024 * 1024
 
 
 class BatchPolicy:
-    """Tracks the average time a job takes in a worker and turns it into a hold limit."""
+    """Tracks the average time a job takes in a worker, and the bytes it moves through
+    shared memory, and turns them into a hold limit."""
 
     def __init__(self) -> None:
         self.average: float | None = None
+        self.moved = 0.0  # average shared-memory bytes per job
 
-    def observe(self, seconds: float) -> None:
+    def observe(self, seconds: float, moved: int = 0) -> None:
         if self.average is None:
             self.average = seconds
         else:
             self.average += SMOOTHING * (seconds - self.average)
+        self.moved += SMOOTHING * (moved - self.moved)
 
     def observe_all(self, replies: list[tuple[WorkItem, Frame]]) -> None:
-        """``observe`` each reply's run time, in order (one call per batch of replies)."""
+        """``observe`` each reply, in order (one call per batch of replies)."""
         if not replies:
             return
-        average = self.average
-        for _, frame in replies:
+        average, moved = self.average, self.moved
+        for item, frame in replies:
             seconds = frame.seconds
             average = seconds if average is None else average + SMOOTHING * (seconds - average)
-        self.average = average
+            if moved or frame.kind == _OK_SHARED or type(item.call) is SharedCall:
+                moved += SMOOTHING * (_moved(item, frame) - moved)
+        self.average, self.moved = average, moved
 
     def limit(self) -> int:
         if self.average is None:
             return 1
         if self.average <= HOLD_BUDGET / MAX_BATCH:
-            return MAX_BATCH
-        return max(1, int(HOLD_BUDGET / self.average))
+            by_time = MAX_BATCH
+        else:
+            by_time = max(1, int(HOLD_BUDGET / self.average))
+        if self.moved < 1.0:  # (an average decaying towards 0 never quite reaches it)
+            return by_time
+        return max(1, min(by_time, int(HOLD_BYTES / self.moved)))
+
+
+def _moved(item: WorkItem, frame: Frame) -> int:
+    """Bytes a finished job moved through shared memory."""
+    moved = item.call.segment.size if type(item.call) is SharedCall else 0
+    if frame.kind == _OK_SHARED:
+        moved += shared_size(frame.payload)
+    return moved
 
 
 # A worker is "stuck" when its job has run this long (and at least STALL_FACTOR times

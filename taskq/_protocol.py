@@ -117,7 +117,7 @@ def unpack_exception(payload: bytes | bytearray) -> BaseException:
     return exc
 
 
-def load(payload: bytes | bytearray) -> Any:
+def load(payload: bytes | bytearray | memoryview) -> Any:
     return pickle.loads(payload)
 
 

@@ -32,6 +32,7 @@ import mmap
 import os
 import pickle
 import secrets
+import struct
 import threading
 import weakref
 from collections.abc import Callable
@@ -317,7 +318,8 @@ class ResultFiles:
         self._spares = itertools.cycle(range(SPARES))
 
     def dump(self, result: Any) -> tuple[bytes, str | None]:
-        """pickle(result), its large buffers moved into a file; and that file's name."""
+        """pickle(result), its large buffers moved into a file; and that file's name.
+        With a file, the reply is ``shared_reply``: its size, then the reference."""
         wrapped = _wrap(result) if type(result) in _WRAPPED else result
         inband, gather = _gather(wrapped, (None, (wrapped,), {}))
         if not gather:
@@ -328,7 +330,8 @@ class ResultFiles:
             self._fill(name, gather, layout, size)
         except OSError:  # /dev/shm full or missing: through the pipe instead
             return pickle.dumps(wrapped, protocol=5), None
-        return _reference(_adopt_result, name, size, inband, layout), name
+        reference = _reference(_adopt_result, name, size, inband, layout)
+        return SHARED_SIZE.pack(size) + reference, name
 
     def _fill(self, name: str, views: list[memoryview], layout: Layout, size: int) -> None:
         path = os.path.join(SHM_DIR, name)
@@ -371,6 +374,21 @@ class ResultFiles:
 
 
 worker_results: ResultFiles | None = None  # in a worker: its ResultFiles (tests use it)
+
+# A reply whose result waits in a file starts with the file's size, so that the parent
+# knows how much the job moved without reading the result (``_dispatch.BatchPolicy``).
+SHARED_SIZE = struct.Struct("<Q")
+
+
+def shared_size(reply: bytes | bytearray) -> int:
+    """The size of the file a ``dump`` reply with a file names."""
+    size: int = SHARED_SIZE.unpack_from(reply)[0]
+    return size
+
+
+def shared_reference(reply: bytes | bytearray) -> memoryview:
+    """The pickled reference in such a reply (unpickling it reads the result)."""
+    return memoryview(reply)[SHARED_SIZE.size :]
 
 
 def _adopt_result(name: str, size: int, inband: bytes, layout: Layout) -> Any:

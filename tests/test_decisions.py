@@ -18,6 +18,7 @@ import taskq
 from taskq import _shm
 from taskq._collect import Collector, crash_message
 from taskq._dispatch import (
+    HOLD_BYTES,
     PACE,
     PACE_BUSY,
     PACE_HEADROOM,
@@ -134,6 +135,50 @@ def test_max_tasks_per_child_caps_what_a_worker_is_handed():
     worker.sent = 2  # two of its three jobs already handed over
     plan = Dispatcher(queue, policy, max_tasks=3).plan([worker])  # type: ignore[list-item]
     assert [ids(batch) for _, batch in plan] == [[1]]
+
+
+def _large_job(job_id: int, cache: SegmentCache) -> WorkItem:
+    """A job whose 1 MiB argument goes through shared memory (never written here)."""
+    call = _shm.dump_call((dumps, _shm.outband((bytes(1 << 20),)), {}), cache)
+    assert type(call) is _shm.SharedCall
+    return WorkItem(job_id, JobFuture(), call, f"job{job_id}", 0, None, 0, 0.1, None)
+
+
+def _shared_reply(job: WorkItem, size: int) -> Frame:
+    """An OK_SHARED reply whose result file holds ``size`` bytes, after a tiny run."""
+    return Frame(Kind.OK_SHARED, job.job_id, 1e-5, _shm.SHARED_SIZE.pack(size) + b"ref")
+
+
+def test_jobs_moving_large_buffers_are_held_by_bytes_not_by_their_short_run_time():
+    cache = SegmentCache()
+    policy = BatchPolicy()
+    jobs = [_large_job(i, cache) for i in range(1, 21)]
+    policy.observe(1e-5)
+    small_limit = policy.limit()
+    assert small_limit > 100  # tiny jobs moving nothing: held by the hundred
+    policy.observe_all([(job, _shared_reply(job, 1 << 20)) for job in jobs])
+    assert policy.moved == pytest.approx(2 << 20, rel=0.02)  # argument + result
+    assert policy.limit() == max(1, int(HOLD_BYTES / policy.moved))
+    queue = queue_of(*(item(i) for i in range(100, 120)))
+    plan = Dispatcher(queue, policy, None).plan([FakeWorker(0)])  # type: ignore[list-item]
+    assert [len(batch) for _, batch in plan] == [2]  # the job it runs, and the next
+    # Small jobs again: the bytes average fades, and the time limit rules once more.
+    tiny = [(item(i), Frame(Kind.OK, i, 1e-5, dumps(None))) for i in range(200, 300)]
+    policy.observe_all(tiny)
+    assert policy.limit() == small_limit
+
+
+def test_a_large_argument_or_a_large_result_alone_counts():
+    cache = SegmentCache()
+    argument_only, result_only = BatchPolicy(), BatchPolicy()
+    for i in range(30):
+        job = _large_job(i, cache)
+        argument_only.observe_all([(job, Frame(Kind.OK, i, 1e-5, dumps(None)))])
+        small = item(i)
+        result_only.observe_all([(small, _shared_reply(small, 8 << 20))])
+    assert argument_only.moved == pytest.approx(1 << 20, rel=0.02)
+    assert argument_only.limit() == int(HOLD_BYTES / argument_only.moved)
+    assert result_only.limit() == 1  # 8 MiB each: one at a time (plus the next, by room)
 
 
 def test_a_worker_stuck_on_a_long_job_while_another_is_idle_is_reported():

@@ -188,6 +188,27 @@ def test_kept_segments_are_freed_after_a_while_idle(pool_factory, no_leak, monke
     pool.shutdown()
 
 
+def test_a_result_in_a_file_is_announced_with_its_size_and_read_back_by_decode():
+    from taskq._collect import decode
+    from taskq._job import JobFuture, WorkItem
+    from taskq._protocol import Frame, Kind
+
+    files = _shm.ResultFiles()
+    value = bytes(range(256)) * (_shm.THRESHOLD // 256 + 1)
+    reply, name = files.dump(value)
+    assert name is not None and (Path(_segments.SHM_DIR) / name).exists()
+    try:
+        assert _shm.shared_size(reply) == _segments.layout([memoryview(value)], [0])[1]
+        job = WorkItem(1, JobFuture(), b"", "job1", 0, None, 0, 0.1, None)
+        assert decode(job, Frame(Kind.OK_SHARED, 1, 0.0, reply)) == (True, value)
+    finally:
+        files.remove(name)
+        _segments.sweep(files.prefix)
+    assert not (Path(_segments.SHM_DIR) / name).exists()
+    small, none = files.dump(b"small")  # no file: the plain pickle, no size before it
+    assert none is None and pickle.loads(small) == b"small"
+
+
 def test_a_segment_is_taken_by_size_and_the_cache_trims_what_waits_too_long(monkeypatch):
     timers = []
     cache = _segments.SegmentCache(later=lambda delay, action: timers.append((delay, action)))
