@@ -89,7 +89,7 @@ class Manager:
         self.is_manager_thread = self._loop.on_loop_thread
         self._ledger = Ledger(stats)
         policy = BatchPolicy()
-        self._dispatcher = Dispatcher(queue, policy, max_tasks)
+        self._dispatcher = Dispatcher(queue, policy, max_tasks, lambda: len(self._copier))
         self._collector = Collector(policy, sweep=lambda prefix: self._copier.then_sweep(prefix))
         self._timeouts = TimeoutWatch(self._at, self._expired, self._watching)
         # Twice the workers: a retiring worker (max_tasks_per_child) keeps its slot

@@ -18,6 +18,7 @@ import taskq
 from taskq import _shm
 from taskq._collect import Collector, crash_message
 from taskq._dispatch import (
+    COPY_AHEAD,
     HOLD_BYTES,
     PACE,
     PACE_BUSY,
@@ -166,6 +167,17 @@ def test_jobs_moving_large_buffers_are_held_by_bytes_not_by_their_short_run_time
     tiny = [(item(i), Frame(Kind.OK, i, 1e-5, dumps(None))) for i in range(200, 300)]
     policy.observe_all(tiny)
     assert policy.limit() == small_limit
+
+
+def test_nothing_is_handed_out_while_results_wait_to_be_copied():
+    queue = queue_of(*(item(i) for i in range(1, 10)))
+    uncopied = COPY_AHEAD * 2
+    dispatcher = Dispatcher(queue, BatchPolicy(), None, lambda: uncopied)
+    workers = [FakeWorker(0), FakeWorker(1)]
+    assert list(dispatcher.plan(workers)) == []  # type: ignore[arg-type]
+    uncopied -= 1  # one result copied: idle workers get work again
+    plan = dispatcher.plan(workers)  # type: ignore[arg-type]
+    assert [(w.index, ids(batch)) for w, batch in plan] == [(0, [1, 2]), (1, [3, 4])]
 
 
 def test_a_large_argument_or_a_large_result_alone_counts():
