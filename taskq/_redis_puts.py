@@ -1,11 +1,11 @@
-"""Puts to Redis without a round trip each: written to one connection, replies read in batches.
+"""Puts to Redis on one connection, each kept until its reply is read.
 
-A round trip per ``submit`` caps a client at a few thousand jobs a second, most of
-it spent waiting. Here ``send`` writes the job's script call and returns; the
-replies (the store's acknowledgements) are read later, in batches: by a later
-``send`` once enough are waiting, or by ``sync`` (the broker loop calls it every
-step, ``cancel`` before it acts). Each acknowledgement reaches the job's ``done``
-callback (``None``, or the error the store answered, such as out of memory).
+``send`` writes the job's script call and returns; ``sync`` reads the replies
+due (the store's acknowledgements), each reaching its job's ``done`` callback
+(``None``, or the error the store answered, such as out of memory). A pool's
+``submit`` calls both: it returns once Redis has stored the job. It must not
+return earlier: a process killed with replies unread has its connection reset,
+and the kernel may drop a put it had written but not yet delivered.
 
 Nothing is lost or stored twice when the connection breaks: puts stay in
 ``_unacked`` until their reply is read, and are written again, in order, on the
@@ -72,14 +72,22 @@ class PutPipe:
         _report(acked)
 
     def sync(self) -> None:
-        """Read every reply still due: each put sent so far is then stored (or failed)."""
+        """Read every reply still due: each put sent so far is then stored (or failed).
+        A connection found broken (the store restarted, an idle link was cut) is
+        replaced once, the puts still due written again on the new one."""
         if not self._unacked:
             return
         acked: list[tuple[Done, BaseException | None]] = []
-        with self._lock:
-            self._connected()
-            self._read(acked, wait_below=1)
-        _report(acked)
+        try:
+            with self._lock:
+                try:
+                    self._connected()
+                    self._read(acked, wait_below=1)
+                except BrokerUnavailable:
+                    self._connected()
+                    self._read(acked, wait_below=1)
+        finally:
+            _report(acked)
 
     def close(self) -> None:
         with self._lock:
