@@ -1,7 +1,7 @@
-"""Copy: large results out of shared memory, on threads of their own.
+"""Copy: large results out of shared memory, on a thread of their own.
 
     manager thread   OK_SHARED reply, jobs queued -> Copier.put(jobs)  (returns at once)
-    copier threads   decode: adopt the worker's file, read the result out of it
+    copier thread    decode: adopt the worker's file, read the result out of it
                      -> post(settled(outcomes))                    (one post a batch)
     manager thread   settle them like any other reply: result, error or retry
 
@@ -10,15 +10,17 @@ A result in shared memory must still be copied into the parent's own memory
 fault per 4 KiB: 0.3 to 0.5 ms a MiB on the VMs measured. Done on the manager's
 thread, that time is taken from dispatching and collecting every other job; done
 here, it runs beside them (``pread`` releases the GIL). Measured: 1 MiB echo jobs move
-about 25 % more per second (benchmarks/README.md). ``THREADS`` threads share the
-work, so the page faults of two results are taken on two cores at once (+30 %).
+about 25 % more per second (benchmarks/README.md). One thread: with two, the page
+faults of two results are taken on two cores at once, but each then interrupts the
+other to flush its TLB (copy-on-write pages shared with the fork server), and the
+rate swung between 1,600 and 3,400 MiB/s where one thread holds ~3,000.
 
-Who settles a job handed over here: the manager, when a copier thread posts back;
+Who settles a job handed over here: the manager, when the copier posts back;
 or, if the manager stops first (its thread failed), ``close``'s caller, which
 ends the jobs still here. A batch decoded after ``close`` is dropped.
 
 A dead worker's leftover result files are removed here too (``then_sweep``),
-once the jobs handed over before are settled: those replies still have to read theirs.
+after the batches handed over before: those replies still have to read theirs.
 """
 
 from __future__ import annotations
@@ -37,12 +39,10 @@ from taskq._protocol import Frame
 Decode = Callable[[WorkItem, Frame], tuple[bool, Any]]
 Outcomes = list[tuple[WorkItem, tuple[bool, Any]]]
 
-THREADS = 2
-
 
 class Copier:
     """``put`` and ``close`` run on the manager's thread, and so does ``settle``
-    (through ``post``); only ``decode`` runs on the copier's own threads."""
+    (through ``post``); only ``decode`` runs on the copier's own thread."""
 
     def __init__(
         self,
@@ -53,12 +53,10 @@ class Copier:
     ):
         self._decode, self._post, self._settle = decode, post, settle
         self._backlog = backlog  # whether jobs wait to be dispatched
-        self._inbox: queue.SimpleQueue[list[tuple[WorkItem, Frame]] | None]
+        self._inbox: queue.SimpleQueue[list[tuple[WorkItem, Frame]] | str | None]
         self._inbox = queue.SimpleQueue()
         self._pending: set[WorkItem] = set()  # handed over, not settled yet
-        # Prefixes of dead workers' files, each with the jobs to settle before it goes.
-        self._sweeps: list[tuple[str, set[WorkItem]]] = []
-        self._threads: list[threading.Thread] = []  # started with the first large result
+        self._thread: threading.Thread | None = None  # started with the first large result
         self._closed = False
 
     def __len__(self) -> int:
@@ -83,37 +81,34 @@ class Copier:
         if self._closed:
             raise RuntimeError("the result copier is closed")
         self._pending.update(item for item, _ in done)
-        while len(self._threads) < THREADS:
-            thread = threading.Thread(target=self._run, name="taskq-copier", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        parts = min(THREADS, len(done))
-        for part in range(parts):  # one part per thread, if they are free to take them
-            self._inbox.put(done[part::parts])
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="taskq-copier", daemon=True)
+            self._thread.start()
+        self._inbox.put(done)
 
     def then_sweep(self, prefix: str) -> None:
         """Remove the result files named ``prefix``*, once the replies handed over so far
         have read theirs (at once if none is pending)."""
         if self._pending and not self._closed:
-            self._sweeps.append((prefix, set(self._pending)))
+            self._inbox.put(prefix)
         else:
             _segments.sweep(prefix)
 
     def close(self) -> list[WorkItem]:
-        """Stop the threads; return the jobs handed over and never settled (the caller
+        """Stop the thread; return the jobs handed over and never settled (the caller
         ends them: their outcomes, if they come, are dropped)."""
         self._closed = True
         left = list(self._pending)
         self._pending.clear()
-        for _ in self._threads:
+        if self._thread is not None:
             self._inbox.put(None)
-        sweeps, self._sweeps = self._sweeps, []
-        for prefix, _ in sweeps:  # a reply still reading its file now fails, dropped anyway
-            _segments.sweep(prefix)
         return left
 
     def _run(self) -> None:
         while (done := self._inbox.get()) is not None:
+            if isinstance(done, str):
+                _segments.sweep(done)
+                continue
             # decode() turns whatever unpickling raises into the job's error; anything
             # else fails the batch's jobs rather than this thread (they would never settle).
             try:
@@ -125,18 +120,5 @@ class Copier:
     def _settled(self, outcomes: Outcomes) -> None:
         if self._closed:
             return
-        items = [item for item, _ in outcomes]
-        self._pending.difference_update(items)
-        if self._sweeps:
-            self._sweep_when_read(items)
+        self._pending.difference_update(item for item, _ in outcomes)
         self._settle(outcomes)
-
-    def _sweep_when_read(self, settled: list[WorkItem]) -> None:
-        waiting = []
-        for prefix, before in self._sweeps:
-            before.difference_update(settled)
-            if before:
-                waiting.append((prefix, before))
-            else:
-                _segments.sweep(prefix)
-        self._sweeps = waiting

@@ -16,8 +16,8 @@ behind everything the workers already hold. So:
   their pace, so holding more gains nothing; and each job held pins a segment,
   so that beyond the few kept for reuse every job would fill fresh pages.
   For the same reason nothing is handed out while ``COPY_AHEAD`` results per
-  worker wait to be copied out of shared memory (``_copier.py``): the copiers
-  are then the bottleneck, and more jobs would only queue up behind them.
+  worker wait to be copied out of shared memory (``_copier.py``): the copier is
+  then the bottleneck, and more jobs would only queue up behind it.
 * Only a backlog of *equal* priorities is batched. While jobs of several
   priorities wait, workers take one job at a time, when idle, so jobs start
   in queue order across all workers (give or take one per worker).
@@ -54,8 +54,8 @@ SMOOTHING = 0.2  # weight of the newest measurement in the moving average
 # held two at a time (segments in flight stay within what is kept for reuse), and
 # move ~50 % more per second than when held by time alone (benchmarks/README.md).
 HOLD_BYTES = 4 * 1024 * 1024
-# Results per worker that may wait to be copied before dispatch stops (1: the copiers
-# idle while workers refill, ~15 % fewer MiB/s with 1 MiB echo jobs; 3: no better).
+# Results per worker that may wait to be copied before dispatch stops (1: the copier
+# idles while workers refill, ~15 % fewer MiB/s with 1 MiB echo jobs; 3: no better).
 COPY_AHEAD = 2
 
 

@@ -146,61 +146,6 @@ def test_a_dead_workers_files_are_swept_only_after_the_replies_handed_over_read_
         _segments.sweep(prefix)
 
 
-def test_a_sweep_waits_for_every_earlier_reply_whichever_thread_reads_it():
-    loop, settled = _Loop(), []
-    slow_may_go = threading.Event()
-    prefix = f"{_segments.PREFIX}test2-{os.getpid()}-"
-    path = os.path.join(_segments.SHM_DIR, f"{prefix}1")
-    open(path, "wb").close()
-    decoded_on: set[int] = set()
-
-    def decode(item: Any, frame: Frame) -> tuple[bool, Any]:
-        decoded_on.add(threading.get_ident())
-        if frame.job_id == 1:
-            assert slow_may_go.wait(T)
-        return True, os.path.exists(path)
-
-    copier = Copier(decode, loop.post, settled.extend, backlog=lambda: True)
-    try:
-        # One batch of two: split between the threads; job 1 is slow to read its file.
-        copier.put([(_Job(1), _frame(Kind.OK_SHARED, 1)), (_Job(2), _frame(Kind.OK_SHARED, 2))])
-        copier.then_sweep(prefix)
-        loop.run_posted(1)  # job 2, read on the other thread, settles first
-        assert [item.job_id for item, _ in settled] == [2] and len(decoded_on) == 2
-        assert os.path.exists(path) and len(copier) == 1  # job 1 has not read its file yet
-        slow_may_go.set()
-        loop.commands.clear()
-        loop.run_posted(1)
-        assert [(item.job_id, outcome) for item, outcome in settled] == [
-            (2, (True, True)),
-            (1, (True, True)),
-        ]
-        assert not os.path.exists(path) and not copier  # swept once job 1 was settled
-    finally:
-        slow_may_go.set()
-        copier.close()
-        _segments.sweep(prefix)
-
-
-def test_close_runs_the_sweeps_still_waiting():
-    loop, settled = _Loop(), []
-    prefix = f"{_segments.PREFIX}test3-{os.getpid()}-"
-    path = os.path.join(_segments.SHM_DIR, f"{prefix}1")
-    open(path, "wb").close()
-    never = threading.Event()
-    copier = Copier(lambda item, frame: (True, never.wait(T)), loop.post, settled.extend,
-                    backlog=lambda: True)  # fmt: skip
-    try:
-        copier.put([(_Job(1), _frame(Kind.OK_SHARED, 1))])
-        copier.then_sweep(prefix)
-        assert os.path.exists(path)
-        assert [item.job_id for item in copier.close()] == [1]
-        assert not os.path.exists(path)
-    finally:
-        never.set()
-        _segments.sweep(prefix)
-
-
 def test_workers_retiring_after_each_large_result_lose_none(pool_factory, no_leak):  # noqa: F811
     data = [payload(1 << 20)[:-1] + bytes([i]) for i in range(60)]  # slow to copy out
     with pool_factory(2, max_tasks_per_child=1) as pool:
