@@ -47,6 +47,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from taskq._prefault import ShortRead, pread_bytes
+
 ALIGN = 64  # every buffer starts on a cache line (NumPy likes aligned data)
 HEADER = struct.Struct("<Q")  # an argument segment's generation, at offset 0
 SHM_DIR = "/dev/shm"
@@ -109,11 +111,12 @@ def read(fd: int, size: int, layout: Layout) -> tuple[list[Any], mmap.mmap | Non
 
 
 def _pread(fd: int, offset: int, length: int) -> bytes:
-    """``length`` bytes at ``offset``, read straight into a new bytes object."""
-    data = os.pread(fd, length, offset)
-    if len(data) == length:
-        return data
-    return bytes(_preadv(fd, offset, length))  # a short read (2 GiB or more): rare
+    """``length`` bytes at ``offset``, read straight into a new bytes object (its pages
+    made in one call: ``_prefault.py``)."""
+    try:
+        return pread_bytes(fd, length, offset)
+    except ShortRead as exc:
+        raise SegmentGone("a shared-memory segment is shorter than its reference") from exc
 
 
 def _preadv(fd: int, offset: int, length: int) -> bytearray:
