@@ -67,9 +67,11 @@ class BrokerPool(Pool):
 
     Differences from the in-memory pool:
 
-    * ``schedule``/``submit`` return once the store has committed the job: it
-      survives this process. ``job_id`` is a string; ``pool.job(job_id)`` gives a
-      future for any job of the store, from any process.
+    * ``schedule``/``submit`` return once the job is committed to the store
+      (SQLite), or written to the store's connection in a way that survives this
+      process's death (Redis: ``_redis_puts.py``; with ``maxsize``, once
+      committed). ``job_id`` is a string; ``pool.job(job_id)`` gives a future for
+      any job of the store, from any process.
     * ``max_workers=0`` makes a client that only submits and waits; the jobs are
       run by other processes serving the store (``taskq worker URL``).
     * A serving process holds each job under a lease renewed by a heartbeat
@@ -209,15 +211,8 @@ class BrokerPool(Pool):
         # A callback on this pool's thread must not wait for room: only that thread's
         # server frees it (when it is the only one), so it would wait for ever.
         maxsize = 0 if threading.current_thread() is self._loop.thread else self._maxsize
-        if not maxsize:  # no room to check: send, then wait for the store's reply
-            # The reply is what makes the job durable on return. A put merely written
-            # can still be lost with this process: a socket closed with replies unread
-            # is reset, and the kernel drops what it had not yet delivered.
+        if not maxsize:  # no room to check: the store's answer may come later
             self._broker.send(job, functools.partial(self._acknowledged, future))
-            self._broker.sync()
-            refused = future.exception(timeout=0) if future.done() else None
-            if refused is not None:  # out of memory: this submit says so
-                raise refused
             return
         delay = FULL_BACKOFF[0]
         while True:

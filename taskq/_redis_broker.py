@@ -83,7 +83,8 @@ class RedisBroker:
         self._inbox = self.notify_prefix + self.client_id
         # Called when a put woke this client's server (the queue was empty when it looked).
         self.on_new_jobs: Callable[[], None] = lambda: None
-        self._puts = PutPipe(self._r, lua.PUT, link.unreachable, link.errors)
+        acks = p + "acks:" + self.client_id
+        self._puts = PutPipe(self._r, lua.PUT, acks, link.unreachable, link.errors)
         self._refusing = False  # a put was refused (out of memory): submits wait, and raise
         self._outcomes = OutcomeReader(link, self.signer, self.job_prefix, self._inbox)
         self._link.call(self._r.ping)
@@ -115,7 +116,8 @@ class RedisBroker:
                 self._refusing = True
             done(error)
 
-        self._puts.send(*self._put_call(job, 0), acknowledged)
+        keys, args = self._put_call(job, 0)
+        self._puts.send(keys, args, job.job_id, acknowledged)
 
     def sync(self) -> None:
         self._puts.sync()

@@ -1,32 +1,56 @@
-"""Puts to Redis on one connection, each kept until its reply is read.
+"""Puts to Redis without a round trip each, and still safe the moment ``send`` returns.
 
-``send`` writes the job's script call and returns; ``sync`` reads the replies
-due (the store's acknowledgements), each reaching its job's ``done`` callback
-(``None``, or the error the store answered, such as out of memory). A pool's
-``submit`` calls both: it returns once Redis has stored the job. It must not
-return earlier: a process killed with replies unread has its connection reset,
-and the kernel may drop a put it had written but not yet delivered.
+A round trip per ``submit`` caps a client at a few thousand jobs a second, most of
+it spent waiting. Here ``send`` writes the job's script call and returns; whether
+the store kept it is checked later, in batches, by ``sync`` (the broker loop calls
+it every step, ``cancel`` and reads before they act, ``send`` once ``MAX_UNACKED``
+puts wait). Each put's ``done`` callback then gets ``None``, or the error the store
+answered (such as out of memory).
 
+Why the put connection runs with ``CLIENT REPLY OFF``: a process that dies with
+bytes unread on a TCP socket has its connection *reset*, and a reset drops what the
+kernel had not yet sent (the kernel may hold a small write back briefly: autocorking,
+small queues). With replies piling up unread, a submitter SIGKILLed right after
+``submit`` lost its last job that way. With no replies, nothing is ever unread, the
+connection closes normally, and the kernel delivers every put written, dead process
+or not. ``sync`` turns replies on for its own exchange only, under the lock: if the
+process dies with that answer unread, Redis has already run every put before it.
+
+Each put run adds its job id to this client's set (``acks``); ``sync`` asks which
+of the puts sent since the last check are not in it, and empties it (one script
+call). A put the store did not run is sent again with its reply on, so the caller
+hears the store's own error (it refused it: out of memory...) or it is stored then.
 Nothing is lost or stored twice when the connection breaks: puts stay in
-``_unacked`` until their reply is read, and are written again, in order, on the
-next call; the PUT script ignores a job id the store already has. One connection
-carries every put of this client, so the store sees them in the order they were sent.
+``_unacked`` until checked, and are written again, in order, on a new connection;
+the PUT script ignores a job id the store already has. One connection carries every
+put of this client, so the store sees them in the order they were sent.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from taskq._errors import BrokerUnavailable
-
-READ_AFTER = 64  # unacknowledged puts before a send reads the replies already in
-MAX_UNACKED = 1024  # ... and before it waits for some (bounds memory and the window)
+MAX_UNACKED = 1024  # puts sent and not yet checked before a send checks them (bounds memory)
 
 Done = Callable[[BaseException | None], None]
+
+# Which of ARGV (job ids) are not in the set KEYS[1] (1-based positions); empties it.
+_NOT_RUN = """
+local missing = {}
+for i, id in ipairs(ARGV) do
+    if redis.call('SREM', KEYS[1], id) == 0 then missing[#missing + 1] = i end
+end
+return missing
+"""
+
+
+class _Put(NamedTuple):
+    packed: list[bytes]  # the EVAL, as written to the socket
+    job_id: str
+    done: Done
 
 
 class PutPipe:
@@ -36,24 +60,26 @@ class PutPipe:
         self,
         client: Any,  # redis.Redis: its connection pool gives the connection
         script: str,
+        acks: str,
         unavailable: Callable[[BaseException], BaseException],
         connection_errors: tuple[type[BaseException], ...],
     ):
         self._client = client
-        self._script = script
+        self._script = script  # PUT; its last key, ``acks``, is added here
+        self._acks = acks
         self._unavailable = unavailable  # a connection error -> BrokerUnavailable
         self._connection_errors = connection_errors
         self._lock = threading.Lock()
         self._conn: Any = None
-        self._unacked: collections.deque[tuple[bytes, Done]] = collections.deque()
+        self._unacked: collections.deque[_Put] = collections.deque()
 
     def __len__(self) -> int:
         return len(self._unacked)
 
-    def send(self, keys: Sequence[str], args: Sequence[Any], done: Done) -> None:
+    def send(self, keys: Sequence[str], args: Sequence[Any], job_id: str, done: Done) -> None:
         """Write one PUT; raise ``BrokerUnavailable`` (and forget it) if it could not be
-        written; once written it is kept until acknowledged, whatever happens after."""
-        acked: list[tuple[Done, BaseException | None]] = []
+        written; once written it is kept until checked, whatever happens after."""
+        keys = [*keys, self._acks]
         with self._lock:
             try:
                 conn = self._connected()
@@ -62,32 +88,30 @@ class PutPipe:
             except self._connection_errors as exc:
                 self._drop()
                 raise self._unavailable(exc) from exc
-            self._unacked.append((packed, done))
-            if len(self._unacked) >= READ_AFTER:
-                wait_below = MAX_UNACKED // 2 if len(self) > MAX_UNACKED else None
-                with contextlib.suppress(BrokerUnavailable):
-                    # This put is kept: written again on the next call, which reconnects
-                    # (or raises, if it cannot).
-                    self._read(acked, wait_below)
-        _report(acked)
+            self._unacked.append(_Put(packed, job_id, done))
+            full = len(self._unacked) >= MAX_UNACKED
+        if full:
+            self.sync()
 
     def sync(self) -> None:
-        """Read every reply still due: each put sent so far is then stored (or failed).
-        A connection found broken (the store restarted, an idle link was cut) is
-        replaced once, the puts still due written again on the new one."""
+        """Check every put sent so far: each is then stored (or failed). A connection
+        found broken (the store restarted, an idle link was cut) is replaced once, the
+        puts still due written again on the new one."""
         if not self._unacked:
             return
-        acked: list[tuple[Done, BaseException | None]] = []
+        checked: list[tuple[Done, BaseException | None]] = []
         try:
             with self._lock:
                 try:
-                    self._connected()
-                    self._read(acked, wait_below=1)
-                except BrokerUnavailable:
-                    self._connected()
-                    self._read(acked, wait_below=1)
+                    self._check(checked)
+                except self._connection_errors:
+                    self._drop()
+                    self._check(checked)
+        except self._connection_errors as exc:
+            self._drop()  # the puts still due are written again on the next call
+            raise self._unavailable(exc) from exc
         finally:
-            _report(acked)
+            _report(checked)
 
     def close(self) -> None:
         with self._lock:
@@ -96,7 +120,7 @@ class PutPipe:
     # -- under the lock ---------------------------------------------------------------
 
     def _connected(self) -> Any:
-        """The connection; a new one writes again every put not yet acknowledged."""
+        """The connection, replies off; a new one writes again every put not yet checked."""
         if self._conn is not None:
             return self._conn
         pool = self._client.connection_pool
@@ -106,33 +130,39 @@ class PutPipe:
             raise self._unavailable(exc) from exc
         self._conn = conn
         try:
-            for packed, _ in self._unacked:
-                conn.send_packed_command(packed, check_health=False)
+            conn.send_packed_command(conn.pack_command("CLIENT", "REPLY", "OFF"))
+            for put in self._unacked:
+                conn.send_packed_command(put.packed, check_health=False)
         except self._connection_errors as exc:
             self._drop()  # not left open: the next call starts over on a new one
             raise self._unavailable(exc) from exc
         return conn
 
-    def _read(self, acked: list[tuple[Done, BaseException | None]], wait_below: int | None) -> None:
-        """Read the replies in (and, with ``wait_below``, wait until fewer are due)."""
-        conn = self._conn
-        try:
-            while self._unacked and (
-                (wait_below is not None and len(self._unacked) >= wait_below)
-                or conn.can_read(timeout=0)
-            ):
-                error: BaseException | None = None
+    def _check(self, checked: list[tuple[Done, BaseException | None]]) -> None:
+        """Ask the store which puts it lacks; send those again, replies on; settle all."""
+        if not self._unacked:
+            return
+        conn = self._connected()
+        puts = list(self._unacked)
+        on = conn.pack_command("CLIENT", "REPLY", "ON")
+        ask = conn.pack_command("EVAL", _NOT_RUN, 1, self._acks, *(put.job_id for put in puts))
+        conn.send_packed_command([*on, *ask], check_health=False)
+        conn.read_response()  # OK: Redis has run every put written before it
+        not_run = set(conn.read_response())
+        errors: dict[int, BaseException] = {}
+        for position, put in enumerate(puts, 1):  # in order: each runs again, says why
+            if position in not_run:
+                conn.send_packed_command(put.packed, check_health=False)
                 try:
                     conn.read_response()
                 except self._connection_errors:
                     raise
-                except Exception as exc:  # the store refused this put (out of memory, ...)
-                    error = exc
-                _, done = self._unacked.popleft()
-                acked.append((done, error))
-        except self._connection_errors as exc:
-            self._drop()  # the puts still due are written again on the next call
-            raise self._unavailable(exc) from exc
+                except Exception as exc:  # the store refused it (out of memory, ...)
+                    errors[position] = exc
+        conn.send_packed_command(conn.pack_command("CLIENT", "REPLY", "OFF"))
+        for position, put in enumerate(puts, 1):
+            self._unacked.popleft()
+            checked.append((put.done, errors.get(position)))
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -141,7 +171,7 @@ class PutPipe:
             self._client.connection_pool.release(conn)
 
 
-def _report(acked: list[tuple[Done, BaseException | None]]) -> None:
+def _report(checked: list[tuple[Done, BaseException | None]]) -> None:
     # Outside the lock: a callback may resolve a future, which runs user callbacks.
-    for done, error in acked:
+    for done, error in checked:
         done(error)

@@ -19,6 +19,7 @@ import redis
 import taskq
 from taskq._broker import Outcome, OutcomeKind, open_broker
 from tests.conftest import REDIS_URL
+from tests.jobs import wait_until
 from tests.test_redis_broker import job
 
 
@@ -46,6 +47,29 @@ def test_sent_puts_are_acknowledged_once_each_and_keep_their_order(redis_queue):
     assert acks.seen == dict.fromkeys(ids)
     claimed = [j.job_id for j in store.claim("s", 2000, lease=10)]
     assert claimed == ids
+    store.close()
+
+
+def test_puts_leave_nothing_unread_on_their_connection(redis_queue):
+    # A process killed with bytes unread on a socket has its connection reset, and the
+    # kernel may drop a put it had not sent yet: a SIGKILLed submitter lost its last job
+    # that way. Without replies, nothing is unread, whenever the process dies.
+    import select
+
+    store = open_broker(REDIS_URL, redis_queue)
+    acks = Acks()
+    ids = [f"j{i:03d}" for i in range(50)]
+    for job_id in ids:
+        store.send(job(job_id), acks.for_job(job_id))
+    other = open_broker(REDIS_URL, redis_queue)  # another connection sees them all run
+    wait_until(lambda: other.queued_count() == len(ids), 30, "the puts to run")
+    sock = store._puts._conn._sock
+    assert select.select([sock], [], [], 0.2)[0] == []  # no reply waits to be read
+    assert acks.seen == {}  # not checked yet
+    store.sync()
+    assert acks.seen == dict.fromkeys(ids)
+    assert select.select([sock], [], [], 0.2)[0] == []  # the check read its own answers
+    other.close()
     store.close()
 
 
