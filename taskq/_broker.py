@@ -7,8 +7,8 @@ same store may run them. The store is the one place that decides a job's fate:
 * ``put`` commits a new job; it gets a place in line from the store itself (a
   sequence, never a client clock): smaller ``rank`` first, ties by that sequence.
   ``send`` puts without waiting for the store's reply where a store can (Redis):
-  ``done`` hears it later, and ``sync`` waits for every reply due (a pool's
-  ``submit`` calls both: the job is committed when it returns).
+  ``done`` hears it later, and ``sync`` waits for every answer due. What ``send``
+  wrote must outlive the sending process (Redis: ``_redis_puts.py``).
 * ``claim`` moves the most urgent queued jobs to RUNNING under a *lease* held by
   one serving process, in one atomic step (``before=rank``: only jobs ranked
   before it, so a full server can still take an urgent job). The holder ``renew``s its leases

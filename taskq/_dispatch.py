@@ -67,12 +67,11 @@ class BatchPolicy:
         self.average: float | None = None
         self.moved = 0.0  # average shared-memory bytes per job
 
-    def observe(self, seconds: float, moved: int = 0) -> None:
+    def observe(self, seconds: float) -> None:
         if self.average is None:
             self.average = seconds
         else:
             self.average += SMOOTHING * (seconds - self.average)
-        self.moved = moved if not self.moved else self.moved + SMOOTHING * (moved - self.moved)
 
     def observe_all(self, replies: list[tuple[WorkItem, Frame]]) -> None:
         """``observe`` each reply, in order (one call per batch of replies)."""

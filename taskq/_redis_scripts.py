@@ -45,10 +45,16 @@ PUT = (
     NOW
     + """
 -- KEYS[6], when given: this client's set of puts run (its put connection has no
--- replies: _redis_puts.py checks the set)
+-- replies: _redis_puts.py checks the set; an hour's expiry if the client goes first)
+local function ran()
+  if KEYS[6] then
+    redis.call('SADD', KEYS[6], ARGV[1])
+    redis.call('PEXPIRE', KEYS[6], 3600000)
+  end
+  return 1
+end
 if redis.call('EXISTS', KEYS[3] .. ARGV[1]) == 1 then
-  if KEYS[6] then redis.call('SADD', KEYS[6], ARGV[1]) end
-  return 1  -- sent again after a broken connection: it is already here
+  return ran()  -- sent again after a broken connection: it is already here
 end
 if tonumber(ARGV[8]) > 0 and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[8]) then
   return 0
@@ -73,11 +79,7 @@ if #woken > 0 then
     redis.call('PEXPIRE', KEYS[5] .. server, ARGV[11])
   end
 end
-if KEYS[6] then
-  redis.call('SADD', KEYS[6], ARGV[1])
-  redis.call('PEXPIRE', KEYS[6], 3600000)  -- a client gone before it checked: an hour
-end
-return 1
+return ran()
 """
 )
 

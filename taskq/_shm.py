@@ -319,7 +319,8 @@ class ResultFiles:
 
     def dump(self, result: Any) -> tuple[bytes, str | None]:
         """pickle(result), its large buffers moved into a file; and that file's name.
-        With a file, the reply is ``shared_reply``: its size, then the reference."""
+        With a file, the reply is its size, then the reference (``shared_size``,
+        ``shared_reference``)."""
         wrapped = _wrap(result) if type(result) in _WRAPPED else result
         inband, gather = _gather(wrapped, (None, (wrapped,), {}))
         if not gather:

@@ -7,6 +7,7 @@ a queue of its own)."""
 from __future__ import annotations
 
 import operator
+import select
 import signal
 import subprocess
 import sys
@@ -37,12 +38,16 @@ class Acks:
         return done
 
 
+def send_all(store, job_ids, acks):
+    for job_id in job_ids:
+        store.send(job(job_id), acks.for_job(job_id))
+
+
 def test_sent_puts_are_acknowledged_once_each_and_keep_their_order(redis_queue):
     store = open_broker(REDIS_URL, redis_queue)
     acks = Acks()
     ids = [f"j{i:04d}" for i in range(1000)]
-    for job_id in ids:
-        store.send(job(job_id), acks.for_job(job_id))
+    send_all(store, ids, acks)
     store.sync()
     assert acks.seen == dict.fromkeys(ids)
     claimed = [j.job_id for j in store.claim("s", 2000, lease=10)]
@@ -54,13 +59,10 @@ def test_puts_leave_nothing_unread_on_their_connection(redis_queue):
     # A process killed with bytes unread on a socket has its connection reset, and the
     # kernel may drop a put it had not sent yet: a SIGKILLed submitter lost its last job
     # that way. Without replies, nothing is unread, whenever the process dies.
-    import select
-
     store = open_broker(REDIS_URL, redis_queue)
     acks = Acks()
     ids = [f"j{i:03d}" for i in range(50)]
-    for job_id in ids:
-        store.send(job(job_id), acks.for_job(job_id))
+    send_all(store, ids, acks)
     other = open_broker(REDIS_URL, redis_queue)  # another connection sees them all run
     wait_until(lambda: other.queued_count() == len(ids), 30, "the puts to run")
     sock = store._puts._conn._sock
@@ -77,8 +79,7 @@ def test_puts_in_flight_when_the_connection_drops_are_sent_again_and_stored_once
     store = open_broker(REDIS_URL, redis_queue)
     acks = Acks()
     ids = [f"j{i:03d}" for i in range(200)]
-    for job_id in ids[:100]:
-        store.send(job(job_id), acks.for_job(job_id))
+    send_all(store, ids[:100], acks)
     # Cut this client's put connection: some of those puts may have been run, their
     # replies are lost; all of them are written again on the next call.
     admin = redis.Redis.from_url(REDIS_URL)
