@@ -17,13 +17,21 @@ or not. ``sync`` turns replies on for its own exchange only, under the lock: if 
 process dies with that answer unread, Redis has already run every put before it.
 
 Each put run adds its job id to this client's set (``acks``); ``sync`` asks which
-of the puts sent since the last check are not in it, and empties it (one script
-call). A put the store did not run is sent again with its reply on, so the caller
-hears the store's own error (it refused it: out of memory...) or it is stored then.
-Nothing is lost or stored twice when the connection breaks: puts stay in
-``_unacked`` until checked, and are written again, in order, on a new connection;
-the PUT script ignores a job id the store already has. One connection carries every
-put of this client, so the store sees them in the order they were sent.
+of the puts sent since the last check are not in it (one script call). A put the
+store did not run is sent again with its reply on, so the caller hears the store's
+own error (it refused it: out of memory...) or it is stored then. Only then are the
+checked ids removed from the set (no reply): an answer lost with a broken connection
+is asked again, and finds every put that ran still counted.
+
+Nothing is lost or run twice when the connection breaks: puts stay in ``_unacked``
+until checked, and a new connection checks them before anything else, sending again
+only those the store never ran. (Sending them all again would be safe only while the
+store still has each job: one that ran, finished and expired would be stored anew.)
+One connection carries every put of this client, so the store sees them in the order
+they were sent.
+
+The put connection needs ``CLIENT REPLY`` (Redis 3.2 or newer, not through a proxy
+that lacks it).
 """
 
 from __future__ import annotations
@@ -37,11 +45,12 @@ MAX_UNACKED = 1024  # puts sent and not yet checked before a send checks them (b
 
 Done = Callable[[BaseException | None], None]
 
-# Which of ARGV (job ids) are not in the set KEYS[1] (1-based positions); empties it.
+# Which of ARGV (job ids) are not in the set KEYS[1] (1-based positions). Read only:
+# asked again after a lost answer, it answers the same.
 _NOT_RUN = """
 local missing = {}
 for i, id in ipairs(ARGV) do
-    if redis.call('SREM', KEYS[1], id) == 0 then missing[#missing + 1] = i end
+    if redis.call('SISMEMBER', KEYS[1], id) == 0 then missing[#missing + 1] = i end
 end
 return missing
 """
@@ -80,23 +89,27 @@ class PutPipe:
         """Write one PUT; raise ``BrokerUnavailable`` (and forget it) if it could not be
         written; once written it is kept until checked, whatever happens after."""
         keys = [*keys, self._acks]
-        with self._lock:
-            try:
-                conn = self._connected()
-                packed = conn.pack_command("EVAL", self._script, len(keys), *keys, *args)
-                conn.send_packed_command(packed, check_health=False)
-            except self._connection_errors as exc:
-                self._drop()
-                raise self._unavailable(exc) from exc
-            self._unacked.append(_Put(packed, job_id, done))
-            full = len(self._unacked) >= MAX_UNACKED
+        checked: list[tuple[Done, BaseException | None]] = []  # by a new connection's check
+        try:
+            with self._lock:
+                try:
+                    conn = self._connected(checked)
+                    packed = conn.pack_command("EVAL", self._script, len(keys), *keys, *args)
+                    conn.send_packed_command(packed, check_health=False)
+                except self._connection_errors as exc:
+                    self._drop()
+                    raise self._unavailable(exc) from exc
+                self._unacked.append(_Put(packed, job_id, done))
+                full = len(self._unacked) >= MAX_UNACKED
+        finally:
+            _report(checked)
         if full:
             self.sync()
 
     def sync(self) -> None:
         """Check every put sent so far: each is then stored (or failed). A connection
-        found broken (the store restarted, an idle link was cut) is replaced once, the
-        puts still due written again on the new one."""
+        found broken (the store restarted, an idle link was cut) is replaced once, and
+        the new one sends again the puts the store never ran."""
         if not self._unacked:
             return
         checked: list[tuple[Done, BaseException | None]] = []
@@ -108,7 +121,7 @@ class PutPipe:
                     self._drop()
                     self._check(checked)
         except self._connection_errors as exc:
-            self._drop()  # the puts still due are written again on the next call
+            self._drop()  # the puts still due are checked again on the next call
             raise self._unavailable(exc) from exc
         finally:
             _report(checked)
@@ -119,8 +132,9 @@ class PutPipe:
 
     # -- under the lock ---------------------------------------------------------------
 
-    def _connected(self) -> Any:
-        """The connection, replies off; a new one writes again every put not yet checked."""
+    def _connected(self, checked: list[tuple[Done, BaseException | None]]) -> Any:
+        """The connection, replies off. A new one first checks the puts sent on the
+        one it replaces (which of them ran), in order, before anything else is sent."""
         if self._conn is not None:
             return self._conn
         pool = self._client.connection_pool
@@ -131,21 +145,24 @@ class PutPipe:
         self._conn = conn
         try:
             conn.send_packed_command(conn.pack_command("CLIENT", "REPLY", "OFF"))
-            for put in self._unacked:
-                conn.send_packed_command(put.packed, check_health=False)
+            self._check_on(conn, checked)
         except self._connection_errors as exc:
             self._drop()  # not left open: the next call starts over on a new one
             raise self._unavailable(exc) from exc
         return conn
 
     def _check(self, checked: list[tuple[Done, BaseException | None]]) -> None:
+        conn = self._connected(checked)
+        self._check_on(conn, checked)
+
+    def _check_on(self, conn: Any, checked: list[tuple[Done, BaseException | None]]) -> None:
         """Ask the store which puts it lacks; send those again, replies on; settle all."""
         if not self._unacked:
             return
-        conn = self._connected()
         puts = list(self._unacked)
+        ids = [put.job_id for put in puts]
         on = conn.pack_command("CLIENT", "REPLY", "ON")
-        ask = conn.pack_command("EVAL", _NOT_RUN, 1, self._acks, *(put.job_id for put in puts))
+        ask = conn.pack_command("EVAL", _NOT_RUN, 1, self._acks, *ids)
         conn.send_packed_command([*on, *ask], check_health=False)
         conn.read_response()  # OK: Redis has run every put written before it
         not_run = set(conn.read_response())
@@ -159,7 +176,11 @@ class PutPipe:
                     raise
                 except Exception as exc:  # the store refused it (out of memory, ...)
                     errors[position] = exc
-        conn.send_packed_command(conn.pack_command("CLIENT", "REPLY", "OFF"))
+        # Forgotten by the store only now that all are settled (no reply: if this is
+        # lost, the ids stay until the set expires, an hour after this client's last put).
+        off = conn.pack_command("CLIENT", "REPLY", "OFF")
+        forget = conn.pack_command("SREM", self._acks, *ids)
+        conn.send_packed_command([*off, *forget], check_health=False)
         for position, put in enumerate(puts, 1):
             self._unacked.popleft()
             checked.append((put.done, errors.get(position)))

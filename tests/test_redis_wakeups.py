@@ -104,6 +104,38 @@ def test_puts_in_flight_when_the_connection_drops_are_sent_again_and_stored_once
     store.close()
 
 
+def test_puts_that_ran_and_expired_are_not_stored_again_after_a_broken_connection(
+    redis_queue,
+):
+    # The puts run, their jobs finish and their records expire (a short result_ttl),
+    # all before this client checks them; then its connection breaks. Writing every
+    # unchecked put again would store those jobs anew, to run a second time.
+    store = open_broker(REDIS_URL, redis_queue)
+    acks = Acks()
+    ids = [f"j{i:02d}" for i in range(20)]
+    send_all(store, ids, acks)
+    admin = redis.Redis.from_url(REDIS_URL)
+    other = open_broker(REDIS_URL, redis_queue)
+    wait_until(lambda: other.queued_count() == len(ids), 30, "the puts to run")
+    gone = [key for key in admin.scan_iter(f"taskq:{redis_queue}:*") if b":acks:" not in key]
+    assert gone and admin.delete(*gone) > 0  # ran, finished, expired: nothing left of them
+    host, port = store._puts._conn._sock.getsockname()[:2]
+    assert admin.client_kill_filter(addr=f"{host}:{port}") == 1
+    for _ in range(3):
+        try:
+            store.sync()
+            break
+        except taskq.StoreError:
+            continue
+    assert acks.seen == dict.fromkeys(ids)  # each put acknowledged, as run
+    assert other.queued_count() == 0
+    assert [key for key in admin.scan_iter(f"taskq:{redis_queue}:*") if b":acks:" not in key] == []
+    assert not any(admin.sismember(key, ids[0]) for key in admin.scan_iter("*:acks:*"))
+    admin.close()
+    other.close()
+    store.close()
+
+
 def test_a_put_of_a_job_already_stored_changes_nothing(redis_queue):
     store = open_broker(REDIS_URL, redis_queue)
     store.put(job("a"))
