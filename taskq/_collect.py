@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError
 from typing import Any, NamedTuple
 
-from taskq import _segments
+from taskq import _segments, _shared_result
 from taskq._dispatch import BatchPolicy
 from taskq._errors import (
     InitializerError,
@@ -33,7 +33,7 @@ from taskq._errors import (
 from taskq._job import WorkItem
 from taskq._process import WorkerHandle
 from taskq._protocol import Frame, Kind, load, unpack_exception
-from taskq._shm import SharedCall, shared_reference
+from taskq._shm import ArgSegment, SharedCall
 
 RETRY_DELAY_CAP = 30.0
 # Plain ints: compared once per reply (an IntEnum member lookup costs more).
@@ -147,13 +147,38 @@ class Collector:
         return delay * random.uniform(0.5, 1.0)  # jitter: a burst's retries don't return together
 
 
-def shared(frame: Frame) -> bool:
-    """Whether a reply's result waits in a shared-memory file (decode it off the
-    manager's thread: ``_copier.py``)."""
-    return frame.kind == _OK_SHARED
+def to_copy(item: WorkItem, frame: Frame) -> bool:
+    """Whether a reply's result waits in a shared-memory file and must be read by the
+    pool (off the manager's thread: ``_copier.py``); a plain one its first reader
+    may read instead (``_shared_result.hold``) is not."""
+    return frame.kind == _OK_SHARED and not (
+        _unwatched(item.future) and _shared_result.holdable(frame.payload)
+    )
+
+
+def _unwatched(future: Any) -> bool:
+    """No done-callback of the caller's waits for this future (the pool's own, which
+    frees the job's argument segment, does not read the result)."""
+    callbacks = future._done_callbacks
+    return not callbacks or all(
+        getattr(callback, "__func__", None) is _RELEASE_ARGUMENTS for callback in callbacks
+    )
+
+
+_RELEASE_ARGUMENTS = ArgSegment.release
 
 
 def decode(item: WorkItem, frame: Frame) -> tuple[bool, Any]:
+    """``read``, on the manager's thread: a plain large result, unless a callback waits
+    for it, is left for its first reader (``_shared_result.py``)."""
+    if frame.kind == _OK_SHARED and _unwatched(item.future):
+        handle = _shared_result.hold(frame.payload)
+        if handle is not None:
+            return True, handle
+    return read(item, frame)
+
+
+def read(item: WorkItem, frame: Frame) -> tuple[bool, Any]:
     """(True, result) or (False, exception) from a worker's reply.
 
     Unpickling runs user code (``__setstate__``, ``__reduce__`` callables) on the
@@ -162,7 +187,7 @@ def decode(item: WorkItem, frame: Frame) -> tuple[bool, Any]:
     if frame.kind != _ERROR:
         try:
             payload = frame.payload
-            return True, load(payload if frame.kind == _OK else shared_reference(payload))
+            return True, (load(payload) if frame.kind == _OK else _shared_result.adopt(payload))
         except BaseException as exc:
             error = UnpicklingFailed(
                 f"job {item.job_id} ({item.name}): its result could not be unpickled in the "

@@ -1,7 +1,7 @@
 """Copy: large results out of shared memory, on a thread of their own.
 
     manager thread   OK_SHARED reply, jobs queued -> Copier.put(jobs)  (returns at once)
-    copier thread    decode: adopt the worker's file, read the result out of it
+    copier thread    read: adopt the worker's file, read the result out of it
                      -> post(settled(outcomes))                    (one post a batch)
     manager thread   settle them like any other reply: result, error or retry
 
@@ -19,6 +19,10 @@ Who settles a job handed over here: the manager, when the copier posts back;
 or, if the manager stops first (its thread failed), ``close``'s caller, which
 ends the jobs still here. A batch decoded after ``close`` is dropped.
 
+A result that is one large ``bytes``/``bytearray`` is not copied here but by its
+caller's first ``result()`` (``_shared_result.py``), unless a done-callback waits
+for it.
+
 A dead worker's leftover result files are removed here too (``then_sweep``),
 after the batches handed over before: those replies still have to read theirs.
 """
@@ -32,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskq import _segments
-from taskq._collect import shared
+from taskq._collect import to_copy
 from taskq._job import WorkItem
 from taskq._protocol import Frame
 
@@ -67,12 +71,12 @@ class Copier:
         """Take the replies whose result waits in shared memory (``put``) while jobs wait
         to be dispatched (a copy here runs beside that work; without a backlog the
         hand-off would only add a thread hop to the result's way); return the rest."""
-        if not any(shared(frame) for _, frame in done) or not self._backlog():
+        if not any(to_copy(item, frame) for item, frame in done) or not self._backlog():
             return done  # the common case (small results) costs one pass over the kinds
         inline: list[tuple[WorkItem, Frame]] = []
         handed: list[tuple[WorkItem, Frame]] = []
         for pair in done:
-            (handed if shared(pair[1]) else inline).append(pair)
+            (handed if to_copy(*pair) else inline).append(pair)
         self.put(handed)
         return inline
 

@@ -18,6 +18,9 @@ from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import Any, TypeVar
 
+from taskq._errors import UnpicklingFailed
+from taskq._shared_result import SharedBytes
+
 R = TypeVar("R")
 
 # Where Future itself logs a failing done-callback (printed to stderr by default).
@@ -113,6 +116,38 @@ class JobFuture(Future[R]):
                 self._done_callbacks.append(fn)
                 return
         super().add_done_callback(fn)  # already done: Future calls it now (and logs its errors)
+
+    def result(self, timeout: float | None = None) -> R:
+        value = super().result(timeout)
+        if type(value) is SharedBytes:
+            return self._read_shared()  # type: ignore[no-any-return]
+        return value
+
+    def _read_shared(self) -> Any:
+        """A large ``bytes`` result still in shared memory (``_shared_result.py``): the
+        first reader copies it out, under the lock; every reader gets that object."""
+        with self._condition:
+            value = self._result
+            if type(value) is SharedBytes:
+                try:
+                    self._result = value.read()  # type: ignore[assignment]
+                except Exception as exc:  # its file is open and sized: should never happen
+                    self._result = None
+                    self._exception = UnpicklingFailed(
+                        f"job {self.job_id}: its result could not be read from shared "
+                        f"memory ({exc!r})"
+                    )
+                    self._exception.__cause__ = exc
+            if self._exception is not None:
+                raise self._exception
+            return self._result
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        value = self._result
+        if type(value) is SharedBytes:  # not read yet: say what it is
+            text = text.replace("returned SharedBytes", f"returned {value.kind.__name__}")
+        return text
 
     def _invoke_callbacks(self) -> None:
         # Future's own loop logs an Exception from a callback but lets SystemExit or

@@ -36,7 +36,7 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 from taskq import _slot
-from taskq._collect import Collector, decode, init_error
+from taskq._collect import Collector, decode, init_error, read
 from taskq._copier import Copier
 from taskq._counters import CounterBlock
 from taskq._dispatch import BatchPolicy, Dispatcher, pause
@@ -129,7 +129,7 @@ class Manager:
             allowed=lambda: not self._terminating and self.broken is None,
         )
         self._copier = Copier(  # large results, read on a thread of their own
-            decode, self.post, self._retries.settle, lambda: self._queue.snapshot().depth > 0
+            read, self.post, self._retries.settle, lambda: self._queue.snapshot().depth > 0
         )
         self._stopping = False
         self._terminating = False

@@ -104,13 +104,14 @@ def read(fd: int, size: int, layout: Layout) -> tuple[list[Any], mmap.mmap | Non
                 whole = memoryview(mapping)
             buffers.append(whole[offset : offset + length])
             continue
-        buffers.append(_pread(fd, offset, length) if how == BYTES else _preadv(fd, offset, length))
+        read = read_bytes if how == BYTES else read_bytearray
+        buffers.append(read(fd, offset, length))
     if whole is not None:
         whole.release()  # the slices keep the mapping alive, and close it with the last
     return buffers, mapping
 
 
-def _pread(fd: int, offset: int, length: int) -> bytes:
+def read_bytes(fd: int, offset: int, length: int) -> bytes:
     """``length`` bytes at ``offset``, read straight into a new bytes object (its pages
     made in one call: ``_prefault.py``)."""
     try:
@@ -119,7 +120,7 @@ def _pread(fd: int, offset: int, length: int) -> bytes:
         raise SegmentGone("a shared-memory segment is shorter than its reference") from exc
 
 
-def _preadv(fd: int, offset: int, length: int) -> bytearray:
+def read_bytearray(fd: int, offset: int, length: int) -> bytearray:
     data = bytearray(length)
     done = 0
     with memoryview(data) as view:
@@ -257,20 +258,38 @@ def sweep_dead_worker(pid: int | None) -> None:
     sweep(f"{PREFIX}{pid}-")
 
 
+# Held by ``sweep`` and by whoever in this process renames a result file to a
+# worker's spare (``_shared_result.py``): a rename between the sweep's listing and
+# its removals would leave a spare nobody removes.
+NAMES = threading.Lock()
+
+
+def _new_names_lock() -> None:
+    # A forked child (the fork server, a worker) has only the forking thread: another
+    # thread of the parent may have held the lock at the fork, and is not there to
+    # release it.
+    global NAMES
+    NAMES = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_names_lock)
+
+
 def sweep(prefix: str) -> int:
     """Remove every segment file whose name starts with ``prefix``; return how many."""
     if not prefix.startswith(PREFIX):
         return 0
-    try:
-        names = os.listdir(SHM_DIR)
-    except OSError:
-        return 0
     removed = 0
-    for name in names:
-        if name.startswith(prefix):
-            try:
-                os.unlink(os.path.join(SHM_DIR, name))
-                removed += 1
-            except FileNotFoundError:
-                pass
+    with NAMES:
+        try:
+            names = os.listdir(SHM_DIR)
+        except OSError:
+            return 0
+        for name in names:
+            if name.startswith(prefix):
+                try:
+                    os.unlink(os.path.join(SHM_DIR, name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
     return removed

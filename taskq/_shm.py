@@ -319,8 +319,7 @@ class ResultFiles:
 
     def dump(self, result: Any) -> tuple[bytes, str | None]:
         """pickle(result), its large buffers moved into a file; and that file's name.
-        With a file, the reply is its size, then the reference (``shared_size``,
-        ``shared_reference``)."""
+        With a file, the reply is ``SHARED_HEAD`` and where the result lies in it."""
         wrapped = _wrap(result) if type(result) in _WRAPPED else result
         inband, gather = _gather(wrapped, (None, (wrapped,), {}))
         if not gather:
@@ -331,8 +330,11 @@ class ResultFiles:
             self._fill(name, gather, layout, size)
         except OSError:  # /dev/shm full or missing: through the pipe instead
             return pickle.dumps(wrapped, protocol=5), None
-        reference = _reference(_adopt_result, name, size, inband, layout)
-        return SHARED_SIZE.pack(size) + reference, name
+        # One large bytes/bytearray and nothing else: the parent reads it without
+        # unpickling anything, so it may leave the read to the result's first reader.
+        plain = type(wrapped) is _Bytes and len(layout) == 1
+        fields = pickle.dumps((name, size, inband, layout), protocol=5)
+        return SHARED_HEAD.pack(size, plain) + fields, name
 
     def _fill(self, name: str, views: list[memoryview], layout: Layout, size: int) -> None:
         path = os.path.join(SHM_DIR, name)
@@ -377,35 +379,13 @@ class ResultFiles:
 worker_results: ResultFiles | None = None  # in a worker: its ResultFiles (tests use it)
 
 # A reply whose result waits in a file starts with the file's size, so that the parent
-# knows how much the job moved without reading the result (``_dispatch.BatchPolicy``).
-SHARED_SIZE = struct.Struct("<Q")
+# knows how much the job moved without reading the result (``_dispatch.BatchPolicy``),
+# and whether the result is ``plain`` (see ``dump``); then pickle((name, size, inband,
+# layout)), plain data the parent reads with ``_shared_result.py``.
+SHARED_HEAD = struct.Struct("<Q?")
 
 
 def shared_size(reply: bytes | bytearray) -> int:
     """The size of the file a ``dump`` reply with a file names."""
-    size: int = SHARED_SIZE.unpack_from(reply)[0]
+    size: int = SHARED_HEAD.unpack_from(reply)[0]
     return size
-
-
-def shared_reference(reply: bytes | bytearray) -> memoryview:
-    """The pickled reference in such a reply (unpickling it reads the result)."""
-    return memoryview(reply)[SHARED_SIZE.size :]
-
-
-def _adopt_result(name: str, size: int, inband: bytes, layout: Layout) -> Any:
-    """In the parent, while unpickling an OK reply: take the file over and read the result."""
-    prefix, _, number = name.rpartition("-")
-    if not name.startswith(PREFIX) or "/" in name or not number.isdigit():
-        raise ValueError(f"not a taskq result segment: {name!r}")
-    path = os.path.join(SHM_DIR, name)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        reuse = _segments.recyclable(layout) and size <= _segments.REUSE_MAX
-        if not reuse:
-            os.unlink(path)  # from here on only our descriptor and mapping hold it
-        buffers, _ = _segments.read(fd, size, layout)
-        if reuse:  # nothing maps it: the worker may fill it again
-            os.rename(path, os.path.join(SHM_DIR, f"{prefix}-spare{int(number) % SPARES}"))
-    finally:
-        os.close(fd)
-    return pickle.loads(inband, buffers=buffers)

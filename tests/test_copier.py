@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from taskq import WorkerCrashed, _segments
+from taskq import WorkerCrashed, _segments, _shm
 from taskq._copier import Copier
 from taskq._errors import UnpicklingFailed
+from taskq._job import JobFuture
 from taskq._protocol import Frame, Kind
 from tests import shm_jobs
 from tests.jobs import kill_self, wait_until
@@ -25,10 +26,12 @@ T = 30
 class _Job:
     def __init__(self, job_id: int) -> None:
         self.job_id = job_id
+        self.future: JobFuture[Any] = JobFuture()
 
 
-def _frame(kind: Kind, job_id: int) -> Frame:
-    return Frame(int(kind), job_id, 0.0, b"")
+def _frame(kind: Kind, job_id: int, plain: bool = False) -> Frame:
+    payload = _shm.SHARED_HEAD.pack(1 << 20, plain) if kind == Kind.OK_SHARED else b""
+    return Frame(int(kind), job_id, 0.0, payload)
 
 
 class _Loop:
@@ -85,6 +88,23 @@ def test_only_replies_with_a_shared_result_go_to_the_copier_and_are_settled_once
     assert copier.decoded_on == ["taskq-copier"]  # type: ignore[attr-defined]
     assert not copier
     assert copier.close() == []
+
+
+def test_a_plain_large_result_is_left_to_its_reader_unless_a_callback_waits_for_it():
+    loop, settled = _Loop(), []
+    copier = _copier(loop, settled)
+    plain, watched, other = _Job(1), _Job(2), _Job(3)
+    watched.future.add_done_callback(lambda f: None)
+    done = [
+        (plain, _frame(Kind.OK_SHARED, 1, plain=True)),  # one large bytes: its reader reads it
+        (watched, _frame(Kind.OK_SHARED, 2, plain=True)),  # the callback would read it here
+        (other, _frame(Kind.OK_SHARED, 3)),  # anything else: the copier reads it
+    ]
+    inline = copier.take_shared(done)
+    assert [item for item, _ in inline] == [plain]
+    loop.run_posted(1)
+    assert [item for item, _ in settled] == [watched, other]
+    copier.close()
 
 
 def test_close_hands_back_the_jobs_not_settled_and_drops_their_late_outcomes():
@@ -152,8 +172,20 @@ def test_workers_retiring_after_each_large_result_lose_none(pool_factory, no_lea
         assert list(pool.map(shm_jobs.echo, data, timeout=T)) == data
 
 
-def test_a_worker_dying_just_after_a_large_reply_leaves_that_reply_whole(pool_factory, no_leak):  # noqa: F811
-    big = payload(8 << 20)  # slow enough to copy out that the exit is handled meanwhile
+@pytest.mark.parametrize(
+    "big",
+    [
+        payload(8 << 20),  # read by the caller (_shared_result.py)
+        (bytearray(payload(8 << 20)),),  # read by the pool (the copier, with a backlog)
+    ],
+    ids=["bytes", "tuple"],
+)
+def test_a_worker_dying_just_after_a_large_reply_leaves_that_reply_whole(
+    pool_factory,
+    no_leak,  # noqa: F811
+    big,
+):
+    # big: slow enough to copy out that the exit is handled meanwhile
     with pool_factory(1) as pool:
         for _ in range(20):  # a known, short average: the worker is handed both jobs at once
             pool.submit(shm_jobs.echo, b"warm").result(timeout=T)

@@ -147,7 +147,7 @@ def _large_job(job_id: int, cache: SegmentCache) -> WorkItem:
 
 def _shared_reply(job: WorkItem, size: int) -> Frame:
     """An OK_SHARED reply whose result file holds ``size`` bytes, after a tiny run."""
-    return Frame(Kind.OK_SHARED, job.job_id, 1e-5, _shm.SHARED_SIZE.pack(size) + b"ref")
+    return Frame(Kind.OK_SHARED, job.job_id, 1e-5, _shm.SHARED_HEAD.pack(size, False) + b"ref")
 
 
 def test_jobs_moving_large_buffers_are_held_by_bytes_not_by_their_short_run_time():

@@ -188,23 +188,33 @@ def test_kept_segments_are_freed_after_a_while_idle(pool_factory, no_leak, monke
     pool.shutdown()
 
 
-def test_a_result_in_a_file_is_announced_with_its_size_and_read_back_by_decode():
-    from taskq._collect import decode
+def test_a_result_in_a_file_is_announced_with_its_size_and_read_back():
+    from taskq._collect import decode, read
     from taskq._job import JobFuture, WorkItem
     from taskq._protocol import Frame, Kind
+    from taskq._shared_result import SharedBytes
 
     files = _shm.ResultFiles()
     value = bytes(range(256)) * (_shm.THRESHOLD // 256 + 1)
-    reply, name = files.dump(value)
-    assert name is not None and (Path(_segments.SHM_DIR) / name).exists()
     try:
-        assert _shm.shared_size(reply) == _segments.layout([memoryview(value)], [0])[1]
-        job = WorkItem(1, JobFuture(), b"", "job1", 0, None, 0, 0.1, None)
-        assert decode(job, Frame(Kind.OK_SHARED, 1, 0.0, reply)) == (True, value)
+        for _ in range(2):  # the file goes back as a spare after each read: reused
+            reply, name = files.dump(value)
+            assert name is not None and (Path(_segments.SHM_DIR) / name).exists()
+            assert _shm.shared_size(reply) == _segments.layout([memoryview(value)], [0])[1]
+            job = WorkItem(1, JobFuture(), b"", "job1", 0, None, 0, 0.1, None)
+            frame = Frame(Kind.OK_SHARED, 1, 0.0, reply)
+            assert read(job, frame) == (True, value)  # the pool reads it
+            reply, name = files.dump(value)
+            ok, handle = decode(job, Frame(Kind.OK_SHARED, 1, 0.0, reply))
+            assert ok and type(handle) is SharedBytes  # left for the first reader
+            assert handle.read() == value
+            assert not (Path(_segments.SHM_DIR) / name).exists()
+        # Each result took the spare the last read gave back: one file, four results.
+        assert [p.name for p in Path(_segments.SHM_DIR).glob(f"{files.prefix}*")] == [
+            f"{files.prefix}spare0"
+        ]
     finally:
-        files.remove(name)
         _segments.sweep(files.prefix)
-    assert not (Path(_segments.SHM_DIR) / name).exists()
     small, none = files.dump(b"small")  # no file: the plain pickle, no size before it
     assert none is None and pickle.loads(small) == b"small"
 
