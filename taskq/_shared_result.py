@@ -66,6 +66,14 @@ class _Slots:
 unread = _Slots(UNREAD)
 
 
+def _new_slots_lock() -> None:
+    # A forked child has only the forking thread; another one may have held the lock.
+    unread._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_slots_lock)
+
+
 def _fields(reply: bytes | bytearray) -> tuple[str, int, bytes, Layout]:
     fields: tuple[str, int, bytes, Layout] = pickle.loads(memoryview(reply)[SHARED_HEAD.size :])
     return fields
