@@ -182,7 +182,7 @@ def payload_stages(n: int, size: int = 1 << 20) -> dict[str, float]:
     """CPU µs per job of each shared-memory step of a ``bytes`` echo job."""
     import pickle
 
-    from taskq import _segments, _shm
+    from taskq import _segments, _shared_result, _shm
     from taskq._protocol import dump_call
 
     tail = bytes(range(256)) * ((size - 8) // 256) + bytes((size - 8) % 256)
@@ -202,7 +202,7 @@ def payload_stages(n: int, size: int = 1 << 20) -> dict[str, float]:
                 reply, _ = files.dump(fn(*args, **kwargs))
             del fn, args, kwargs
             with clock("parent: adopt and read the result"):
-                kept.append(pickle.loads(reply))
+                kept.append(_shared_result.adopt(reply))
             call.segment.release()  # type: ignore[attr-defined]
     finally:
         _segments.sweep(files.prefix)
