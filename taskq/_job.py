@@ -75,6 +75,10 @@ class JobFuture(Future[R]):
     ``maxsize`` slot is freed). Once a worker holds the job, ``cancel()``
     returns False as ``Executor`` requires; use ``pool.kill(future)`` to stop it.
     ``attempts`` counts how many times the job was started.
+
+    A result that is one large ``bytes`` or ``bytearray`` may still be in shared memory
+    when the future is done: the first ``result()`` copies it out (in that caller's
+    thread), and every later call returns that same object.
     """
 
     def __init__(self) -> None:
