@@ -21,7 +21,7 @@ too large to keep.
 
 A handle holds an open descriptor of its file: a worker that dies or a pool that
 shuts down meanwhile may remove the file's *name* (``_segments.sweep``), never the
-file. A handle dropped unread (its future was) gives the file back all the same.
+file. A handle dropped unread (its future was) removes the file.
 At most ``UNREAD`` handles exist at once in a process (each costs a descriptor);
 past that, results are adopted as before.
 """
@@ -45,7 +45,8 @@ class _Slots:
 
     def __init__(self, count: int) -> None:
         self._free = count
-        self._lock = threading.Lock()
+        # Re-entrant: a handle freed by the GC (``give``) may interrupt ``take``.
+        self._lock = threading.RLock()
 
     @property
     def free(self) -> int:
@@ -68,7 +69,7 @@ unread = _Slots(UNREAD)
 
 def _new_slots_lock() -> None:
     # A forked child has only the forking thread; another one may have held the lock.
-    unread._lock = threading.Lock()
+    unread._lock = threading.RLock()
 
 
 os.register_at_fork(after_in_child=_new_slots_lock)
@@ -133,10 +134,7 @@ def hold(reply: bytes | bytearray) -> SharedBytes | None:
         unread.give()
         return None  # adopt() meets the same problem, and reports it as the job's error
     if size > REUSE_MAX:  # too large to keep for the worker: nameless from now on
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        _unlink(path)
         path = ""
     return SharedBytes(fd, path, offset, length, bytes if how == BYTES else bytearray)
 
@@ -163,20 +161,32 @@ class SharedBytes:
         finally:
             self._close()
 
-    def _close(self) -> None:
+    def _close(self, give_back: bool = True) -> None:
         fd, self._fd = self._fd, -1
         if fd < 0:
             return
         try:
-            if self._path:
+            if self._path and give_back:
                 _give_back(self._path)
+            elif self._path:
+                _unlink(self._path)
         finally:
             os.close(fd)
             unread.give()
 
     def __del__(self) -> None:
-        # Dropped unread: the file goes back (or away) all the same. Never raise here.
+        # Dropped unread (its future was). The cyclic GC may run this in any thread, at
+        # any allocation, even one made while that thread holds ``_segments.NAMES``
+        # (in ``sweep``): so no lock here, and the file is removed rather than given
+        # back. Never raise here.
         try:
-            self._close()
+            self._close(give_back=False)
         except Exception:
             pass
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
