@@ -203,10 +203,14 @@ def check_equal(results: Sequence[Any], expected: Sequence[Any], what: str) -> N
 
 
 def calibrate_spin(seconds: float) -> int:
-    """Busy-loop iterations of :func:`benchmarks._jobs.spin` that take ``seconds`` of CPU."""
+    """Busy-loop iterations of :func:`benchmarks._jobs.spin` that take ``seconds`` of CPU.
+
+    The fastest of many short runs (~10 ms in all): a run slowed by a neighbour on
+    this shared machine only counts if every run was.
+    """
     loops = 20_000
     best = float("inf")
-    for _ in range(7):
+    for _ in range(25):
         _, cpu = _jobs.spin(loops)
         best = min(best, cpu / loops)
     return max(1, round(seconds / best))

@@ -34,10 +34,12 @@ class CpuJobs(Scenario):
         return {"jobs": cfg.sizes.cpu_jobs, "job_seconds": 0.001}
 
     def contestants(self, cfg: Config) -> list[Contestant]:
-        loops = calibrate_spin(0.001)
         n = cfg.sizes.cpu_jobs
 
         def body(adapter: Adapter, warm: bool) -> Metrics:
+            # Calibrated for each measurement: this machine's speed drifts by a third
+            # over minutes, and jobs sized at a slow moment ran 0.65 ms, not 1.
+            loops = calibrate_spin(0.001)
             args = [loops] * (max(4, n // 10) if warm else n)
             cpu_start = time.process_time()
             start = time.perf_counter()
