@@ -9,7 +9,7 @@ behind everything the workers already hold. So:
 
       limit = HOLD_BUDGET / average seconds per job, between 1 and MAX_BATCH
 
-  With 100 µs jobs a worker holds about 60 (6 ms of work); with jobs of a
+  With 100 µs jobs a worker holds about 100 (10 ms of work); with jobs of a
   second or more, just the one it runs. A fresh pool hands out one job at a time.
 * and in *bytes*: jobs whose arguments or results go through shared memory are
   held about ``HOLD_BYTES`` at a time. The parent's copies, not the worker, set
@@ -44,10 +44,12 @@ from taskq._shm import SharedCall, shared_size
 _OK_SHARED = int(Kind.OK_SHARED)
 
 # Raising it batches more (fewer wake-ups, more throughput for tiny jobs);
-# lowering it lets urgent jobs overtake sooner. 6 ms: 1 ms jobs reach ~93 % useful
-# work (91 % at 2 ms: the parent wakes once per job less often), and an urgent job
-# behind 100 µs or 1 ms jobs still starts within ~1 ms at p99 (quick suite, 2 cores).
-HOLD_BUDGET = 0.006
+# lowering it lets urgent jobs overtake sooner. 10 ms: it lets the manager pause
+# up to PACE_MAX (below), so with 1 ms jobs it wakes every ~3.5 ms instead of ~2.5;
+# useful work 92.8 -> 94.4 % (medians of 5 alternated runs, 2 cores), and an
+# urgent job behind 100 µs jobs starts within ~1.6 ms at p50 (~1.2 at 6 ms),
+# p99 3-4 ms (quick suite; target 5 ms).
+HOLD_BUDGET = 0.010
 MAX_BATCH = 512
 SMOOTHING = 0.2  # weight of the newest measurement in the moving average
 # Shared-memory bytes (argument + result) a worker holds. 4 MiB: 1 MiB echo jobs are
@@ -118,12 +120,13 @@ NOT_STARTED_RECHECK = 0.005  # look again at a job its worker has not begun yet
 # While every busy worker holds enough short jobs to keep running, the manager looks at
 # replies only now and then instead of waking at each one: one wake-up then handles
 # several replies (1 ms jobs: the manager's CPU per job halves from a 1 ms pause to
-# 3 ms). The pause is as long as the shortest-fed worker's work beyond its current
+# 3 ms; at 5 ms, with HOLD_BUDGET 10 ms, the parent's CPU per job falls another
+# sixth). The pause is as long as the shortest-fed worker's work beyond its current
 # job allows, halved for headroom (PACE_HEADROOM), at most PACE_MAX; below PACE it
 # is not worth taking. A result may reach its caller up to PACE_MAX later; a job
 # alone in its worker (latency) is never paced.
 PACE = 0.001
-PACE_MAX = 0.003
+PACE_MAX = 0.005
 PACE_HEADROOM = 2.0  # a worker must hold this many pauses of work beyond its current job
 PACED_JOBS = 0.005  # longer jobs: replies are rare anyway, no need to pace them
 # A step that took longer than this moved data (large payloads are copied by the

@@ -50,6 +50,10 @@ class WorkerSlot:
     def begin(self, seq: int, job_id: int) -> bool:
         """Claim job number ``seq`` before running it; False if the parent took it back."""
         array, base = self._array, self._base
+        if seq <= array[base + REVOKED_UPTO]:
+            # Taken back already (the mark only grows, and the parent decided under the
+            # lock): a worker skipping a long batch of taken-back jobs takes no lock.
+            return False
         with self._lock:
             if seq <= array[base + REVOKED_UPTO]:
                 return False
