@@ -14,7 +14,7 @@ import enum
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import Any, TypeVar
 
@@ -88,7 +88,10 @@ class JobFuture(Future[R]):
         self._state = PENDING
         self._result = None
         self._exception = None
-        self._waiters: list[Any] = []
+        # Future's list of wait()/as_completed() waiters, made by the first of them
+        # (the ``_waiters`` property): most futures never have one, and an empty list
+        # per future is one more object for the garbage collector to track.
+        self._waiter_list: list[Any] = _NO_WAITERS
         # Made by the first add_done_callback(): most futures never get one.
         self._done_callbacks: list[Any] = _NO_CALLBACKS
         self.attempts = 0
@@ -111,6 +114,41 @@ class JobFuture(Future[R]):
             if hook(work):  # withdrawn from the queue: no one else will look at it
                 self.set_running_or_notify_cancel()
         return cancelled
+
+    @property
+    def _waiters(self) -> list[Any]:
+        # Only concurrent.futures.wait()/as_completed() (to add or remove a waiter) and
+        # Future's cancellation path read it here; set_result/set_exception do not.
+        waiters = self._waiter_list
+        if waiters is _NO_WAITERS:
+            waiters = self._waiter_list = []
+        return waiters
+
+    @_waiters.setter
+    def _waiters(self, waiters: list[Any]) -> None:
+        self._waiter_list = waiters
+
+    def set_result(self, result: R) -> None:
+        with self._condition:
+            if self._state in _ENDED:
+                raise InvalidStateError(f"{self._state}: {self!r}")
+            self._result = result
+            self._state = FINISHED
+            for waiter in self._waiter_list:
+                waiter.add_result(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        with self._condition:
+            if self._state in _ENDED:
+                raise InvalidStateError(f"{self._state}: {self!r}")
+            self._exception = exception
+            self._state = FINISHED
+            for waiter in self._waiter_list:
+                waiter.add_exception(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
 
     def add_done_callback(self, fn: Callable[[Future[R]], object]) -> None:
         with self._condition:

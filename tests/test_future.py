@@ -2,6 +2,7 @@
 
 import asyncio
 import concurrent.futures
+import gc
 import threading
 import time
 from concurrent.futures import Future
@@ -12,7 +13,36 @@ from taskq import JobFuture
 
 
 def test_a_job_future_has_every_field_a_future_has():
-    assert set(vars(Future())) <= set(vars(JobFuture()))
+    future = JobFuture()
+    for name in vars(Future()):
+        assert hasattr(future, name), name
+    # Stored on the future, except the list of waiters: made by the first waiter.
+    assert set(vars(Future())) - set(vars(future)) == {"_waiters"}
+    assert future._waiters == [] and future._waiters is future._waiters
+
+
+def test_a_job_future_nobody_waits_on_costs_the_garbage_collector_two_objects():
+    # A pool keeps thousands of futures alive: each tracked object is work for every
+    # collection. The future and its lock; no empty list of waiters.
+    gc.collect()
+    before = len(gc.get_objects())
+    futures = [JobFuture() for _ in range(1000)]
+    for i, future in enumerate(futures):
+        future.set_running_or_notify_cancel()
+        future.set_result(i)
+    assert len(gc.get_objects()) - before <= 2 * len(futures) + 10
+    assert [future.result() for future in futures] == list(range(1000))
+
+
+def test_setting_an_outcome_twice_is_refused_as_for_a_future():
+    for future in (Future(), JobFuture()):
+        future.set_running_or_notify_cancel()
+        future.set_result(1)
+        with pytest.raises(concurrent.futures.InvalidStateError):
+            future.set_result(2)
+        with pytest.raises(concurrent.futures.InvalidStateError):
+            future.set_exception(ValueError())
+        assert future.result() == 1
 
 
 def resolve_later(future: Future, value: object, delay: float = 0.05) -> None:
@@ -48,6 +78,30 @@ def test_wait_and_as_completed_see_job_futures_finish():
     for future in more:
         resolve_later(future, "x")
     assert set(concurrent.futures.as_completed(more, timeout=5)) == set(more)
+    assert all(future._waiters == [] for future in futures + more)  # each waiter removed
+
+
+@pytest.mark.timeout(10)
+def test_wait_sees_a_failure_and_a_cancellation_of_job_futures():
+    failing, cancelled, pending = JobFuture(), JobFuture(), JobFuture()
+    # What the pool does with a cancelled job: Future's cancellation path tells the waiters.
+    threading.Timer(0.05, lambda: cancelled.cancel()
+                    and cancelled.set_running_or_notify_cancel()).start()  # fmt: skip
+    done, _ = concurrent.futures.wait(
+        [cancelled, pending], timeout=5, return_when=concurrent.futures.FIRST_COMPLETED
+    )
+    assert done == {cancelled}
+
+    def fail() -> None:
+        failing.set_running_or_notify_cancel()
+        failing.set_exception(KeyError("k"))
+
+    threading.Timer(0.05, fail).start()
+    done, not_done = concurrent.futures.wait(
+        [failing, pending], timeout=5, return_when=concurrent.futures.FIRST_EXCEPTION
+    )
+    assert done == {failing} and not_done == {pending}
+    assert isinstance(failing.exception(), KeyError)
 
 
 @pytest.mark.timeout(10)
