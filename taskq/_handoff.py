@@ -185,7 +185,10 @@ class Handoff:
             self._ledger.ended(items, why, running=True)
             return
         self._ledger.released(items)
-        for item in items:
+        # Newest first: each then goes in front of the one before (the common case:
+        # they were taken from the front); oldest first, each would be searched for
+        # its place (with 100 jobs held, ~0.5 ms before an urgent job could start).
+        for item in reversed(items):
             self._queue.release(item, keep_place=True)
 
     def rebalance(self) -> None:

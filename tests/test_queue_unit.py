@@ -65,6 +65,25 @@ def test_a_released_job_keeps_its_place_and_a_retry_goes_behind_its_equals():
     assert all(r.state is State.CLAIMED for r in records)
 
 
+@pytest.mark.parametrize("order, aging", [("priority", None), ("fifo", None), ("priority", 5.0)])
+def test_jobs_taken_back_keep_their_places_whatever_order_they_come_back_in(order, aging):
+    # A worker's unstarted jobs go back newest first (each then lands in front); the
+    # queue's order must not depend on it, whatever was queued meanwhile.
+    results = []
+    for back in (lambda taken: taken, lambda taken: taken[::-1]):
+        queue: JobQueue[JobRecord] = JobQueue(order, aging=aging)
+        for job_id in range(1, 7):
+            queue.put(record(job_id, priority=job_id % 2))
+        taken = [*queue.claim(2), *queue.claim(2)]  # two priorities: 2, 4 then 1, 3
+        queue.put(record(7, priority=0))
+        queue.put(record(8, priority=1))
+        for item in back(taken):
+            queue.release(item, keep_place=True)
+        results.append(claim_all(queue))
+    expected = [1, 2, 3, 4, 5, 6, 7, 8] if order == "fifo" else [2, 4, 6, 7, 1, 3, 5, 8]
+    assert results == [expected, expected]
+
+
 def test_cancel_wins_or_claim_wins_never_both():
     queue: JobQueue[JobRecord] = JobQueue()
     a, b = record(1), record(2)
