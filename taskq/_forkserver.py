@@ -130,10 +130,13 @@ class ForkServer:
         """Stop the server (it kills and reaps any worker left) and the standby."""
         with self._lock:
             self._closed = True
-            links = [self._server, self._standby]
+            links = [link for link in (self._server, self._standby) if link is not None]
+        # Both told first, then waited for: they exit side by side (a copy of a large
+        # parent takes milliseconds to tear down).
         for link in links:
-            if link is not None:
-                link.close()
+            link.hang_up()
+        for link in links:
+            link.close()
 
     def _take_over(self, dead: _Link) -> bool:
         """The server ``dead`` is gone: make the standby the server; False if none is left."""
@@ -203,7 +206,8 @@ class _Link:
         self._sock = sock
         self._lock = threading.Lock()
         self._lost = False  # the server is gone (or closed): no more workers, no exit codes
-        self._stop = weakref.finalize(self, _stop_server, sock, pid, os.getpid())
+        self._owner = os.getpid()
+        self._stop = weakref.finalize(self, _stop_server, sock, pid, self._owner)
         self._stop.atexit = False  # at exit, the manager or our death stops it
 
     def reap(self, pid: int) -> int | None:
@@ -216,6 +220,13 @@ class _Link:
         poller = select.poll()
         poller.register(self._sock, select.POLLIN)
         return bool(poller.poll(0))
+
+    def hang_up(self) -> None:
+        """Tell the server to exit (end of file on its socket) without waiting for it:
+        ``close`` waits."""
+        with self._lock:
+            if self._stop.alive and os.getpid() == self._owner:
+                _hang_up(self._sock)
 
     def close(self) -> None:
         with self._lock:
@@ -326,7 +337,7 @@ def _stop_server(sock: socket.socket, pid: int, owner: int) -> None:
         sock.close()
         return
     try:
-        sock.shutdown(socket.SHUT_WR)  # end of file for the server, whoever shares our end
+        _hang_up(sock)
         sock.settimeout(CLOSE_PATIENCE)
         while sock.recv(RECEIVE_SIZE):  # end of file: the server has exited
             pass
@@ -337,6 +348,13 @@ def _stop_server(sock: socket.socket, pid: int, owner: int) -> None:
     try:
         os.waitpid(pid, 0)
     except ChildProcessError:  # a standby that took over: the first server's child
+        pass
+
+
+def _hang_up(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)  # end of file for the server, whoever shares our end
+    except OSError:  # told already; or the socket is gone, which the wait for its exit finds
         pass
 
 
