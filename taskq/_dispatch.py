@@ -156,6 +156,23 @@ def pause(
     return longest if paced and longest >= PACE else 0.0  # else: it could run dry first
 
 
+# With no backlog and short jobs (one job in flight at a time, say), the manager polls
+# for this long after a step before it sleeps in select: a reply that arrives meanwhile
+# costs no wake-up, which on a VM costs tens of microseconds when a CPU must be woken
+# (one-job latency p50 63-72 -> 47-48 µs, 3 alternated runs, 2 cores). Workers do the
+# same for their next call (``_worker.SPIN_SECONDS``). It gives the CPU away between
+# polls (``sched_yield``); not with a backlog (replies are then paced) nor with
+# longer jobs, whose replies would come too late to catch.
+SPIN = 0.0002
+
+
+def spin(average: float | None, queued: int) -> float:
+    """How long the manager may poll for events before it sleeps (0: not at all)."""
+    if average is None or average > SPIN or queued:
+        return 0.0
+    return SPIN
+
+
 def _held(worker: WorkerHandle) -> int:
     return len(worker.outstanding)
 

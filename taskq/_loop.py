@@ -5,6 +5,7 @@
         with lock:  ready handlers -> posted commands -> due timers -> work()
         after()     (with the lock released: resolve futures, run user callbacks)
         pace(busy)  (seconds to let events gather, listening to the wake-up pipe only)
+        or spin()   (seconds to poll for the next event before sleeping in select)
 
 Other threads reach it with ``post`` (run soon) and ``call`` (run and wait for
 the answer); both write one byte to the wake-up pipe, at most one pending.
@@ -40,9 +41,10 @@ class EventLoop:
         failed: Callable[[BaseException], None],
         closing: Callable[[], None],
         pace: Callable[[float], float] = lambda busy: 0.0,
+        spin: Callable[[], float] = lambda: 0.0,
     ):
         self._work, self._after, self._keep_running = work, after, keep_running
-        self._failed, self._closing, self._pace = failed, closing, pace
+        self._failed, self._closing, self._pace, self._spin = failed, closing, pace, spin
         self.selector = selectors.DefaultSelector()
         self.timers = Timers()
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
@@ -188,6 +190,22 @@ class EventLoop:
             if next_timer is not None:
                 pause = min(pause, next_timer)
             self._wake_poll.poll(pause * 1000)
+        elif not self._commands:
+            self._poll_for(self._spin())
+
+    def _poll_for(self, window: float) -> None:
+        """Poll every descriptor for up to ``window`` seconds (or until the first timer),
+        giving the CPU away in between, before the next step sleeps in select: an event
+        that comes meanwhile costs no wake-up. The events stay for that select."""
+        next_timer = self.timers.next_delay()
+        if next_timer is not None:
+            window = min(window, next_timer)
+        if window <= 0:
+            return
+        ready, clock, give_way = self.selector.select, time.perf_counter, os.sched_yield
+        deadline = clock() + window
+        while not ready(0) and clock() < deadline:
+            give_way()
 
     def _on_wake(self, mask: int) -> None:
         try:

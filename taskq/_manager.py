@@ -39,7 +39,7 @@ from taskq import _slot
 from taskq._collect import Collector, decode, init_error, read
 from taskq._copier import Copier
 from taskq._counters import CounterBlock
-from taskq._dispatch import BatchPolicy, Dispatcher, pause
+from taskq._dispatch import BatchPolicy, Dispatcher, pause, spin
 from taskq._errors import PoolBroken
 from taskq._handoff import Handoff
 from taskq._job import State, WorkItem
@@ -82,6 +82,7 @@ class Manager:
             failed=self._failed,
             closing=self._closing,
             pace=self._pace,
+            spin=self._spin,
         )
         self._selector = self._loop.selector
         self._at = self._loop.at
@@ -196,6 +197,11 @@ class Manager:
             return 0.0
         average, queued = self._dispatcher.policy.average, self._queue.snapshot().depth
         return pause(self._workers.values(), average, queued, busy)
+
+    def _spin(self) -> float:
+        if self._stopping:
+            return 0.0
+        return spin(self._dispatcher.policy.average, self._queue.snapshot().depth)
 
     def _deliver(self) -> None:
         deliver(self._ledger.take_outcomes())

@@ -25,9 +25,11 @@ from taskq._dispatch import (
     PACE_HEADROOM,
     PACE_MAX,
     PACED_HELD,
+    SPIN,
     BatchPolicy,
     Dispatcher,
     pause,
+    spin,
 )
 from taskq._job import JobFuture, State, WorkItem
 from taskq._ledger import Ledger, deliver
@@ -416,3 +418,10 @@ def test_a_job_its_caller_cancelled_after_the_claim_drops_out_when_started():
     assert claimed[0].future.cancel()  # the caller loses the race, but cancel() is honoured
     assert ids(ledger.started(claimed)) == [2]
     assert claimed[0].future.cancelled() and claimed[0].state is State.DONE
+
+
+def test_the_manager_polls_before_sleeping_only_without_a_backlog_and_after_short_jobs():
+    assert spin(SPIN / 4, queued=0) == SPIN  # one short job at a time: its reply comes soon
+    assert spin(SPIN / 4, queued=3) == 0  # a backlog: replies are paced instead
+    assert spin(10 * SPIN, queued=0) == 0  # a longer job: its reply would come too late
+    assert spin(None, queued=0) == 0  # nothing measured yet
