@@ -199,9 +199,8 @@ class Manager:
         return pause(self._workers.values(), average, queued, busy)
 
     def _spin(self) -> float:
-        if self._stopping:
-            return 0.0
-        return spin(self._dispatcher.policy.average, self._queue.snapshot().depth)
+        average, queued = self._dispatcher.policy.average, self._queue.snapshot().depth
+        return 0.0 if self._stopping else spin(average, queued)
 
     def _deliver(self) -> None:
         deliver(self._ledger.take_outcomes())
