@@ -54,9 +54,6 @@ from taskq._stats import StatsBlock
 from taskq._timeouts import TimeoutWatch
 from taskq._workforce import STOPPED, Workforce
 
-MAX_INIT_FAILURES = 5  # workers failing to start in a row before the pool gives up
-INIT_BACKOFF = 0.1  # first delay before restarting a worker whose initializer failed
-
 
 class Manager:
     """Owns the workers and every job from the moment it leaves the queue."""
@@ -135,7 +132,6 @@ class Manager:
         self._stopping = False
         self._terminating = False
         self.broken: PoolBroken | None = None
-        self._init_failures = 0
         self._handoff = Handoff(
             queue=queue,
             dispatcher=self._dispatcher,
@@ -255,7 +251,7 @@ class Manager:
             return
         replies = self._collector.take_replies(worker, frames)
         if replies.ready:
-            self._init_failures = 0
+            self._workforce.started_well()
         if replies.out_of_step is not None:
             # A reply for a job the worker was not running: never settle the wrong
             # future. Stop the worker; its exit is handled like a crash.
@@ -278,8 +274,10 @@ class Manager:
         running_id, _ = worker.running_job()
         exitcode = worker.process.exitcode
         plan = self._collector.exit_plan(worker, running_id, exitcode)
-        if plan.init_failure is not None:
-            self._on_init_failure(worker, plan.release, plan.init_failure)
+        text = plan.init_failure
+        if text is not None:  # it never became ready: what it held fails with the reason
+            self._ledger.ended(plan.release, lambda item: init_error(item, text), running=True)
+            self._workforce.failed_to_start(worker, text)
             return
         self._handoff.release(plan.release)
         if plan.blamed is not None:
@@ -309,22 +307,6 @@ class Manager:
             self._ledger.crashed()
             log.warning("%s", error)
         self._retries.settle([(item, (False, error))])
-
-    def _on_init_failure(self, worker: WorkerHandle, held: list[WorkItem], text: str) -> None:
-        """A worker that never became ready: fail what it held; restart it with backoff;
-        give up after ``MAX_INIT_FAILURES`` in a row."""
-        self._init_failures += 1
-        log.error("worker %d failed to start (%d in a row): %s",
-                  worker.pid, self._init_failures, text)  # fmt: skip
-        self._ledger.ended(held, lambda item: init_error(item, text), running=True)
-        if self._init_failures >= MAX_INIT_FAILURES:
-            self._give_up(PoolBroken(
-                f"workers failed to start {self._init_failures} times in a row; the pool "
-                f"cannot run jobs. Last failure: {text}"
-            ))  # fmt: skip
-            return
-        delay = INIT_BACKOFF * 2 ** (self._init_failures - 1)
-        self._at(time.monotonic() + delay, self._workforce.replenish)
 
     # -- timeouts and kill ------------------------------------------------------------
 

@@ -22,6 +22,8 @@ from taskq._process import WorkerHandle, WorkerLauncher
 
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL when stopping a job
 MAX_SPAWN_FAILURES = 8  # refused process starts in a row before the pool gives up
+MAX_INIT_FAILURES = 5  # workers failing to start in a row before the pool gives up
+INIT_BACKOFF = 0.1  # first delay before restarting a worker whose initializer failed
 SPAWN_BACKOFF = 0.1  # first delay before retrying a refused start; doubles, up to the cap
 SPAWN_BACKOFF_CAP = 5.0
 # Stop reasons of a worker being stopped on purpose, now ("retire" and "stop" let it finish).
@@ -54,7 +56,8 @@ class Workforce:
         self._on_exit = on_exit
         self._needed = needed
         self._give_up = give_up
-        self._failures = 0
+        self._failures = 0  # process starts refused in a row
+        self._init_failures = 0  # started workers that failed to become ready, in a row
 
     def start(self, index: int, replacement: bool = False) -> bool:
         """Start worker ``index``; False if the OS refused (a retry is then scheduled)."""
@@ -108,6 +111,25 @@ class Workforce:
                 return  # retried after a backoff
             self.workers[index].predecessor = predecessor
             log.info("worker %d started as a replacement (pid %d)", index, self.workers[index].pid)
+
+    def started_well(self) -> None:
+        """A worker became ready (its initializer ran)."""
+        self._init_failures = 0
+
+    def failed_to_start(self, worker: WorkerHandle, text: str) -> None:
+        """A worker exited before it became ready: restart it with backoff; give up after
+        ``MAX_INIT_FAILURES`` in a row (a broken initializer would fail every worker)."""
+        self._init_failures += 1
+        log.error("worker %d failed to start (%d in a row): %s",
+                  worker.pid, self._init_failures, text)  # fmt: skip
+        if self._init_failures >= MAX_INIT_FAILURES:
+            self._give_up(PoolBroken(
+                f"workers failed to start {self._init_failures} times in a row; the pool "
+                f"cannot run jobs. Last failure: {text}"
+            ))  # fmt: skip
+            return
+        delay = INIT_BACKOFF * 2 ** (self._init_failures - 1)
+        self._at(time.monotonic() + delay, self.replenish)
 
     def retire(self, worker: WorkerHandle) -> None:
         """The worker was sent its last job (max_tasks_per_child): start its successor now,
