@@ -129,19 +129,31 @@ PACE = 0.001
 PACE_MAX = 0.005
 PACE_HEADROOM = 2.0  # a worker must hold this many pauses of work beyond its current job
 PACED_JOBS = 0.005  # longer jobs: replies are rare anyway, no need to pace them
-# A step that took longer than this moved data (large payloads are copied by the
-# manager): the manager is then the bottleneck, and a pause would only idle it.
-PACE_BUSY = 0.0002
+# Jobs that move data through shared memory are not paced: the parent's copies set
+# their pace (the manager writes arguments), and a pause would only idle it. That is
+# decided from the bytes the recent jobs moved (``BatchPolicy.moved``), not from how
+# long a step took: a plain step of 1 ms jobs takes 100 µs of CPU on one VM and 220 on
+# another 2.3 times slower, where a 200 µs bound once turned pacing off for good
+# (manager steps per 2,000 jobs 265 -> 470). A step longer than PACE_BUSY still ends
+# pacing, whatever slowed it: the manager is then the bottleneck.
+PACE_BUSY = 0.001
 PACED_HELD = 3  # fewer jobs in a worker (a map's large chunks): its replies are few anyway
 
 
 def pause(
-    workers: Iterable[WorkerHandle], average: float | None, queued: int, busy: float = 0.0
+    workers: Iterable[WorkerHandle],
+    average: float | None,
+    queued: int,
+    busy: float = 0.0,
+    moved: float = 0.0,
 ) -> float:
     """How long the manager may leave replies unread now (0: not at all), with ``queued``
-    jobs waiting, after a step that kept it busy for ``busy`` seconds. Only a backlog
-    is paced: the last results of a batch (nothing queued) are never held back."""
-    if not queued or average is None or average > PACED_JOBS or busy > PACE_BUSY:
+    jobs waiting, after a step that kept it busy for ``busy`` seconds, when recent jobs
+    moved ``moved`` shared-memory bytes each. Only a backlog is paced: the last results
+    of a batch (nothing queued) are never held back."""
+    if not queued or average is None or average > PACED_JOBS:
+        return 0.0
+    if moved >= 1.0 or busy > PACE_BUSY:  # (an average decaying to 0 never quite reaches it)
         return 0.0
     longest = PACE_MAX
     paced = False

@@ -191,8 +191,8 @@ class Manager:
     def _pace(self, busy: float) -> float:
         if self._stopping:
             return 0.0
-        average, queued = self._dispatcher.policy.average, self._queue.snapshot().depth
-        return pause(self._workers.values(), average, queued, busy)
+        policy, queued = self._dispatcher.policy, self._queue.snapshot().depth
+        return pause(self._workers.values(), policy.average, queued, busy, policy.moved)
 
     def _spin(self) -> float:
         average, queued = self._dispatcher.policy.average, self._queue.snapshot().depth
