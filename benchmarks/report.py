@@ -16,6 +16,7 @@ from benchmarks.config import Config
 from benchmarks.peers import TaskqAdapter
 from benchmarks.runner import Row
 from benchmarks.scenarios import Metric, ScenarioResult
+from benchmarks.scenarios._base import calibrate_spin
 from benchmarks.targets import Verdict
 
 TIMES = "\N{MULTIPLICATION SIGN}"
@@ -60,6 +61,9 @@ def describe_machine(cfg: Config) -> dict[str, Any]:
         "cpu": _cpu_model(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "python": sys.version.split()[0],
+        # The same VM kind has run Python 2.3x slower from one day to the next: this says
+        # which kind of day a run had (absolute targets such as latency depend on it).
+        "spin_loops_per_ms": calibrate_spin(0.001),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "start_method": cfg.start_method,
@@ -197,6 +201,8 @@ def to_markdown(
         f"- machine: {machine['cores']} cores ({machine['usable_cores']} usable), "
         f"{machine['cpu']}, load average at start {machine['load_average']}",
         f"- Python {machine['python']} ({machine['platform']})",
+        f"- Python speed: {machine.get('spin_loops_per_ms', '?')} iterations of the 1 ms "
+        "scenario's busy loop per ms of CPU (higher is faster; compare runs with it)",
         f"- start method: {cfg.start_method}; workers: {cfg.workers}; "
         f"repetitions: {cfg.repeat} (interleaved, after a warm-up)",
         f"- packages: {pkgs}",
