@@ -89,6 +89,12 @@ class BatchPolicy:
                 moved = _moved(item, frame)  # at once: the next batches are already planned
         self.average, self.moved = average, moved
 
+    @property
+    def moves_data(self) -> bool:
+        """Whether recent jobs move data through shared memory (an average decaying
+        towards 0 never quite reaches it: below one byte counts as none)."""
+        return self.moved >= 1.0
+
     def limit(self) -> int:
         if self.average is None:
             return 1
@@ -96,7 +102,7 @@ class BatchPolicy:
             by_time = MAX_BATCH
         else:
             by_time = max(1, int(HOLD_BUDGET / self.average))
-        if self.moved < 1.0:  # (an average decaying towards 0 never quite reaches it)
+        if not self.moves_data:
             return by_time
         return max(1, min(by_time, int(HOLD_BYTES / self.moved)))
 
@@ -131,7 +137,7 @@ PACE_HEADROOM = 2.0  # a worker must hold this many pauses of work beyond its cu
 PACED_JOBS = 0.005  # longer jobs: replies are rare anyway, no need to pace them
 # Jobs that move data through shared memory are not paced: the parent's copies set
 # their pace (the manager writes arguments), and a pause would only idle it. That is
-# decided from the bytes the recent jobs moved (``BatchPolicy.moved``), not from how
+# decided from the bytes the recent jobs moved (``BatchPolicy.moves_data``), not from how
 # long a step took: a plain step of 1 ms jobs takes 100 µs of CPU on one VM and 220 on
 # another 2.3 times slower, where a 200 µs bound once turned pacing off for good
 # (manager steps per 2,000 jobs: ~470 with that bound, ~300 without). A step longer
@@ -145,15 +151,15 @@ def pause(
     average: float | None,
     queued: int,
     busy: float = 0.0,
-    moved: float = 0.0,
+    moves_data: bool = False,
 ) -> float:
     """How long the manager may leave replies unread now (0: not at all), with ``queued``
-    jobs waiting, after a step that kept it busy for ``busy`` seconds, when recent jobs
-    moved ``moved`` shared-memory bytes each. Only a backlog is paced: the last results
-    of a batch (nothing queued) are never held back."""
+    jobs waiting, after a step that kept it busy for ``busy`` seconds, and whether
+    recent jobs move data through shared memory. Only a backlog is paced: the last
+    results of a batch (nothing queued) are never held back."""
     if not queued or average is None or average > PACED_JOBS:
         return 0.0
-    if moved >= 1.0 or busy > PACE_BUSY:  # (an average decaying to 0 never quite reaches it)
+    if moves_data or busy > PACE_BUSY:
         return 0.0
     longest = PACE_MAX
     paced = False

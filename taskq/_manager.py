@@ -192,7 +192,7 @@ class Manager:
         if self._stopping:
             return 0.0
         policy, queued = self._dispatcher.policy, self._queue.snapshot().depth
-        return pause(self._workers.values(), policy.average, queued, busy, policy.moved)
+        return pause(self._workers.values(), policy.average, queued, busy, policy.moves_data)
 
     def _spin(self) -> float:
         average, queued = self._dispatcher.policy.average, self._queue.snapshot().depth

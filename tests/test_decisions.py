@@ -157,17 +157,20 @@ def test_jobs_moving_large_buffers_are_held_by_bytes_not_by_their_short_run_time
     policy = BatchPolicy()
     jobs = [_large_job(i, cache) for i in range(1, 21)]
     policy.observe(1e-5)
+    assert not policy.moves_data
     small_limit = policy.limit()
     assert small_limit > 100  # tiny jobs moving nothing: held by the hundred
     policy.observe_all([(job, _shared_reply(job, 1 << 20)) for job in jobs])
     assert policy.moved == pytest.approx(2 << 20, rel=0.02)  # argument + result
     assert policy.limit() == max(1, int(HOLD_BYTES / policy.moved))
+    assert policy.moves_data  # so the manager does not pace these jobs (``pause``)
     queue = queue_of(*(item(i) for i in range(100, 120)))
     plan = Dispatcher(queue, policy, None).plan([FakeWorker(0)])  # type: ignore[list-item]
     assert [len(batch) for _, batch in plan] == [2]  # the job it runs, and the next
     # Small jobs again: the bytes average fades, and the time limit rules once more.
     tiny = [(item(i), Frame(Kind.OK, i, 1e-5, dumps(None))) for i in range(200, 300)]
     policy.observe_all(tiny)
+    assert 0 < policy.moved < 1.0 and not policy.moves_data  # faded, though never to 0
     assert policy.limit() == small_limit
 
 
@@ -218,8 +221,7 @@ def test_the_manager_paces_its_looks_only_while_every_busy_worker_has_work_to_sp
     assert PACE <= expected < PACE_MAX
     assert pause([busy, idle], short, queued=10) == pytest.approx(expected)  # idle: dispatch_now
     assert pause([busy], short, queued=0) == 0  # a batch's last results: never held back
-    assert pause([busy], short, queued=10, moved=1 << 20) == 0  # jobs move data: not paced
-    assert pause([busy], short, queued=10, moved=0.5) == pytest.approx(expected)  # decayed
+    assert pause([busy], short, queued=10, moves_data=True) == 0  # the copies set the pace
     assert pause([busy], short, queued=10, busy=2 * PACE_BUSY) == 0  # the manager is behind
     # A plain step on a slow machine is no reason to stop pacing (it once was: 200 µs).
     assert pause([busy], short, queued=10, busy=0.0005) == pytest.approx(expected)
