@@ -177,7 +177,8 @@ def pause(
 # With no backlog and short jobs (one job in flight at a time, say), the manager polls
 # for this long after a step before it sleeps in select: a reply that arrives meanwhile
 # costs no wake-up, which on a VM costs tens of microseconds when a CPU must be woken
-# (one-job latency p50 63-72 -> 47-48 µs, 3 alternated runs, 2 cores). Workers do the
+# (one-job latency p50 63-72 -> 47-48 µs, 3 alternated runs, 2 cores; on a VM 2.3x
+# slower at Python it made no difference either way: 190 µs). Workers do the
 # same for their next call (``_worker.SPIN_SECONDS``). It gives the CPU away between
 # polls (``sched_yield``); not with a backlog (replies are then paced) nor with
 # longer jobs, whose replies would come too late to catch.
