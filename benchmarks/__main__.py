@@ -16,6 +16,7 @@ from benchmarks.peers import ALL_ADAPTERS, PEER_KEYS, Adapter, TaskqAdapter, ada
 from benchmarks.report import describe_machine, write_all
 from benchmarks.runner import Runner, log_to_stderr
 from benchmarks.scenarios import SCENARIO_KEYS, SCENARIOS, ScenarioResult
+from benchmarks.scenarios._base import calibrate_spin
 from benchmarks.targets import Verdict, evaluate
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results"
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(cls().run(cfg, runner))
     log_to_stderr(f"[{time.perf_counter() - started:6.1f}s] done")
     machine["total_seconds"] = round(time.perf_counter() - started, 1)
+    # A second reading tells whether the VM's speed changed during the run.
+    machine["spin_loops_per_ms_at_end"] = calibrate_spin(0.001)
     verdicts = evaluate({r.key: r for r in results})
     paths = write_all(results, verdicts, machine, cfg, args.output)
     return _summarise(results, paths, verdicts)

@@ -202,7 +202,9 @@ def to_markdown(
         f"{machine['cpu']}, load average at start {machine['load_average']}",
         f"- Python {machine['python']} ({machine['platform']})",
         f"- Python speed: {machine.get('spin_loops_per_ms', '?')} iterations of the 1 ms "
-        "scenario's busy loop per ms of CPU (higher is faster; compare runs with it)",
+        "scenario's busy loop per ms of CPU at the start, "
+        f"{machine.get('spin_loops_per_ms_at_end', '?')} at the end "
+        "(higher is faster; compare runs with it)",
         f"- start method: {cfg.start_method}; workers: {cfg.workers}; "
         f"repetitions: {cfg.repeat} (interleaved, after a warm-up)",
         f"- packages: {pkgs}",
