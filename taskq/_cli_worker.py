@@ -98,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # job modules beside the store, as with `python -m`
     ctx = multiprocessing.get_context(args.start_method) if args.start_method else None
+    # With forkserver (the default over SQLite) the server is a process of ours too: it
+    # must not die of a SIGTERM sent to this command's whole process group.
+    multiprocessing.set_forkserver_preload(["taskq._own_group"])
     stop = threading.Event()
     signals = {signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -31,7 +31,7 @@ from multiprocessing.process import BaseProcess
 from typing import NoReturn
 
 from taskq import _segments
-from taskq._worker import reset_signals
+from taskq._worker import leave_process_group, reset_signals
 
 RunChild = Callable[[int, list[int], int], None]  # (index, fds, the server's pid)
 
@@ -58,6 +58,7 @@ def become_server(
         for fd in parent_only:
             _close_quietly(fd)
         reset_signals()
+        leave_process_group()  # and its standby, a fork of it
         multiprocessing.current_process().name = f"{name}-server"
         # The parent's children are not ours: multiprocessing would poll them at each
         # start (and read a forkserver child's exit status, stealing it from the parent).

@@ -73,6 +73,7 @@ class WorkerSpec(NamedTuple):
 def run_worker(spec: WorkerSpec) -> None:
     """Entry point of a worker process."""
     reset_signals()
+    leave_process_group()
     results = _shm.worker_results = _shm.ResultFiles()
     _watch_parent(spec.lifeline.fileno(), results, spec.parent)
     _counters.install_worker_counters(spec.counters)
@@ -99,6 +100,21 @@ def reset_signals() -> None:
         signal.signal(signum, signal.SIG_DFL)
     # Signals must not wake the application's event loop through its wake-up pipe.
     signal.set_wakeup_fd(-1)
+
+
+def leave_process_group() -> None:
+    """Move this process into a process group of its own.
+
+    A signal sent to the application's whole group (``kill -TERM -- -PGID``, GNU
+    ``timeout``, a terminal's hang-up) must reach the parent only: the parent decides
+    what stops, and a graceful shutdown lets running jobs finish. (systemd's default
+    ``KillMode=control-group`` signals every process of the unit whatever its group:
+    see the README for ``KillMode=mixed``.)
+    """
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # a session leader cannot: it already leads its own group
+        pass
 
 
 def _initialize(spec: WorkerSpec, out_fd: int) -> bool:

@@ -69,6 +69,10 @@ def on_host(path, seconds):
 
 
 def kill_my_server(path):
-    """Record the run, then SIGKILL the whole process group: the serving process dies."""
+    """Record the run, then SIGKILL the serving process's group: the server dies.
+
+    The server was started in a session of its own, so the session's id is its pid and
+    its group's; the worker itself runs in a group of its own and exits with its parent.
+    """
     record(path, "killer")
-    os.killpg(os.getpgid(0), 9)
+    os.killpg(os.getsid(0), 9)

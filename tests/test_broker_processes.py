@@ -150,6 +150,35 @@ def test_taskq_worker_stops_on_sigterm_leaving_queued_jobs_in_the_store(store, t
         client.shutdown(wait=False)
 
 
+def test_taskq_worker_stops_gracefully_when_its_whole_process_group_gets_sigterm(store, tmp_path):
+    # What `kill -TERM -- -PGID` and GNU timeout do: the running job must still finish
+    # within the grace period (the workers live in process groups of their own).
+    log = str(tmp_path / "runs")
+    client = taskq.Pool(0, **store.kw)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "taskq", "worker", *store.cli, "--workers", "2", "--grace", "30"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        start_new_session=True,
+    )
+    try:
+        running = client.schedule(record, (log, "running", 1.5))
+        wait_until(lambda: runs(log) == ["running"], 60, "the job to start")
+        os.killpg(server.pid, signal.SIGTERM)
+        assert server.wait(60) == 0
+        assert running.result(timeout=10) == "running"
+        err = stop(server)
+        assert "died" not in err and "exited with" not in err, err
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+        stop(server)
+        client.shutdown(wait=False)
+
+
 def test_taskq_status_json_reports_queues_running_jobs_and_workers(store, tmp_path, workers):
     log = str(tmp_path / "runs")
     client = taskq.Pool(0, **store.kw)

@@ -432,3 +432,53 @@ def test_the_server_and_its_workers_neither_repeat_buffered_output_nor_run_atexi
     parent = next(line.split()[1] for line in lines if line.startswith("parent "))
     assert lines.count("written once") == 1, lines
     assert [line for line in lines if line.startswith("atexit")] == [f"atexit ran in {parent}"]
+
+
+GROUP_SIGTERM = """
+    import multiprocessing, signal, sys, threading
+    import taskq
+    from tests import jobs
+
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())  # a graceful stop
+    ctx = multiprocessing.get_context(sys.argv[2])
+    with taskq.Pool(2, ctx) as pool:
+        pool.submit(jobs.noop).result(timeout=30)
+        future = pool.submit(jobs.mark_started_then_sleep, sys.argv[1], 1.5, "finished")
+        stopping.wait(60)
+        print("stopping", flush=True)
+        print(future.result(timeout=30), flush=True)
+        print(pool.submit(jobs.noop).result(timeout=30), flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_sigterm_to_the_whole_process_group_reaches_the_parent_only(method, tmp_path):
+    # `kill -TERM -- -PGID`, GNU timeout and a terminal signal a whole process group:
+    # the workers (and the fork server) live in groups of their own, so a parent that
+    # stops gracefully still gets its running job's result.
+    started = tmp_path / "started"
+    app = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(GROUP_SIGTERM), str(started), method],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a job
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and app.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert started.exists(), app.communicate(timeout=30)
+        os.killpg(app.pid, signal.SIGTERM)
+        out, err = app.communicate(timeout=60)
+    finally:
+        if app.poll() is None:
+            os.killpg(app.pid, signal.SIGKILL)
+            app.wait()
+    assert app.returncode == 0, err
+    assert out.split() == ["stopping", "finished", "None"], err
+    assert "died" not in err and "exited" not in err, err
