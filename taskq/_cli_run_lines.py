@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, TypeAlias
@@ -109,6 +110,8 @@ def _field(
     value = obj.get(name, default)
     if isinstance(value, bool) or not isinstance(value, kinds):
         raise ValueError(f"{name!r} must be {wanted}, not {_json_type(value)}")
+    if isinstance(value, float) and math.isnan(value):  # Python's JSON reader takes NaN
+        raise ValueError(f"{name!r} must be {wanted}, not NaN")
     return value
 
 

@@ -263,6 +263,27 @@ def test_dry_run_checks_lines_and_runs_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_nan_priority_or_timeout_is_an_invalid_line(tmp_path: Path) -> None:
+    # Python's JSON reader accepts NaN, which no priority or timeout can be.
+    path = jobs_file(
+        tmp_path,
+        '{"args": [1, 2], "priority": NaN}',
+        '{"args": [1, 2], "timeout": NaN}',
+        {"args": [1, 2], "timeout": 5},
+    )
+    dry = taskq("run", f"{JOBS}:add", str(path), "--dry-run")
+    assert dry.returncode == 1
+    assert "1 valid job, 2 invalid lines" in dry.stderr
+    done = taskq("run", f"{JOBS}:add", str(path), "--ordered")
+    records = results(done.stdout)
+    assert [r["ok"] for r in records] == [False, False, True]
+    for number, field, record in zip((1, 2), ("priority", "timeout"), records, strict=False):
+        assert record["error"]["type"] == "InvalidJob"
+        assert f"line {number}" in record["error"]["message"]
+        assert f"'{field}'" in record["error"]["message"] and "NaN" in record["error"]["message"]
+
+
+@pytest.mark.timeout(60)
 def test_quiet_prints_nothing_on_stderr(tmp_path: Path) -> None:
     done = taskq("run", f"{JOBS}:add", str(jobs_file(tmp_path, [1, 2])), "--quiet")
     assert done.returncode == 0
