@@ -41,7 +41,7 @@ class BrokerFuture(JobFuture[Any]):
         super().__init__()
         self._own = own  # submitted by this pool (counted in its stats)
         self._stored = not own  # committed to the store (a job looked up by id already is)
-        self.job_id: str = job_id  # type: ignore[assignment]
+        self.job_id: str = job_id
         self._store_waiters = waiters
 
     def cancel(self) -> bool:

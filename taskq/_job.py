@@ -74,7 +74,9 @@ class JobFuture(Future[R]):
     ``cancel()`` on a queued job removes it from the queue at once (its
     ``maxsize`` slot is freed). Once a worker holds the job, ``cancel()``
     returns False as ``Executor`` requires; use ``pool.kill(future)`` to stop it.
-    ``attempts`` counts how many times the job was started.
+    ``attempts`` counts how many times the job was started. ``job_id`` names the job:
+    an ``int`` in an in-memory pool, a ``str`` with a broker (valid in every process,
+    for ``pool.job(job_id)``); typed ``Any`` because the pool, not the future, decides.
 
     A result that is one large ``bytes`` or ``bytearray`` may still be in shared memory
     when the future is done: the first ``result()`` copies it out (in that caller's
@@ -95,7 +97,7 @@ class JobFuture(Future[R]):
         # Made by the first add_done_callback(): most futures never get one.
         self._done_callbacks: list[Any] = _NO_CALLBACKS
         self.attempts = 0
-        self.job_id = 0
+        self.job_id: Any = 0
         self._on_cancel: Callable[[WorkItem], bool] | None = None
         self._work: WorkItem | None = None
 

@@ -81,6 +81,8 @@ def broker_pools(url: str) -> None:
     assert_type(pool.submit(add, 1, 2), JobFuture[int])
     assert_type(pool.job("job-id"), JobFuture[Any])
     pool.job(42)  # type: ignore[arg-type]
+    job_id: str = pool.submit(add, 1, 2).job_id  # a str with a broker: it flows to job()
+    assert_type(pool.job(job_id), JobFuture[Any])
 
 
 def pool_as_context(workers: int) -> None:
