@@ -25,6 +25,7 @@ from taskq._dispatch import (
     PACE_HEADROOM,
     PACE_MAX,
     PACED_HELD,
+    SOLO_SECONDS,
     SPIN,
     BatchPolicy,
     Dispatcher,
@@ -101,6 +102,23 @@ def test_a_cold_pool_hands_each_ready_worker_two_jobs_and_a_starting_one_one():
     workers = [FakeWorker(0), FakeWorker(1), FakeWorker(2, ready=False)]
     plan = Dispatcher(queue, BatchPolicy(), None).plan(workers)  # type: ignore[arg-type]
     assert [(w.index, ids(batch)) for w, batch in plan] == [(0, [1, 2]), (1, [3, 4]), (2, [5])]
+
+
+def test_after_long_jobs_each_worker_holds_only_the_job_it_runs():
+    # A second job held behind a long one would start after later jobs other workers
+    # took (and the round trip it saves is nothing next to such a job).
+    queue = queue_of(*(item(i) for i in range(1, 7)))
+    busy, idle, other = FakeWorker(0), FakeWorker(1), FakeWorker(2)
+    busy.hold(item(9))
+    policy = BatchPolicy()
+    policy.observe(SOLO_SECONDS)
+    plan = Dispatcher(queue, policy, None).plan([busy, idle, other])  # type: ignore[list-item]
+    assert [(w.index, ids(batch)) for w, batch in plan] == [(1, [1]), (2, [2])]
+    policy.observe(0.001)  # shorter jobs again: the average falls below the bound
+    while policy.average is not None and policy.average >= SOLO_SECONDS:
+        policy.observe(0.001)
+    plan = Dispatcher(queue, policy, None).plan([FakeWorker(3)])  # type: ignore[list-item]
+    assert [(w.index, ids(batch)) for w, batch in plan] == [(3, [3, 4])]
 
 
 def test_a_busy_worker_that_has_not_replied_gets_nothing():
