@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from taskq._broker import open_broker
 from taskq._cli_exit import EXIT_FAILED, EXIT_OK
 from taskq._errors import StoreError
+from taskq._sqlite_file import path_of
 
 NAME = "status"
 
@@ -31,6 +33,7 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        _check_store_exists(args.url)
         broker = open_broker(args.url, args.queue)
         try:
             report = collect(broker)
@@ -44,6 +47,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(report))
     return EXIT_OK
+
+
+def _check_store_exists(url: str) -> None:
+    """A status report reads a store: it must not create one for a mistyped path."""
+    if not url.startswith("sqlite:"):
+        return
+    path, _ = path_of(url)
+    if not os.path.exists(path):
+        raise StoreError(
+            f"there is no store at {path}: check the path (sqlite:///relative.db is relative "
+            "to the current directory, sqlite:////absolute.db absolute)"
+        )
 
 
 def collect(broker: Any) -> dict[str, Any]:

@@ -228,6 +228,20 @@ def test_taskq_status_names_a_file_that_is_not_a_store(tmp_path):
     assert f"{bad} is not a taskq store" in done.stderr
 
 
+def test_taskq_status_of_a_missing_file_says_so_and_creates_nothing(tmp_path):
+    missing = tmp_path / "typo.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "taskq", "status", f"sqlite:///{missing}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 1
+    assert f"there is no store at {missing}" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_job_that_keeps_killing_its_server_is_given_up_after_max_lost(store, tmp_path):
     log = str(tmp_path / "runs")
     client = taskq.Pool(0, **store.kw)
