@@ -233,8 +233,8 @@ class JobQueue(WorkQueue[R]):
                 level = self._levels[0]
                 bucket = self._buckets[level]
                 pop = bucket.pop if self.order == "lifo" else bucket.popleft
-                limit = min(limit, -(-len(bucket) // share))
-                while bucket and len(taken) < limit:
+                room = min(limit, -(-len(bucket) // share))  # 1 at least: bucket is not empty
+                while bucket and len(taken) < room:
                     item = pop()
                     if item.state is State.QUEUED:
                         item.state = State.CLAIMED
@@ -377,16 +377,23 @@ class JobQueue(WorkQueue[R]):
             self._not_full.wait(remaining)
 
     def _compact(self) -> None:
-        for level, bucket in self._buckets.items():
-            self._buckets[level] = deque(item for item in bucket if item.state is State.QUEUED)
+        # A bucket left empty goes with its level: claim() expects none (and an empty
+        # bucket at the head would make it take nothing).
+        for level, bucket in list(self._buckets.items()):
+            kept = deque(item for item in bucket if item.state is State.QUEUED)
+            if kept:
+                self._buckets[level] = kept
+            else:
+                del self._buckets[level]
         self._removed = 0
-        if self.aging is not None:  # first jobs changed: one fresh entry per bucket
+        if self.aging is None:
+            levels = list(self._buckets)
+            heapq.heapify(levels)
+            self._levels = levels  # a new list: snapshot() reads the old one unlocked
+        else:  # first jobs changed: one fresh entry per bucket
             self._heads.clear()
-            for level, bucket in list(self._buckets.items()):
-                if bucket:
-                    self._push_head(bucket)
-                else:
-                    del self._buckets[level]
+            for bucket in self._buckets.values():
+                self._push_head(bucket)
 
 
 def _insert_in_order(bucket: deque[R], item: R) -> None:

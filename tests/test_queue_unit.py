@@ -128,6 +128,25 @@ def test_cancelled_jobs_are_compacted_away():
     assert queue.claim(10) == []
 
 
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("aging", [None, 0.5])
+def test_a_priority_whose_jobs_were_all_cancelled_does_not_stop_claims(aging):
+    # Cancelling enough jobs compacts the queue; a level left with no job must not
+    # stall claims of the next one (it once made claim() loop for ever under the lock).
+    queue: JobQueue[JobRecord] = JobQueue(aging=aging)
+    urgent = [record(i, 0) for i in range(65)]
+    for r in urgent:
+        queue.put(r)
+    queue.put(record(100, 1))
+    for r in urgent:
+        assert queue.cancel(r)
+    assert queue.snapshot().depth == 1
+    assert ids(queue.claim(2, share=2)) == [100]
+    assert queue.claim(2, share=2) == []
+    queue.put(record(101, 0))  # the emptied level can come back
+    assert ids(queue.claim(2)) == [101]
+
+
 def test_snapshot_reports_depth_head_and_mix():
     queue: JobQueue[JobRecord] = JobQueue()
     assert queue.snapshot() == QueueSnapshot(0, None, False)
