@@ -74,7 +74,7 @@ def check_retries(retries: int) -> int:
 
 
 def check_delay(delay: float) -> float:
-    if not isinstance(delay, (int, float)) or delay < 0:
+    if not isinstance(delay, (int, float)) or not 0 <= delay < math.inf:  # NaN fails too
         raise ValueError(f"retry_delay must be a number of seconds >= 0; got {delay!r}")
     return float(delay)
 

@@ -14,6 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+# The longest the manager sleeps without looking at its timers: select()/epoll take at
+# most ~24.8 days, and a timer may be due in a year (or never: a timeout of inf).
+LONGEST = 3600.0
+
 
 class Timers:
     def __init__(self) -> None:
@@ -30,10 +34,11 @@ class Timers:
         heapq.heappush(self._heap, (when, next(self._seq), action, args))
 
     def next_delay(self) -> float | None:
-        """Seconds until the first timer is due (0 if overdue), None if there is none."""
+        """Seconds until the first timer is due (0 if overdue, at most ``LONGEST``), None
+        if there is none."""
         if not self._heap:
             return None
-        return max(0.0, self._heap[0][0] - time.monotonic())
+        return min(max(0.0, self._heap[0][0] - time.monotonic()), LONGEST)
 
     def run_due(self) -> None:
         now = time.monotonic()

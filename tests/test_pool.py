@@ -334,11 +334,36 @@ def test_a_done_callback_can_submit_the_next_job(pool_factory):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_workers": 0}, {"max_workers": -1}, {"maxsize": -1}, {"max_tasks_per_child": 0}],
+    [
+        {"max_workers": 0},
+        {"max_workers": -1},
+        {"maxsize": -1},
+        {"max_tasks_per_child": 0},
+        {"retry_delay": float("nan")},  # a NaN backoff would never come due
+        {"retry_delay": float("inf")},
+        {"job_timeout": float("nan")},
+    ],
 )
 def test_invalid_constructor_arguments_raise_value_error(kwargs):
     with pytest.raises(ValueError):
         taskq.Pool(**kwargs)
+
+
+@pytest.mark.timeout(60)
+def test_very_long_or_infinite_timeouts_leave_the_pool_serving(pool_factory):
+    # epoll sleeps at most ~24.8 days: the manager must not pass it a longer wait.
+    pool = pool_factory(1, job_timeout=float("inf"))
+    assert pool.submit(jobs.add, 1, 2).result(timeout=T) == 3
+    year = 365 * 24 * 3600.0
+    assert pool.schedule(jobs.add, (2, 3), timeout=year).result(timeout=T) == 5
+    assert pool.schedule(jobs.add, (3, 4), timeout=float("inf")).result(timeout=T) == 7
+    assert pool.schedule(jobs.add, (4, 5), retries=1, retry_delay=year).result(timeout=T) == 9
+
+
+def test_a_nan_retry_delay_is_refused_when_scheduled(pool_factory):
+    pool = pool_factory(1)
+    with pytest.raises(ValueError, match="retry_delay"):
+        pool.schedule(jobs.add, (1, 2), retries=1, retry_delay=float("nan"))
 
 
 # --------------------------------------------------------------------------------------------
