@@ -23,6 +23,7 @@ import multiprocessing
 import multiprocessing.process
 import os
 import select
+import signal
 import socket
 import struct
 import traceback
@@ -196,9 +197,15 @@ class _Server:
         return MESSAGE.pack(DONE, process.exitcode)
 
     def _stop_children(self) -> None:
+        # Not is_alive(): it reaps a worker that already exited, and the sweep below must
+        # know the pid is still that worker's (a zombie of ours) before it removes files.
         for process in self._children.values():
-            if process.is_alive():
-                process.kill()
+            assert process.pid is not None
+            try:  # still our child, alive or a zombie (else its pid may be another's)?
+                os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:  # reaped already (its files were swept then)
+                continue
+            os.kill(process.pid, signal.SIGKILL)
         for process in self._children.values():
             _segments.sweep_dead_worker(process.pid)  # its result files (it had no time to)
             process.join()

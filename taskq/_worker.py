@@ -138,6 +138,10 @@ def _serve(spec: WorkerSpec, reader: FrameReader, out_fd: int, results: _shm.Res
         try:
             frames = reader.read()
         except EOFError:
+            # The parent closes our pipes only once we are dead or being killed, so it is
+            # gone: nobody will adopt the files not yet adopted (its lifeline thread may
+            # not get to remove them before this process exits).
+            results.remove_all()
             return
         for frame in frames:
             if frame.kind == _STOP:
@@ -145,7 +149,11 @@ def _serve(spec: WorkerSpec, reader: FrameReader, out_fd: int, results: _shm.Res
             received += 1
             if not spec.slot.begin(received, frame.job_id):
                 continue  # taken back by the parent: another worker runs it
-            last = _run_call(spec, frame.job_id, frame.payload, out_fd, results)
+            try:
+                last = _run_call(spec, frame.job_id, frame.payload, out_fd, results)
+            except BrokenPipeError:  # the same, seen while replying: exit quietly
+                results.remove_all()
+                return
             done += 1
             if spec.max_tasks is not None and done >= spec.max_tasks:
                 return

@@ -109,3 +109,10 @@ def _refuse_to_load(buffer):
 
 def unloadable_in_parent(size):
     return UnloadableInParent(size)
+
+
+def big_bytes_with_pid(size):
+    """One large ``bytes`` (the parent reads it on the first ``result()``) starting with
+    the worker's pid, after 50 ms."""
+    time.sleep(0.05)
+    return os.getpid().to_bytes(8, "little") + bytes(size)

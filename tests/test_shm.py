@@ -389,3 +389,42 @@ def test_a_killed_parent_leaves_nothing_in_dev_shm_and_no_warning(tmp_path, meth
         if pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+KILLED_AFTER_RESULTS_SCRIPT = """
+import multiprocessing, os, signal, sys
+import taskq
+from tests import shm_jobs
+
+pool = taskq.Pool(2, mp_context=multiprocessing.get_context(sys.argv[1]))
+pids = set()
+for _ in range(4):  # the workers now keep spare result files, given back by the parent
+    futures = [pool.submit(shm_jobs.big_bytes_with_pid, 1 << 21) for _ in range(4)]
+    pids.update(int.from_bytes(f.result()[:8], "little") for f in futures)
+print(" ".join(map(str, pids)), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_a_parent_killed_between_jobs_leaves_no_result_file(method):
+    # Idle workers see their pipe close and exit; whoever sees the parent gone first
+    # (the worker, its lifeline thread, the fork server) must leave no file behind.
+    for _ in range(5):  # a race: several rounds make a miss likely to show
+        done = subprocess.run(
+            [sys.executable, "-c", KILLED_AFTER_RESULTS_SCRIPT, method],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=REPO),
+        )
+        assert done.returncode == -signal.SIGKILL, done.stderr
+        pids = [int(pid) for pid in done.stdout.split()]
+        assert pids, done.stderr
+        for pid in pids:
+            wait_until(lambda pid=pid: not pid_alive(pid), 30, f"worker {pid} to exit")
+        left = [n for n in shm_names() if any(n.startswith(f"taskq-{p}-") for p in pids)]
+        assert left == [], left
+        assert "Traceback" not in done.stderr, done.stderr
