@@ -56,6 +56,7 @@ from taskq._options import (
 )
 from taskq._pool import Pool
 from taskq._protocol import dump_call, dumps
+from taskq._redis_url import safe_url
 from taskq._serve import Server, init_worker
 from taskq._stats import PoolStats
 
@@ -164,7 +165,7 @@ class BrokerPool(Pool):
         self._loop.on_close.append(self._store_counters.close)
         _exit_hooks.add(self)
         weakref.finalize(self, self._loop.wake.set)
-        log.debug("broker pool started: %s queue %r, %d workers", broker, queue, workers)
+        log.debug("broker pool started: %s queue %r, %d workers", safe_url(broker), queue, workers)
 
     # -- submitting -------------------------------------------------------------
 
@@ -274,7 +275,7 @@ class BrokerPool(Pool):
         store = future._store_waiters.broker
         if (store.url, store.queue) != (self._broker.url, self._broker.queue):
             raise ValueError(
-                f"{future!r} belongs to another pool (store {store.url}, queue "
+                f"{future!r} belongs to another pool (store {safe_url(store.url)}, queue "
                 f"{store.queue!r}): call kill() on a pool of that store"
             )
         job_id = str(future.job_id)
@@ -374,7 +375,7 @@ class BrokerPool(Pool):
 
     def __repr__(self) -> str:
         return (
-            f"<taskq.Pool broker={self._broker.url!r} queue={self._broker.queue!r} "
+            f"<taskq.Pool broker={safe_url(self._broker.url)!r} queue={self._broker.queue!r} "
             f"workers={self._max_workers}{' shut down' if self._shutdown else ''}>"
         )
 

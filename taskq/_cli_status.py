@@ -12,6 +12,7 @@ from typing import Any
 from taskq._broker import open_broker
 from taskq._cli_exit import EXIT_FAILED, EXIT_OK
 from taskq._errors import StoreError
+from taskq._redis_url import safe_url
 from taskq._sqlite_file import path_of
 
 NAME = "status"
@@ -66,7 +67,7 @@ def collect(broker: Any) -> dict[str, Any]:
     status = broker.status()
     now = time.time()
     return {
-        "url": broker.url,
+        "url": safe_url(broker.url),
         "queue": broker.queue,
         "queued": sum(status.queued_by_priority.values()),
         "queued_by_priority": {_key(p): n for p, n in status.queued_by_priority.items()},

@@ -19,6 +19,7 @@ from taskq._broker import DEFAULT_LEASE, DEFAULT_MAX_LOST
 from taskq._broker_pool import BrokerPool
 from taskq._cli_exit import EXIT_FAILED, EXIT_OK
 from taskq._errors import StoreError
+from taskq._redis_url import safe_url
 
 NAME = "worker"
 DEFAULT_GRACE = 30.0
@@ -118,11 +119,11 @@ def run(args: argparse.Namespace) -> int:
             else os.environ.get(args.secret_env) or None,
         )
     except (StoreError, ValueError, TypeError) as exc:
-        log.error("cannot serve %s: %s", args.url, exc)
+        log.error("cannot serve %s: %s", safe_url(args.url), exc)
         return EXIT_FAILED
     log.info(
         "serving %s queue %r with %d workers (pid %d)",
-        args.url,
+        safe_url(args.url),
         args.queue,
         pool._max_workers,
         os.getpid(),

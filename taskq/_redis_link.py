@@ -35,9 +35,10 @@ class RedisLink:
         options: dict[str, Any] = {
             "socket_connect_timeout": SOCKET_TIMEOUT,
             "socket_timeout": SOCKET_TIMEOUT,
-            "socket_keepalive": True,
             "health_check_interval": 30,
         }
+        if not url.startswith("unix:"):  # a unix socket has no TCP keepalive to set
+            options["socket_keepalive"] = True
         self.r = redis.Redis.from_url(url, **options)
         self.blocking = redis.Redis.from_url(url, **options)  # its own connections: BLPOP
         self._scripts = {name: self.r.register_script(getattr(lua, name)) for name in SCRIPTS}

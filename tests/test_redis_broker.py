@@ -7,6 +7,8 @@ from __future__ import annotations
 import operator
 import os
 import pickle
+import subprocess
+import sys
 import time
 
 import pytest
@@ -14,6 +16,7 @@ import pytest
 import taskq
 from taskq._broker import JobOptions, JobState, NewJob, Outcome, open_broker
 from taskq._redis_url import is_loopback, needs_unsigned_warning, safe_url
+from tests.broker_jobs import ROOT
 from tests.conftest import REDIS_URL
 from tests.redis_server import RedisServer, free_port
 
@@ -155,6 +158,48 @@ def test_an_unreachable_redis_is_a_clear_error_naming_the_url():
     ) as info:
         taskq.Pool(1, broker=url)
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.timeout(120)
+def test_a_password_never_shows_in_repr_status_or_the_worker_log(tmp_path):
+    server = RedisServer(tmp_path, "--requirepass", "hunter2hunter2").start()
+    url = f"redis://:hunter2hunter2@127.0.0.1:{server.port}/0"
+    worker = None
+    try:
+        with taskq.Pool(1, broker=url, secret=SECRET) as pool:
+            assert pool.submit(operator.add, 1, 2).result(timeout=60) == 3
+            assert "hunter2" not in repr(pool) and ":***@" in repr(pool)
+        env = {**os.environ, "PYTHONPATH": ROOT, "TASKQ_SECRET": SECRET}
+        for extra in ([], ["--json"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "taskq", "status", url, *extra],
+                capture_output=True, text=True, timeout=60, cwd=ROOT, env=env,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert "hunter2" not in done.stdout + done.stderr and ":***@" in done.stdout
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "taskq", "worker", url, "--workers", "1"],
+            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+        )  # fmt: skip
+        assert worker.stderr is not None
+        first = worker.stderr.readline()
+        assert "serving" in first and ":***@" in first and "hunter2" not in first
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.communicate(timeout=60)
+        server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_redis_unix_socket_url_works(tmp_path):
+    sock = tmp_path / "redis.sock"
+    server = RedisServer(tmp_path, "--unixsocket", str(sock), "--unixsocketperm", "700").start()
+    try:
+        with taskq.Pool(1, broker=f"unix://{sock}", secret=SECRET) as pool:
+            assert pool.submit(operator.add, 2, 3).result(timeout=30) == 5
+    finally:
+        server.stop()
 
 
 def test_jobs_and_leases_survive_a_redis_restart_with_appendonly(tmp_path):
