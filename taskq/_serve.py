@@ -261,7 +261,7 @@ class Server:
             future = self._pool._queue_call(
                 job.call,
                 job.name,
-                job.priority,
+                _local_priority(job),
                 options.timeout,
                 options.retries,
                 options.retry_delay,
@@ -377,3 +377,11 @@ def init_worker(
         install_worker_counters(counters)
     if initializer is not None:
         initializer(*initargs)
+
+
+def _local_priority(job: ClaimedJob) -> float:
+    """Where a claimed job goes in the local queue, so that jobs claimed together keep
+    the store's order: by priority, except under ``order="fifo"``, whose every rank is
+    0 (claim order; sorting by priority would undo it). Aged ranks keep the priority:
+    each would be a level of its own, and jobs claimed ahead are a few ms of work."""
+    return 0.0 if job.rank == 0 else job.priority

@@ -47,6 +47,21 @@ def test_a_client_with_no_workers_waits_for_a_serving_pool(pool_factory, store):
     assert client.stats().succeeded == 20
 
 
+@pytest.mark.timeout(120)
+def test_fifo_order_is_kept_by_the_serving_side(pool_factory, store, tmp_path):
+    # Tiny jobs are claimed many at a time; the serving pool must not sort them by
+    # priority when the submitter asked for order="fifo".
+    log = str(tmp_path / "runs")
+    client = pool_factory(0, order="fifo", **store.kw)
+    tags = [f"j{i}" for i in range(120)]
+    futures = [
+        client.schedule(record, (log, tag), priority=(i * 7) % 5) for i, tag in enumerate(tags)
+    ]
+    pool_factory(1, **store.kw)  # one worker: the run order is the serving order
+    assert [f.result(timeout=60) for f in futures] == tags
+    assert runs(log) == tags
+
+
 def test_max_workers_zero_needs_a_broker():
     with pytest.raises(ValueError, match="greater than 0"):
         taskq.Pool(0)
