@@ -316,10 +316,12 @@ class SqliteBroker:
     def outcomes(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         found: dict[str, JobStatus] = {}
         conn = self.file.connection()
+        now = time.time()  # an outcome past its expiry is gone, purged or not yet
         for chunk in _chunks(job_ids):
             rows = conn.execute(
-                f"SELECT id, state, outcome FROM jobs WHERE id IN ({','.join('?' * len(chunk))})",
-                chunk,
+                f"SELECT id, state, outcome FROM jobs WHERE id IN ({','.join('?' * len(chunk))})"
+                " AND (expires_at IS NULL OR expires_at >= ?)",
+                [*chunk, now],
             )
             for job_id, state, outcome in rows:
                 loaded = None if outcome is None else Outcome.load(outcome)

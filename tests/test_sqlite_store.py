@@ -160,6 +160,19 @@ def test_outcomes_expire_after_result_ttl(url):
         store.job_status("a")
 
 
+def test_an_expired_outcome_is_gone_before_anyone_purges_it(url):
+    # A store nobody serves any more is never purged: expiry must hold on reads too.
+    store = open_broker(url, "q", result_ttl=0.05)
+    store.put(job("a"))
+    store.claim("s", 1, lease=10)
+    store.finish("s", [("a", Outcome.of_result(1, 1))])
+    assert store.job_status("a").outcome is not None
+    time.sleep(0.1)
+    with pytest.raises(KeyError, match="unknown, or its outcome expired"):
+        store.job_status("a")
+    assert store.outcomes(["a"]) == {}
+
+
 def test_queues_share_a_file_without_seeing_each_others_jobs(url):
     one, two = open_broker(url, "one"), open_broker(url, "two")
     one.put(job("a"))
