@@ -137,6 +137,9 @@ if limit > 0 then
     local attempts = redis.call('HINCRBY', key, 'attempts', 1)
     redis.call('HSET', key, 'state', 'running', 'owner', ARGV[1], 'started_at', now)
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), id)
+    if redis.call('HEXISTS', key, 'kill') == 1 then  -- killed while its last holder was lost
+      redis.call('SADD', KEYS[5], id)
+    end
     local f = redis.call('HMGET', key, 'name', 'priority', 'call', 'options', 'sig')
     claimed[#claimed + 1] = {id, f[1], f[2], f[3], f[4], attempts, f[5], head[i + 1]}
   end
@@ -203,7 +206,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
   else
     redis.call('ZREM', KEYS[1], id)
     redis.call('HSET', key, 'state', 'queued', 'lost', tonumber(f[2]) + 1)
-    redis.call('HDEL', key, 'owner', 'kill')
+    redis.call('HDEL', key, 'owner')  -- 'kill' stays: the next holder must stop it
     redis.call('ZADD', KEYS[2], f[4], f[3])
     back = back + 1
   end

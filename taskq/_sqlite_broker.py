@@ -255,7 +255,8 @@ class SqliteBroker:
             back = [(r[0],) for r in rows if r[1] + 1 < max_lost]
             tx.executemany(
                 "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, "
-                "started_at = NULL, kill = 0, lost = lost + 1 WHERE id = ?",
+                # kill stays: whoever claims the job next must stop it (kill_requests)
+                "started_at = NULL, lost = lost + 1 WHERE id = ?",
                 back,
             )
             for job_id, lost, attempts, owner in rows:

@@ -179,6 +179,26 @@ def test_taskq_worker_stops_gracefully_when_its_whole_process_group_gets_sigterm
         client.shutdown(wait=False)
 
 
+def test_a_kill_outlives_the_server_that_could_not_act_on_it(store, tmp_path, workers):
+    # The holder hangs, so the kill request waits in the store; its lease lapses, and
+    # the next server to claim the job must stop it, not run it to completion.
+    log = str(tmp_path / "runs")
+    client = taskq.Pool(0, **store.kw)
+    try:
+        future = client.schedule(record, (log, "long", 20.0))
+        first = workers(store, "--workers", "1", "--lease", str(LEASE))
+        wait_until(lambda: runs(log) == ["long"], 60, "the job to start")
+        first.send_signal(signal.SIGSTOP)  # hung: it renews no lease, reads no request
+        assert client.kill(future)
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+        workers(store, "--workers", "1", "--lease", str(LEASE))
+        with pytest.raises(concurrent.futures.CancelledError):
+            future.result(timeout=60)
+    finally:
+        client.shutdown(wait=False)
+
+
 def test_taskq_status_json_reports_queues_running_jobs_and_workers(store, tmp_path, workers):
     log = str(tmp_path / "runs")
     client = taskq.Pool(0, **store.kw)
