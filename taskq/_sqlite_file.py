@@ -119,10 +119,16 @@ class StoreFile:
         with self._writer_lock():
             try:
                 conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:  # still locked after busy_timeout
-                raise BrokerUnavailable(f"the taskq store {self.path} is busy: {exc}") from exc
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):  # still, after busy_timeout
+                    raise BrokerUnavailable(f"the taskq store {self.path} is busy: {exc}") from exc
+                raise StoreError(_explain(self.path, exc)) from exc  # read-only, I/O error...
             try:
                 yield conn
+            except sqlite3.OperationalError as exc:  # a read-only file, a full disk...
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise StoreError(_explain(self.path, exc)) from exc
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise

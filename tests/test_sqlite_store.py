@@ -267,6 +267,19 @@ def test_a_store_file_the_user_cannot_write_is_refused_by_name(tmp_path):
     assert f"{tmp_path}/jobs.db" in done.stdout
 
 
+def test_a_write_the_file_refuses_inside_a_transaction_is_a_store_error_naming_it(url):
+    # As when the file turns read-only under a running server (query_only makes SQLite
+    # refuse writes the same way): a clear StoreError, not a bare sqlite3 error.
+    store = open_broker(url, "q")
+    store.put(job("a"))
+    store.file.connection().execute("PRAGMA query_only = 1")
+    with pytest.raises(StoreError, match=r"cannot write the taskq store .*jobs") as info:
+        store.claim("s", 1, lease=10)
+    assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+    store.file.connection().execute("PRAGMA query_only = 0")
+    assert [j.job_id for j in store.claim("s", 1, lease=10)] == ["a"]  # rolled back, usable
+
+
 def test_a_claim_before_a_rank_takes_only_jobs_ranked_before_it(store):
     for job_id, priority in [("b0", 5), ("b1", 5), ("u", 1)]:
         store.put(job(job_id, priority))
