@@ -87,7 +87,7 @@ def add_parser(commands: Any) -> None:
     add(
         "-w",
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="number of worker processes (default: the number of CPUs)",
     )
@@ -149,7 +149,7 @@ def _integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")

@@ -18,6 +18,7 @@ from typing import Any
 from taskq._broker import DEFAULT_LEASE, DEFAULT_MAX_LOST
 from taskq._broker_pool import BrokerPool
 from taskq._cli_exit import EXIT_FAILED, EXIT_OK
+from taskq._cli_run import positive_int
 from taskq._errors import StoreError
 from taskq._redis_url import safe_url
 
@@ -43,7 +44,13 @@ def add_parser(commands: Any) -> None:
         metavar="VAR",
         help="environment variable holding the signing secret (default: %(default)s)",
     )
-    add("-w", "--workers", type=int, default=None, help="worker processes (default: CPUs)")
+    add(
+        "-w",
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="worker processes, 1 or more (default: CPUs)",
+    )
     add("-q", "--queue", default="default", help="the queue to serve (default: %(default)s)")
     add(
         "--grace",

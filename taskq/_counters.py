@@ -160,6 +160,8 @@ class CounterBlock:
         self._acquire()
         try:
             value: int = self._values[index] + amount
+            if not INT64_MIN <= value <= INT64_MAX:  # the cell would wrap around silently
+                raise _overflow(self.names[index], value)
             self._values[index] = value
         finally:
             self._release()
@@ -170,7 +172,10 @@ class CounterBlock:
         self._acquire()
         try:
             for index, amount in deltas:
-                values[index] += amount
+                value = values[index] + amount
+                if not INT64_MIN <= value <= INT64_MAX:
+                    raise _overflow(self.names[index], value)
+                values[index] = value
         finally:
             self._release()
 
@@ -257,3 +262,13 @@ def counter(name: str) -> Counter:
             "in the parent process use pool.counter(name)"
         )
     return Counter(_worker_counters, name)
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # a counter's cell is a signed 64-bit integer
+
+
+def _overflow(name: str, value: int) -> OverflowError:
+    return OverflowError(
+        f"counter {name!r} would reach {value}, outside a 64-bit integer's range; "
+        "it keeps its value"
+    )

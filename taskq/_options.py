@@ -32,12 +32,12 @@ def check_options(
     if initializer is not None and not callable(initializer):
         raise TypeError(f"initializer must be callable; got {initializer!r}")
     if max_tasks_per_child is not None and (
-        not isinstance(max_tasks_per_child, int) or max_tasks_per_child <= 0
+        not _is_int(max_tasks_per_child) or max_tasks_per_child <= 0
     ):
         raise ValueError(
             f"max_tasks_per_child must be a positive int or None; got {max_tasks_per_child!r}"
         )
-    if not isinstance(maxsize, int) or maxsize < 0:
+    if not _is_int(maxsize) or maxsize < 0:
         raise ValueError(f"maxsize must be an int >= 0 (0: unbounded); got {maxsize!r}")
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(map(repr, ORDERS))}; got {order!r}")
@@ -62,13 +62,13 @@ def check_priority(priority: object) -> None:
 def check_timeout(timeout: float | None, name: str) -> float | None:
     if timeout is None:
         return None
-    if not isinstance(timeout, (int, float)) or not timeout > 0:
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
         raise ValueError(f"{name} must be a positive number of seconds or None; got {timeout!r}")
     return float(timeout)
 
 
 def check_retries(retries: int) -> int:
-    if not isinstance(retries, int) or retries < 0:
+    if not _is_int(retries) or retries < 0:
         raise ValueError(f"retries must be an int >= 0; got {retries!r}")
     return retries
 
@@ -132,3 +132,16 @@ def serving_context(url: str) -> BaseContext:
     if url.startswith("sqlite:") and ctx.get_start_method() == "fork":
         return multiprocessing.get_context("forkserver")
     return ctx
+
+
+def _is_int(value: object) -> bool:
+    """An int, and not a bool (True would pass for 1: a mistake, never meant)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_context(ctx: object) -> None:
+    if not isinstance(ctx, BaseContext):
+        raise TypeError(
+            "mp_context must be a multiprocessing context such as "
+            f"multiprocessing.get_context('spawn'); got {ctx!r}"
+        )

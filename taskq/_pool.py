@@ -61,6 +61,7 @@ from taskq._log import log
 from taskq._manager import Manager
 from taskq._options import (
     check_aging,
+    check_context,
     check_delay,
     check_options,
     check_timeout,
@@ -159,6 +160,7 @@ class Pool(PoolAPI):
         self._job_timeout = check_timeout(job_timeout, "job_timeout")
         self._retry_delay = check_delay(retry_delay)
         ctx = mp_context if mp_context is not None else multiprocessing.get_context()
+        check_context(ctx)
         self._max_workers = max_workers
         self._queue: WorkQueue[WorkItem] = JobQueue(order, maxsize, check_aging(aging))
         self._stats = StatsBlock()
@@ -293,9 +295,11 @@ class Pool(PoolAPI):
         (SIGTERM, then SIGKILL) and replaced; the future raises ``CancelledError``
         unless the job finished first.
         """
+        if not isinstance(future, JobFuture):
+            raise TypeError(f"kill() takes a future this pool returned; got {future!r}")
         hook, item = future._on_cancel, future._work
         if item is None or hook is None:
-            return False  # finished (or not a taskq job)
+            return False  # finished
         if hook is not self._withdraw_hook:
             raise ValueError(f"{future!r} belongs to another pool: call kill() on that pool")
         if future.cancel():

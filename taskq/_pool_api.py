@@ -96,6 +96,8 @@ class PoolAPI(Executor):
                      raise ``Full`` at once (False).
         """
         check_callable(fn, "schedule")
+        if isinstance(args, (str, bytes, dict)):  # would be split into characters, or keys
+            raise TypeError(f"args must be a tuple or list of arguments, e.g. ({args!r},)")
         check_priority(priority)
         timeout = check_timeout(timeout, "timeout")
         return self._enqueue(

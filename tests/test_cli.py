@@ -300,6 +300,7 @@ def test_quiet_prints_nothing_on_stderr(tmp_path: Path) -> None:
         (["run", "missing/jobs.py:f"], "no such file"),
         (["run", "tests.cli_jobs:add", "missing.jsonl"], "cannot read missing.jsonl"),
         (["run", "tests.cli_jobs:add", "--workers", "0"], "must be at least 1"),
+        (["worker", "sqlite:///never-created.db", "--workers", "0"], "must be at least 1"),
         ([], "usage: taskq"),
     ],
 )

@@ -42,6 +42,18 @@ def test_the_parent_reads_and_adds_to_the_same_counters(pool_factory):
     assert pool.counters() == {"processed": 57, "bytes": 0}
 
 
+def test_an_add_past_64_bits_raises_and_leaves_the_value(pool_factory):
+    pool = pool_factory(1, counters=("big",))
+    c = pool.counter("big")
+    assert c.add(2**63 - 1) == 2**63 - 1
+    with pytest.raises(OverflowError, match=r"'big'.*64-bit"):
+        c.add(1)  # the cell would wrap to -2**63
+    assert c.value == 2**63 - 1
+    with pytest.raises(OverflowError):
+        pool.submit(jobs.counter_add, "big", 5).result(timeout=T)
+    assert c.add(-(2**63 - 1)) == 0
+
+
 def test_counters_start_at_zero_and_snapshot_is_a_plain_dict(pool_factory):
     pool = pool_factory(1, counters=("a", "b", "c"))
     snap = pool.counters()

@@ -342,6 +342,9 @@ def test_a_done_callback_can_submit_the_next_job(pool_factory):
         {"retry_delay": float("nan")},  # a NaN backoff would never come due
         {"retry_delay": float("inf")},
         {"job_timeout": float("nan")},
+        {"maxsize": True},  # a bool is never meant as a number
+        {"max_tasks_per_child": True},
+        {"job_timeout": True},
     ],
 )
 def test_invalid_constructor_arguments_raise_value_error(kwargs):
@@ -364,6 +367,19 @@ def test_a_nan_retry_delay_is_refused_when_scheduled(pool_factory):
     pool = pool_factory(1)
     with pytest.raises(ValueError, match="retry_delay"):
         pool.schedule(jobs.add, (1, 2), retries=1, retry_delay=float("nan"))
+
+
+def test_arguments_that_are_easy_to_get_wrong_are_refused_clearly(pool_factory):
+    with pytest.raises(TypeError, match="mp_context must be a multiprocessing context"):
+        taskq.Pool(1, mp_context="spawn")
+    pool = pool_factory(1)
+    with pytest.raises(TypeError, match="args must be a tuple or list"):
+        pool.schedule(len, "ab")  # would run len("a", "b")
+    with pytest.raises(ValueError, match="retries"):
+        pool.schedule(len, ("ab",), retries=True)
+    with pytest.raises(TypeError, match="kill\\(\\) takes a future this pool returned"):
+        pool.kill(concurrent.futures.Future())
+    assert pool.schedule(len, ["ab"]).result(timeout=T) == 2
 
 
 # --------------------------------------------------------------------------------------------
