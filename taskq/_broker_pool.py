@@ -78,7 +78,8 @@ class BrokerPool(Pool):
     * A serving process holds each job under a lease renewed by a heartbeat
       (``lease`` seconds); if the process dies, the job goes back to the queue in
       its place and runs elsewhere. After ``max_lost`` lost leases it fails with
-      ``JobLost``. Outcomes are kept ``result_ttl`` seconds.
+      ``JobLost``. Outcomes are kept ``result_ttl`` seconds: the storing process's
+      (``taskq worker --result-ttl`` for the jobs it runs).
     * ``shutdown(wait=True)`` waits for this process's own jobs; the serving
       side then stops claiming and leaves other jobs in the store.
     """

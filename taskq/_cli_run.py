@@ -99,7 +99,7 @@ def add_parser(commands: Any) -> None:
     )
     add(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help="default time limit of a job, in seconds (default: none)",
     )
@@ -123,7 +123,7 @@ def add_parser(commands: Any) -> None:
     )
     add(
         "--aging",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         metavar="SECONDS",
         help="a waiting job's priority improves by 1 every SECONDS (default: never)",
@@ -163,7 +163,7 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:

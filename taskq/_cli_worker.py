@@ -15,10 +15,10 @@ import sys
 import threading
 from typing import Any
 
-from taskq._broker import DEFAULT_LEASE, DEFAULT_MAX_LOST
+from taskq._broker import DEFAULT_LEASE, DEFAULT_MAX_LOST, DEFAULT_RESULT_TTL
 from taskq._broker_pool import BrokerPool
 from taskq._cli_exit import EXIT_FAILED, EXIT_OK
-from taskq._cli_run import positive_int
+from taskq._cli_run import positive_float, positive_int
 from taskq._errors import StoreError
 from taskq._redis_url import safe_url
 
@@ -63,6 +63,12 @@ def add_parser(commands: Any) -> None:
         type=float,
         default=DEFAULT_LEASE,
         help="seconds a job stays claimed without a heartbeat (default: %(default)s)",
+    )
+    add(
+        "--result-ttl",
+        type=positive_float,
+        default=DEFAULT_RESULT_TTL,
+        help="seconds the outcomes of the jobs it runs are kept (default: %(default)s)",
     )
     add(
         "--max-lost",
@@ -120,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             broker=args.url,
             queue=args.queue,
             lease=args.lease,
+            result_ttl=args.result_ttl,
             max_lost=args.max_lost,
             secret=None
             if args.url.startswith("sqlite:")

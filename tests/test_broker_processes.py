@@ -199,6 +199,21 @@ def test_a_kill_outlives_the_server_that_could_not_act_on_it(store, tmp_path, wo
         client.shutdown(wait=False)
 
 
+def test_taskq_worker_result_ttl_sets_how_long_its_outcomes_are_kept(store, tmp_path, workers):
+    log = str(tmp_path / "runs")
+    client = taskq.Pool(0, **store.kw)
+    try:
+        workers(store, "--workers", "1", "--result-ttl", "0.5")
+        future = client.schedule(record, (log, "short"))
+        assert future.result(timeout=60) == "short"
+        assert client.job(future.job_id).result(timeout=10) == "short"
+        time.sleep(1.5)
+        with pytest.raises(KeyError, match="expired"):
+            client.job(future.job_id)
+    finally:
+        client.shutdown(wait=False)
+
+
 def test_taskq_status_json_reports_queues_running_jobs_and_workers(store, tmp_path, workers):
     log = str(tmp_path / "runs")
     client = taskq.Pool(0, **store.kw)
