@@ -12,7 +12,7 @@ from typing import Any
 
 from taskq import _redis_scripts as lua
 from taskq._errors import BrokerUnavailable, StoreError
-from taskq._redis_url import safe_url
+from taskq._redis_url import check_database, safe_url
 
 SOCKET_TIMEOUT = 5.0  # seconds; longer than a blocking read (1 s), shorter than a lease lapse
 SCRIPTS = ("PUT", "STEP", "RENEW", "RELEASE", "KILL", "RECLAIM", "GIVE_UP", "HEARTBEAT")
@@ -28,6 +28,7 @@ class RedisLink:
             raise ImportError(
                 "a redis:// broker needs redis-py: pip install 'taskq[redis]'"
             ) from None
+        check_database(url)
         self.url = url
         self.errors: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError)
         # Timeouts everywhere: a machine cut off from Redis must notice (and retry), not
@@ -64,6 +65,11 @@ class RedisLink:
             return StoreError(
                 f"the Redis broker at {safe_url(self.url)} is out of memory (maxmemory): "
                 "it refuses new writes; free memory or raise maxmemory"
+            )
+        if "DB index is out of range" in str(exc):
+            return StoreError(
+                f"the Redis server at {safe_url(self.url)} has no such database ({exc}): "
+                "use a database number it has (0-15 by default)"
             )
         return exc
 

@@ -49,3 +49,17 @@ def safe_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_database(url: str) -> None:
+    """A redis:// URL's path is its database number: anything else would be ignored
+    (redis-py falls back to database 0), and the jobs would go where nobody looks."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return
+    database = parts.path.lstrip("/")
+    if database and not database.isdigit():
+        raise ValueError(
+            f"bad Redis broker URL {safe_url(url)!r}: the path is a database number, "
+            "as in redis://host:6379/0"
+        )

@@ -202,6 +202,14 @@ def test_a_redis_unix_socket_url_works(tmp_path):
         server.stop()
 
 
+def test_a_database_the_url_cannot_mean_is_a_clear_error():
+    host = REDIS_URL.rsplit("/", 1)[0]
+    with pytest.raises(ValueError, match="the path is a database number"):
+        taskq.Pool(0, broker=f"{host}/abc")  # redis-py would use database 0 instead
+    with pytest.raises(taskq.StoreError, match="has no such database"):
+        taskq.Pool(0, broker=f"{host}/99999")
+
+
 def test_jobs_and_leases_survive_a_redis_restart_with_appendonly(tmp_path):
     server = RedisServer(tmp_path, "--appendonly", "yes", "--appendfsync", "always").start()
     try:
