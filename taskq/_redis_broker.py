@@ -151,12 +151,13 @@ class RedisBroker:
         return int(self._link.call(self._r.zcard, self.key["queued"]))
 
     def queued_by_priority(self) -> dict[float, int]:
-        """Counted from the queue's scores (the priorities, unless aging is on: then the
-        ranks): a read of the whole queue, for statistics and metrics only."""
+        """Counted from the jobs' priorities (the queue's scores are ranks: 0 under fifo,
+        moved by aging): a read of the whole queue, for statistics and metrics only."""
         self._puts.sync()
+        flat = self._link.run("QUEUED_BY_PRIORITY", (self.key["queued"], self.job_prefix), ())
         counts: dict[float, int] = {}
-        for _, score in self._link.call(self._r.zrange, self.key["queued"], 0, -1, withscores=True):
-            counts[score] = counts.get(score, 0) + 1
+        for priority, n in zip(flat[::2], flat[1::2], strict=True):
+            counts[float(priority)] = counts.get(float(priority), 0) + int(n)
         return dict(sorted(counts.items()))
 
     def cancel(self, job_id: str) -> bool:

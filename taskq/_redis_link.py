@@ -15,7 +15,17 @@ from taskq._errors import BrokerUnavailable, StoreError
 from taskq._redis_url import check_database, safe_url
 
 SOCKET_TIMEOUT = 5.0  # seconds; longer than a blocking read (1 s), shorter than a lease lapse
-SCRIPTS = ("PUT", "STEP", "RENEW", "RELEASE", "KILL", "RECLAIM", "GIVE_UP", "HEARTBEAT")
+SCRIPTS = (
+    "PUT",
+    "STEP",
+    "RENEW",
+    "RELEASE",
+    "KILL",
+    "RECLAIM",
+    "GIVE_UP",
+    "HEARTBEAT",
+    "QUEUED_BY_PRIORITY",
+)
 
 
 class RedisLink:

@@ -243,3 +243,19 @@ if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], now) end
 return now
 """
 )
+
+# KEYS: queued, job prefix -> {priority, count, ...} of the queued jobs. Counted from the
+# jobs' own priorities: the queue's scores are ranks (0 under fifo, moved by aging).
+QUEUED_BY_PRIORITY = """
+local counts = {}
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local priority = redis.call('HGET', KEYS[2] .. string.sub(member, 22), 'priority')
+  if priority then counts[priority] = (counts[priority] or 0) + 1 end
+end
+local out = {}
+for priority, n in pairs(counts) do
+  out[#out + 1] = priority
+  out[#out + 1] = n
+end
+return out
+"""

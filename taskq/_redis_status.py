@@ -17,9 +17,7 @@ def read_status(broker: RedisBroker) -> StoreStatus:
     clock: a heartbeat's age does not depend on this machine's)."""
     r = broker._r
     now_ms = int(broker._link.run("HEARTBEAT", (broker.key["heartbeats"],), ("",)))
-    queued: dict[float, int] = {}
-    for _, score in broker._link.call(r.zrange, broker.key["queued"], 0, -1, withscores=True):
-        queued[score] = queued.get(score, 0) + 1
+    queued = broker.queued_by_priority()
     running = []
     for raw_id in broker._link.call(r.zrange, broker.key["leases"], 0, -1):
         name, owner, started = broker._link.call(
@@ -49,7 +47,7 @@ def read_status(broker: RedisBroker) -> StoreStatus:
             }
         )
     return StoreStatus(
-        dict(sorted(queued.items())),
+        queued,
         running,
         ended.get("succeeded", 0),
         ended.get("failed", 0),

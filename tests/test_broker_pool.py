@@ -62,6 +62,17 @@ def test_fifo_order_is_kept_by_the_serving_side(pool_factory, store, tmp_path):
     assert runs(log) == tags
 
 
+@pytest.mark.parametrize("options", [{"order": "fifo"}, {"aging": 0.5}])
+def test_queued_jobs_are_counted_by_their_priority_whatever_the_order(pool_factory, store, options):
+    # The store orders by rank (0 for every job under fifo, moved by aging): the counts
+    # per priority must come from the jobs' own priorities.
+    client = pool_factory(0, **options, **store.kw)
+    for priority in (-1, -1, 0, 5):
+        client.schedule(operator.add, (1, 2), priority=priority)
+    queued = {p: level.queued for p, level in client.stats().priorities.items()}
+    assert queued == {-1: 2, 0: 1, 5: 1}
+
+
 def test_max_workers_zero_needs_a_broker():
     with pytest.raises(ValueError, match="greater than 0"):
         taskq.Pool(0)
