@@ -249,29 +249,27 @@ def test_taskq_status_json_reports_queues_running_jobs_and_workers(store, tmp_pa
         client.shutdown(wait=False, cancel_futures=True)
 
 
-def test_taskq_status_names_a_file_that_is_not_a_store(tmp_path):
-    bad = tmp_path / "bad.db"
-    bad.write_text("not sqlite" * 200)
-    done = subprocess.run(
-        [sys.executable, "-m", "taskq", "status", f"sqlite:///{bad}"],
+def _taskq_status(url):
+    return subprocess.run(
+        [sys.executable, "-m", "taskq", "status", url],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=ROOT,
     )
+
+
+def test_taskq_status_names_a_file_that_is_not_a_store(tmp_path):
+    bad = tmp_path / "bad.db"
+    bad.write_text("not sqlite" * 200)
+    done = _taskq_status(f"sqlite:///{bad}")
     assert done.returncode == 1
     assert f"{bad} is not a taskq store" in done.stderr
 
 
 def test_taskq_status_of_a_missing_file_says_so_and_creates_nothing(tmp_path):
     missing = tmp_path / "typo.db"
-    done = subprocess.run(
-        [sys.executable, "-m", "taskq", "status", f"sqlite:///{missing}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    done = _taskq_status(f"sqlite:///{missing}")
     assert done.returncode == 1
     assert f"there is no store at {missing}" in done.stderr
     assert list(tmp_path.iterdir()) == []
