@@ -274,7 +274,7 @@ class RedisBroker:
         held = self._link.run("RENEW", keys, (owner, int(lease * 1000), *job_ids))
         return {raw.decode() for raw in held}
 
-    def release(self, owner: str, job_ids: Sequence[str]) -> None:
+    def release(self, owner: str, job_ids: Sequence[str], *, started: bool = False) -> None:
         if job_ids:
             keys = (
                 self.key["queued"],
@@ -282,7 +282,7 @@ class RedisBroker:
                 self.job_prefix,
                 self.kills_prefix + owner,
             )
-            self._link.run("RELEASE", keys, (owner, *job_ids))
+            self._link.run("RELEASE", keys, (owner, "0" if started else "1", *job_ids))
 
     def kill_requests(self, owner: str) -> list[str]:
         return [

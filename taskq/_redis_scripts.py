@@ -153,14 +153,15 @@ return {stored, claimed}
 """
 )
 
-# KEYS: queued, leases, job prefix, kills set | ARGV: owner, ids...
+# KEYS: queued, leases, job prefix, kills set | ARGV: owner, attempts to uncount ('1'
+# for a job that never started, '0' for one stopped mid-run), ids...
 RELEASE = """
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local key = KEYS[3] .. ARGV[i]
   local f = redis.call('HMGET', key, 'state', 'owner', 'rank', 'member')
   if f[1] == 'running' and f[2] == ARGV[1] then
     redis.call('HSET', key, 'state', 'queued')
-    redis.call('HINCRBY', key, 'attempts', -1)
+    if ARGV[2] == '1' then redis.call('HINCRBY', key, 'attempts', -1) end
     redis.call('HDEL', key, 'owner', 'kill')
     redis.call('ZREM', KEYS[2], ARGV[i])
     redis.call('SREM', KEYS[4], ARGV[i])

@@ -326,15 +326,17 @@ class Server:
         every job still held: a job stopped mid-run will run again elsewhere."""
         self.flush()
         with self._lock:
-            ids = list(self._held)
-            self._releasing.update(ids)
+            started = {job_id: future.attempts > 0 for job_id, future in self._held.items()}
+            self._releasing.update(started)
         stop()
         with self._lock:
             self._held.clear()
             self._releasing.clear()
         self._ended.clear()  # ended between the flush and the stop: run again elsewhere
-        if ids:
-            self.broker.release(self.owner, ids)
+        for ran in (True, False):  # a start counts as an attempt, a claim alone does not
+            ids = [job_id for job_id, did in started.items() if did is ran]
+            if ids:
+                self.broker.release(self.owner, ids, started=ran)
 
     def flush(self) -> None:
         """Store whatever outcomes are waiting (at shutdown)."""

@@ -226,14 +226,16 @@ class SqliteBroker:
             held.update(row[0] for row in rows)
         return held
 
-    def release(self, owner: str, job_ids: Sequence[str]) -> None:
-        """Give back claimed jobs that never started, in their original place."""
+    def release(self, owner: str, job_ids: Sequence[str], *, started: bool = False) -> None:
+        """Give back claimed jobs in their original place. Their claim is not counted as
+        an attempt, unless they ``started`` (stopped mid-run at a graceful stop)."""
+        uncount = 0 if started else 1
         with self.file.write() as tx:
             tx.executemany(
                 "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, "
-                "started_at = NULL, attempts = attempts - 1 "
+                "started_at = NULL, attempts = attempts - ? "
                 "WHERE id = ? AND state = 'running' AND owner = ?",
-                [(job_id, owner) for job_id in job_ids],
+                [(uncount, job_id, owner) for job_id in job_ids],
             )
 
     def kill_requests(self, owner: str) -> list[str]:

@@ -214,6 +214,25 @@ def test_taskq_worker_result_ttl_sets_how_long_its_outcomes_are_kept(store, tmp_
         client.shutdown(wait=False)
 
 
+def test_a_job_stopped_at_the_end_of_the_grace_period_keeps_its_start_counted(
+    store, tmp_path, workers
+):
+    log = str(tmp_path / "runs")
+    client = taskq.Pool(0, **store.kw)
+    try:
+        future = client.schedule(record, (log, "slow", 2.0))
+        first = workers(store, "--workers", "1", "--grace", "0.2")
+        wait_until(lambda: runs(log) == ["slow"], 60, "the job to start")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(60) == 0  # the job was stopped and put back
+        workers(store, "--workers", "1")
+        assert future.result(timeout=60) == "slow"
+        assert runs(log) == ["slow", "slow"]
+        assert future.attempts == 2  # both starts count (a retry budget does not restart)
+    finally:
+        client.shutdown(wait=False)
+
+
 def test_taskq_status_json_reports_queues_running_jobs_and_workers(store, tmp_path, workers):
     log = str(tmp_path / "runs")
     client = taskq.Pool(0, **store.kw)
