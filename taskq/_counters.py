@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from multiprocessing import context, reduction
 from multiprocessing.context import BaseContext
 from typing import Any, Protocol
@@ -166,18 +166,6 @@ class CounterBlock:
         finally:
             self._release()
         return value
-
-    def add_many(self, deltas: Iterable[tuple[int, int]]) -> None:
-        values = self._values
-        self._acquire()
-        try:
-            for index, amount in deltas:
-                value = values[index] + amount
-                if not INT64_MIN <= value <= INT64_MAX:
-                    raise _overflow(self.names[index], value)
-                values[index] = value
-        finally:
-            self._release()
 
     def get(self, index: int) -> int:
         self._acquire()
