@@ -29,8 +29,9 @@ def runs(path):
         return [line.split()[0] for line in f if line.strip()]
 
 
-def start_worker(url, *args, env=None):
-    """``taskq worker URL ...`` as a child process (stderr kept for the log)."""
+def start_worker(url, *args, env=None, new_session=False):
+    """``taskq worker URL ...`` as a child process (stderr kept for the log); with
+    ``new_session``, in a session and process group of its own, as a shell starts it."""
     return subprocess.Popen(
         [sys.executable, "-m", "taskq", "worker", url, *args],
         cwd=ROOT,
@@ -38,6 +39,7 @@ def start_worker(url, *args, env=None):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
+        start_new_session=new_session,
     )
 
 

@@ -22,6 +22,14 @@ LEASE = 1.0  # short leases keep these tests quick; recovery takes about a lease
 
 
 @pytest.fixture
+def client(store):
+    """A submit-only pool of the store, shut down (without waiting) after the test."""
+    pool = taskq.Pool(0, **store.kw)
+    yield pool
+    pool.shutdown(wait=False)
+
+
+@pytest.fixture
 def workers():
     started = []
 
@@ -150,20 +158,13 @@ def test_taskq_worker_stops_on_sigterm_leaving_queued_jobs_in_the_store(store, t
         client.shutdown(wait=False)
 
 
-def test_taskq_worker_stops_gracefully_when_its_whole_process_group_gets_sigterm(store, tmp_path):
+def test_taskq_worker_stops_gracefully_when_its_whole_process_group_gets_sigterm(
+    store, tmp_path, client
+):
     # What `kill -TERM -- -PGID` and GNU timeout do: the running job must still finish
     # within the grace period (the workers live in process groups of their own).
     log = str(tmp_path / "runs")
-    client = taskq.Pool(0, **store.kw)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "taskq", "worker", *store.cli, "--workers", "2", "--grace", "30"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": ROOT},
-        start_new_session=True,
-    )
+    server = start_worker(*store.cli, "--workers", "2", "--grace", "30", new_session=True)
     try:
         running = client.schedule(record, (log, "running", 1.5))
         wait_until(lambda: runs(log) == ["running"], 60, "the job to start")
@@ -176,61 +177,50 @@ def test_taskq_worker_stops_gracefully_when_its_whole_process_group_gets_sigterm
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
         stop(server)
-        client.shutdown(wait=False)
 
 
-def test_a_kill_outlives_the_server_that_could_not_act_on_it(store, tmp_path, workers):
+def test_a_kill_outlives_the_server_that_could_not_act_on_it(store, tmp_path, workers, client):
     # The holder hangs, so the kill request waits in the store; its lease lapses, and
     # the next server to claim the job must stop it, not run it to completion.
     log = str(tmp_path / "runs")
-    client = taskq.Pool(0, **store.kw)
-    try:
-        future = client.schedule(record, (log, "long", 20.0))
-        first = workers(store, "--workers", "1", "--lease", str(LEASE))
-        wait_until(lambda: runs(log) == ["long"], 60, "the job to start")
-        first.send_signal(signal.SIGSTOP)  # hung: it renews no lease, reads no request
-        assert client.kill(future)
-        first.send_signal(signal.SIGKILL)
-        first.wait(30)
-        workers(store, "--workers", "1", "--lease", str(LEASE))
-        with pytest.raises(concurrent.futures.CancelledError):
-            future.result(timeout=60)
-    finally:
-        client.shutdown(wait=False)
+    future = client.schedule(record, (log, "long", 20.0))
+    first = workers(store, "--workers", "1", "--lease", str(LEASE))
+    wait_until(lambda: runs(log) == ["long"], 60, "the job to start")
+    first.send_signal(signal.SIGSTOP)  # hung: it renews no lease, reads no request
+    assert client.kill(future)
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    workers(store, "--workers", "1", "--lease", str(LEASE))
+    with pytest.raises(concurrent.futures.CancelledError):
+        future.result(timeout=60)
 
 
-def test_taskq_worker_result_ttl_sets_how_long_its_outcomes_are_kept(store, tmp_path, workers):
+def test_taskq_worker_result_ttl_sets_how_long_its_outcomes_are_kept(
+    store, tmp_path, workers, client
+):
     log = str(tmp_path / "runs")
-    client = taskq.Pool(0, **store.kw)
-    try:
-        workers(store, "--workers", "1", "--result-ttl", "0.5")
-        future = client.schedule(record, (log, "short"))
-        assert future.result(timeout=60) == "short"
-        assert client.job(future.job_id).result(timeout=10) == "short"
-        time.sleep(1.5)
-        with pytest.raises(KeyError, match="expired"):
-            client.job(future.job_id)
-    finally:
-        client.shutdown(wait=False)
+    workers(store, "--workers", "1", "--result-ttl", "0.5")
+    future = client.schedule(record, (log, "short"))
+    assert future.result(timeout=60) == "short"
+    assert client.job(future.job_id).result(timeout=10) == "short"
+    time.sleep(1.5)
+    with pytest.raises(KeyError, match="expired"):
+        client.job(future.job_id)
 
 
 def test_a_job_stopped_at_the_end_of_the_grace_period_keeps_its_start_counted(
-    store, tmp_path, workers
+    store, tmp_path, workers, client
 ):
     log = str(tmp_path / "runs")
-    client = taskq.Pool(0, **store.kw)
-    try:
-        future = client.schedule(record, (log, "slow", 2.0))
-        first = workers(store, "--workers", "1", "--grace", "0.2")
-        wait_until(lambda: runs(log) == ["slow"], 60, "the job to start")
-        first.send_signal(signal.SIGTERM)
-        assert first.wait(60) == 0  # the job was stopped and put back
-        workers(store, "--workers", "1")
-        assert future.result(timeout=60) == "slow"
-        assert runs(log) == ["slow", "slow"]
-        assert future.attempts == 2  # both starts count (a retry budget does not restart)
-    finally:
-        client.shutdown(wait=False)
+    future = client.schedule(record, (log, "slow", 2.0))
+    first = workers(store, "--workers", "1", "--grace", "0.2")
+    wait_until(lambda: runs(log) == ["slow"], 60, "the job to start")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(60) == 0  # the job was stopped and put back
+    workers(store, "--workers", "1")
+    assert future.result(timeout=60) == "slow"
+    assert runs(log) == ["slow", "slow"]
+    assert future.attempts == 2  # both starts count (a retry budget does not restart)
 
 
 def test_taskq_status_json_reports_queues_running_jobs_and_workers(store, tmp_path, workers):
