@@ -120,9 +120,7 @@ class StoreFile:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):  # still, after busy_timeout
-                    raise BrokerUnavailable(f"the taskq store {self.path} is busy: {exc}") from exc
-                raise StoreError(_explain(self.path, exc)) from exc  # read-only, I/O error...
+                raise _write_error(self.path, exc) from exc
             try:
                 yield conn
             except sqlite3.OperationalError as exc:  # a read-only file, a full disk...
@@ -147,9 +145,7 @@ class StoreFile:
             try:
                 conn.execute(statement, parameters)
             except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):
-                    raise BrokerUnavailable(f"the taskq store {self.path} is busy: {exc}") from exc
-                raise StoreError(f"cannot write the taskq store {self.path}: {exc}") from exc
+                raise _write_error(self.path, exc) from exc
 
     def _writer_lock(self) -> threading.Lock:
         # One per process: a lock inherited through fork may be held by a thread that
@@ -312,3 +308,11 @@ def _explain(path: str, exc: sqlite3.DatabaseError) -> str:
             "file and of its directory (SQLite writes -wal and -shm files beside it)"
         )
     return f"cannot use the taskq store {path}: {text}"
+
+
+def _write_error(path: str, exc: sqlite3.OperationalError) -> StoreError:
+    """A write SQLite refused: busy still after the busy timeout (the pool retries),
+    or something to fix (a read-only file, a full disk...)."""
+    if "locked" in str(exc) or "busy" in str(exc):
+        return BrokerUnavailable(f"the taskq store {path} is busy: {exc}")
+    return StoreError(_explain(path, exc))
