@@ -37,7 +37,7 @@ import pickle
 import traceback
 import urllib.parse
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from taskq._errors import JobLost, RemoteTraceback, UnpicklingFailed
@@ -248,7 +248,9 @@ class Broker(Protocol):
         before: float | None = None,
         watch: bool = False,
     ) -> tuple[list[str], list[ClaimedJob]]: ...
-    def release(self, owner: str, job_ids: Sequence[str], *, started: bool = False) -> None: ...
+    def release(
+        self, owner: str, job_ids: Sequence[str], *, started: Collection[str] = ()
+    ) -> None: ...
     def cancel(self, job_id: str) -> bool: ...
     def request_kill(self, job_id: str) -> JobState | None: ...
     def kill_requests(self, owner: str) -> list[str]: ...

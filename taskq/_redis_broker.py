@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from taskq import _redis_scripts as lua
@@ -274,7 +274,7 @@ class RedisBroker:
         held = self._link.run("RENEW", keys, (owner, int(lease * 1000), *job_ids))
         return {raw.decode() for raw in held}
 
-    def release(self, owner: str, job_ids: Sequence[str], *, started: bool = False) -> None:
+    def release(self, owner: str, job_ids: Sequence[str], *, started: Collection[str] = ()) -> None:
         if job_ids:
             keys = (
                 self.key["queued"],
@@ -282,7 +282,9 @@ class RedisBroker:
                 self.job_prefix,
                 self.kills_prefix + owner,
             )
-            self._link.run("RELEASE", keys, (owner, "0" if started else "1", *job_ids))
+            ran = [job_id for job_id in job_ids if job_id in started]
+            unstarted = [job_id for job_id in job_ids if job_id not in started]
+            self._link.run("RELEASE", keys, (owner, len(ran), *ran, *unstarted))
 
     def kill_requests(self, owner: str) -> list[str]:
         return [

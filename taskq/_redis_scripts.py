@@ -153,15 +153,15 @@ return {stored, claimed}
 """
 )
 
-# KEYS: queued, leases, job prefix, kills set | ARGV: owner, attempts to uncount ('1'
-# for a job that never started, '0' for one stopped mid-run), ids...
+# KEYS: queued, leases, job prefix, kills set | ARGV: owner, n, ids... (the first n
+# started, and keep their attempt; the claim of the others is uncounted)
 RELEASE = """
 for i = 3, #ARGV do
   local key = KEYS[3] .. ARGV[i]
   local f = redis.call('HMGET', key, 'state', 'owner', 'rank', 'member')
   if f[1] == 'running' and f[2] == ARGV[1] then
     redis.call('HSET', key, 'state', 'queued')
-    if ARGV[2] == '1' then redis.call('HINCRBY', key, 'attempts', -1) end
+    if i - 2 > tonumber(ARGV[2]) then redis.call('HINCRBY', key, 'attempts', -1) end
     redis.call('HDEL', key, 'owner', 'kill')
     redis.call('ZREM', KEYS[2], ARGV[i])
     redis.call('SREM', KEYS[4], ARGV[i])

@@ -333,10 +333,9 @@ class Server:
             self._held.clear()
             self._releasing.clear()
         self._ended.clear()  # ended between the flush and the stop: run again elsewhere
-        for ran in (True, False):  # a start counts as an attempt, a claim alone does not
-            ids = [job_id for job_id, did in started.items() if did is ran]
-            if ids:
-                self.broker.release(self.owner, ids, started=ran)
+        if started:  # one call: a start counts as an attempt, a claim alone does not
+            ran = {job_id for job_id, did in started.items() if did}
+            self.broker.release(self.owner, list(started), started=ran)
 
     def flush(self) -> None:
         """Store whatever outcomes are waiting (at shutdown)."""

@@ -14,7 +14,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from taskq._broker import (
     ClaimedJob,
@@ -226,16 +226,15 @@ class SqliteBroker:
             held.update(row[0] for row in rows)
         return held
 
-    def release(self, owner: str, job_ids: Sequence[str], *, started: bool = False) -> None:
-        """Give back claimed jobs in their original place. Their claim is not counted as
-        an attempt, unless they ``started`` (stopped mid-run at a graceful stop)."""
-        uncount = 0 if started else 1
+    def release(self, owner: str, job_ids: Sequence[str], *, started: Collection[str] = ()) -> None:
+        """Give back claimed jobs in their original place, in one transaction. A claim is
+        not counted as an attempt, unless the job ``started`` (stopped mid-run)."""
         with self.file.write() as tx:
             tx.executemany(
                 "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, "
                 "started_at = NULL, attempts = attempts - ? "
                 "WHERE id = ? AND state = 'running' AND owner = ?",
-                [(uncount, job_id, owner) for job_id in job_ids],
+                [(int(job_id not in started), job_id, owner) for job_id in job_ids],
             )
 
     def kill_requests(self, owner: str) -> list[str]:
